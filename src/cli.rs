@@ -1,0 +1,242 @@
+//! Command line: every flag has an environment variable and a visible default.
+//! Validation and conversion into typed settings live in `config.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "carbon-kube",
+    version,
+    about = "Carbon-aware Kubernetes node agent",
+    long_about = "Carbon-aware Kubernetes node agent.\n\n\
+        Runs on every node (DaemonSet). The agents elect a leader that polls carbon-intensity \
+        APIs once per grid zone for the whole cluster and writes CarbonScore objects; each agent \
+        taints its own node while its zone's grid is dirty and exports per-node CO2 metrics."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "CARBON_KUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing env-filter syntax, e.g. `info,carbon_kube=debug`).
+    #[arg(long, env = "CARBON_KUBE_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (what the DaemonSet runs).
+    Agent(Box<AgentArgs>),
+    /// Print the CarbonScore CustomResourceDefinition as YAML.
+    Crd,
+    /// Fetch one zone's intensity through the provider chain and print it (for debugging keys and zones).
+    Intensity(Box<IntensityArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML file of agent settings, keyed by flag name (e.g. `threshold: 250`).
+    /// Flags and environment variables override it.
+    #[arg(long, env = "CARBON_KUBE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// This agent's Node (set from the downward API `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Namespace holding the leader Lease and the API-key Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "carbon-kube")]
+    pub namespace: String,
+
+    /// Identity in the leader Lease (defaults to the pod name, else the node name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Kubeconfig file; without it, in-cluster configuration (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Grid zone used when a node has neither the grid-zone label nor a known region label.
+    #[arg(long, env = "CARBON_KUBE_DEFAULT_ZONE")]
+    pub default_zone: Option<String>,
+
+    /// Intensity (gCO2/kWh) above which nodes are tainted, until the tuner changes it.
+    #[arg(long, env = "CARBON_KUBE_THRESHOLD", default_value_t = 300.0)]
+    pub threshold: f64,
+
+    /// A tainted node is untainted only when intensity falls below threshold minus this (gCO2/kWh).
+    #[arg(long, env = "CARBON_KUBE_HYSTERESIS", default_value_t = 20.0)]
+    pub hysteresis: f64,
+
+    /// How long intensity must stay above the threshold before tainting.
+    #[arg(long, env = "CARBON_KUBE_DWELL", default_value = "10m")]
+    pub dwell: String,
+
+    /// Carbon data older than this is ignored and the taint removed (availability wins).
+    #[arg(long, env = "CARBON_KUBE_MAX_AGE", default_value = "90m")]
+    pub max_age: String,
+
+    /// Effect of the carbon taint.
+    #[arg(long, env = "CARBON_KUBE_TAINT_EFFECT", value_enum, default_value_t = TaintEffect::PreferNoSchedule)]
+    pub taint_effect: TaintEffect,
+
+    /// Largest share of the cluster's nodes that may carry the carbon taint at once (0 to 1).
+    #[arg(long, env = "CARBON_KUBE_MAX_TAINTED_FRACTION", default_value_t = 0.5)]
+    pub max_tainted_fraction: f64,
+
+    /// How often the leader polls the carbon APIs (once per zone).
+    #[arg(long, env = "CARBON_KUBE_POLL_INTERVAL", default_value = "5m")]
+    pub poll_interval: String,
+
+    /// Zones the leader fetches at the same time.
+    #[arg(long, env = "CARBON_KUBE_POLL_CONCURRENCY", default_value_t = 4)]
+    pub poll_concurrency: usize,
+
+    /// Leader Lease duration; a follower takes over this long after the last renewal.
+    #[arg(long, env = "CARBON_KUBE_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+
+    /// How often host CPU and memory are sampled for the power model.
+    #[arg(long, env = "CARBON_KUBE_SAMPLE_INTERVAL", default_value = "15s")]
+    pub sample_interval: String,
+
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "CARBON_KUBE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+
+    #[command(flatten)]
+    pub power: PowerArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaintEffect {
+    PreferNoSchedule,
+    NoSchedule,
+}
+
+impl TaintEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PreferNoSchedule => "PreferNoSchedule",
+            Self::NoSchedule => "NoSchedule",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct IntensityArgs {
+    /// Grid zone (Electricity Maps zone id, e.g. DE or US-CAL-CISO).
+    #[arg(long)]
+    pub zone: String,
+
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Providers to try, in order (electricity-maps, watttime, uk-carbon-intensity, noaa, static).
+    /// A provider without its credentials is skipped.
+    #[arg(
+        long,
+        env = "CARBON_KUBE_PROVIDERS",
+        value_delimiter = ',',
+        default_value = "electricity-maps,watttime,uk-carbon-intensity,noaa,static"
+    )]
+    pub providers: Vec<String>,
+
+    /// Electricity Maps API base URL.
+    #[arg(long, env = "ELECTRICITY_MAPS_URL", default_value = "https://api.electricitymap.org/v3")]
+    pub electricity_maps_url: String,
+
+    /// File holding the Electricity Maps API token (a mounted Secret).
+    #[arg(long, env = "ELECTRICITY_MAPS_TOKEN_FILE")]
+    pub electricity_maps_token_file: Option<PathBuf>,
+
+    /// Electricity Maps API token (prefer the file).
+    #[arg(long, env = "ELECTRICITY_MAPS_TOKEN", hide_env_values = true, hide = true)]
+    pub electricity_maps_token: Option<String>,
+
+    /// WattTime API base URL.
+    #[arg(long, env = "WATTTIME_URL", default_value = "https://api.watttime.org")]
+    pub watttime_url: String,
+
+    /// WattTime user name.
+    #[arg(long, env = "WATTTIME_USERNAME")]
+    pub watttime_username: Option<String>,
+
+    /// File holding the WattTime password (a mounted Secret).
+    #[arg(long, env = "WATTTIME_PASSWORD_FILE")]
+    pub watttime_password_file: Option<PathBuf>,
+
+    /// WattTime password (prefer the file).
+    #[arg(long, env = "WATTTIME_PASSWORD", hide_env_values = true, hide = true)]
+    pub watttime_password: Option<String>,
+
+    /// Extra WattTime regions per zone, e.g. `US-CAL-CISO=CAISO_NORTH`.
+    #[arg(long, env = "WATTTIME_REGIONS", value_delimiter = ',')]
+    pub watttime_regions: Vec<String>,
+
+    /// UK Carbon Intensity API base URL.
+    #[arg(long, env = "UK_CARBON_INTENSITY_URL", default_value = "https://api.carbonintensity.org.uk")]
+    pub uk_carbon_intensity_url: String,
+
+    /// UK regional ids per zone, e.g. `GB-SCOTLAND=1`; zone GB is national.
+    #[arg(long, env = "UK_CARBON_INTENSITY_REGIONS", value_delimiter = ',')]
+    pub uk_regions: Vec<String>,
+
+    /// NOAA weather API base URL (US zones, estimate only).
+    #[arg(long, env = "NOAA_URL", default_value = "https://api.weather.gov")]
+    pub noaa_url: String,
+
+    /// Timeout of one provider request.
+    #[arg(long, env = "CARBON_KUBE_PROVIDER_TIMEOUT", default_value = "10s")]
+    pub provider_timeout: String,
+
+    /// Largest provider response accepted, in bytes.
+    #[arg(long, env = "CARBON_KUBE_MAX_RESPONSE_BYTES", default_value_t = 1 << 20)]
+    pub max_response_bytes: usize,
+
+    /// Consecutive failures that open a provider's circuit breaker.
+    #[arg(long, env = "CARBON_KUBE_BREAKER_FAILURES", default_value_t = 3)]
+    pub breaker_failures: u32,
+
+    /// How long an open circuit breaker skips its provider.
+    #[arg(long, env = "CARBON_KUBE_BREAKER_COOLDOWN", default_value = "5m")]
+    pub breaker_cooldown: String,
+}
+
+/// Overrides of the Cloud Carbon Footprint power coefficients picked from the CPU model.
+#[derive(Debug, Clone, Args)]
+pub struct PowerArgs {
+    /// Watts per vCPU at idle.
+    #[arg(long, env = "CARBON_KUBE_MIN_WATTS_PER_VCPU")]
+    pub min_watts_per_vcpu: Option<f64>,
+
+    /// Watts per vCPU at full load.
+    #[arg(long, env = "CARBON_KUBE_MAX_WATTS_PER_VCPU")]
+    pub max_watts_per_vcpu: Option<f64>,
+
+    /// Watts per GB of memory.
+    #[arg(long, env = "CARBON_KUBE_MEMORY_WATTS_PER_GB")]
+    pub memory_watts_per_gb: Option<f64>,
+
+    /// Power usage effectiveness of the data centre (1 or more).
+    #[arg(long, env = "CARBON_KUBE_PUE")]
+    pub pue: Option<f64>,
+}

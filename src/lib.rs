@@ -1,0 +1,21 @@
+//! carbon-kube: a carbon-aware Kubernetes node agent.
+//!
+//! Pure decisions (zones, power, taint decision, budget, lease evaluation)
+//! live in modules without Kubernetes I/O; the async edges (election, poller,
+//! reconcile, emissions, metrics server) are thin.
+
+pub mod budget;
+pub mod carbon;
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod decision;
+pub mod election;
+pub mod emissions;
+pub mod metrics;
+pub mod node;
+pub mod poller;
+pub mod power;
+pub mod providers;
+pub mod reconcile;
+pub mod zones;

@@ -1,0 +1,189 @@
+//! carbon-kube: one agent per node.
+//!
+//! ```text
+//! carbon APIs ──(leader: poller, once per zone per interval)──▶ CarbonScore per zone
+//! every agent: own Node + CarbonScores ──▶ decide ──▶ patch own Node on a transition
+//!              host CPU/memory ──▶ power model ──▶ gCO2/h ──▶ /metrics
+//! ```
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use carbon_kube::carbon::GridZone;
+use carbon_kube::cli::{Cli, Command, IntensityArgs, LogFormat};
+use carbon_kube::config::{self, AgentConfig};
+use carbon_kube::crd::{self, CarbonScore};
+use carbon_kube::election::{Elector, Timing};
+use carbon_kube::emissions::EmissionsLoop;
+use carbon_kube::metrics::{self, Metrics};
+use carbon_kube::node::NodeWriter;
+use carbon_kube::poller::{Poller, PollerSettings};
+use carbon_kube::providers::build_chain;
+use carbon_kube::reconcile::Reconciler;
+
+const LEASE_NAME: &str = "carbon-kube-leader";
+
+fn main() -> Result<()> {
+    // One TLS provider for kube and reqwest alike; two would make rustls panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = config::parse_cli().unwrap_or_else(|e| e.exit());
+    init_logging(&cli);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Intensity(args) => runtime.block_on(intensity(args)),
+        Command::Agent(args) => {
+            let config = AgentConfig::from_args(&args)?;
+            runtime.block_on(agent(config))
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// `carbon-kube intensity --zone Z`: one fetch through the chain, each attempt shown.
+async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
+    let zone = GridZone::parse(&args.zone).map_err(|e| anyhow::anyhow!("--zone: {e}"))?;
+    let chain = build_chain(&config::providers_config(&args.providers)?);
+    let fetch = chain.fetch(&zone).await;
+    for attempt in &fetch.attempts {
+        eprintln!("{:<22} {:<16} {:.3}s", attempt.provider, attempt.outcome, attempt.seconds);
+    }
+    let reading = fetch.result.map_err(|e| anyhow::anyhow!("{zone}: {e}"))?;
+    println!(
+        "{} {:.1} gCO2/kWh (source {}, observed {}, estimated {}, {} forecast points{})",
+        reading.zone,
+        reading.grams_per_kwh,
+        reading.source,
+        reading.observed_at,
+        reading.estimated,
+        reading.forecast.len(),
+        reading
+            .forecast_min()
+            .map(|p| format!(", minimum {:.1} at {}", p.grams_per_kwh, p.at))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn kube_client(config: &AgentConfig) -> Result<Client> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no in-cluster config and no kubeconfig")?,
+    };
+    Ok(Client::try_from(kube_config)?)
+}
+
+async fn agent(config: AgentConfig) -> Result<()> {
+    let client = kube_client(&config).await?;
+    let scores: Api<CarbonScore> = Api::all(client.clone());
+    if let Err(e) = scores.list(&kube::api::ListParams::default().limit(1)).await {
+        bail!("cannot list CarbonScores ({e}); install the CRD with `carbon-kube crd | kubectl apply -f -`");
+    }
+    let metrics = Metrics::new(&config.node_name);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let listener = metrics::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics server to {}", config.metrics_addr))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+
+    // Election: followers only watch; the leader polls and writes CarbonScores.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let (elector, is_leader) = Elector::new(leases, LEASE_NAME, &config.identity, Timing::new(config.lease_duration));
+    let elector_task = tokio::spawn(elector.run(shutdown.clone()));
+    let chain = Arc::new(build_chain(&config.providers));
+    let settings = PollerSettings {
+        interval: config.poll_interval,
+        concurrency: config.poll_concurrency,
+        default_zone: config.default_zone.clone(),
+        default_threshold_grams_per_kwh: config.default_threshold_grams_per_kwh,
+        hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
+        max_tainted_fraction: config.max_tainted_fraction,
+    };
+    let poller = {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        move || Poller::new(client.clone(), chain.clone(), metrics.clone(), settings.clone())
+    };
+    tasks.spawn(leader_work(is_leader, metrics.clone(), poller));
+
+    // Every agent: its own node, and its own emissions.
+    let (intensity_tx, intensity_rx) = watch::channel(None);
+    let reconciler = Reconciler {
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        default_zone: config.default_zone.clone(),
+        params: config.decision.clone(),
+        writer: NodeWriter::new(Api::<Node>::all(client.clone()), &config.node_name, config.taint_effect.as_str()),
+        effect: config.taint_effect.as_str().to_string(),
+        metrics: metrics.clone(),
+        intensity: intensity_tx,
+    };
+    tasks.spawn(reconciler.run(shutdown.clone()));
+    let emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
+    tasks.spawn(emissions.run(intensity_rx, shutdown.clone()));
+
+    info!(node = %config.node_name, identity = %config.identity, "agent started");
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    // The elector releases the Lease so a follower takes over at once.
+    if let Err(e) = elector_task.await {
+        error!(error = %e, "election task failed");
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Runs the poller while this agent leads, and stops it the moment it does not.
+async fn leader_work(mut is_leader: watch::Receiver<bool>, metrics: Arc<Metrics>, poller: impl Fn() -> Poller) {
+    loop {
+        if is_leader.wait_for(|leader| *leader).await.is_err() {
+            return;
+        }
+        metrics.set_leader(true);
+        tokio::select! {
+            _ = poller().run() => {}
+            _ = is_leader.wait_for(|leader| !*leader) => {}
+        }
+        metrics.set_leader(false);
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

