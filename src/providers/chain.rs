@@ -70,11 +70,17 @@ pub enum ChainError {
     },
 }
 
-fn describe_failures(errors: &[(&'static str, ProviderError)], last_good: Option<&Reading>) -> String {
+fn describe_failures(
+    errors: &[(&'static str, ProviderError)],
+    last_good: Option<&Reading>,
+) -> String {
     let mut text = if errors.is_empty() {
         "no carbon-intensity provider is configured".to_string()
     } else {
-        let each: Vec<String> = errors.iter().map(|(name, e)| format!("{name}: {e}")).collect();
+        let each: Vec<String> = errors
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
         format!("every provider failed: {}", each.join("; "))
     };
     if let Some(r) = last_good {
@@ -89,11 +95,17 @@ fn describe_failures(errors: &[(&'static str, ProviderError)], last_good: Option
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// Cooldown over: one trial call may go out. `trial_started` is set while
     /// that trial runs.
-    HalfOpen { trial_started: Option<Instant> },
+    HalfOpen {
+        trial_started: Option<Instant>,
+    },
 }
 
 /// A consecutive-failure circuit breaker for one provider.
@@ -126,11 +138,9 @@ impl Breaker {
         match self.state {
             BreakerState::Closed { .. } => true,
             BreakerState::Open { until } if now < until => false,
-            BreakerState::HalfOpen { trial_started: Some(started) }
-                if now.saturating_duration_since(started) < self.trial_timeout =>
-            {
-                false
-            }
+            BreakerState::HalfOpen {
+                trial_started: Some(started),
+            } if now.saturating_duration_since(started) < self.trial_timeout => false,
             BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => {
                 self.state = BreakerState::HalfOpen {
                     trial_started: Some(now),
@@ -225,7 +235,9 @@ pub struct Chain {
 /// Poisoning only means another fetch panicked mid-update; the breaker and
 /// cache states are valid after any single assignment, so keep going.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Chain {
@@ -335,7 +347,11 @@ impl Chain {
     /// One provider call, bounded in time; its answer is checked again here
     /// because a reading for the wrong zone or an implausible one must never
     /// reach a node, whichever provider produced it.
-    async fn attempt(&self, provider: &dyn Provider, zone: &GridZone) -> Result<Reading, ProviderError> {
+    async fn attempt(
+        &self,
+        provider: &dyn Provider,
+        zone: &GridZone,
+    ) -> Result<Reading, ProviderError> {
         let timeout = self.settings.attempt_timeout;
         let reading = tokio::time::timeout(timeout, provider.fetch(zone))
             .await

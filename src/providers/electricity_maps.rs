@@ -46,7 +46,11 @@ impl ElectricityMaps {
         if paused {
             return Vec::new();
         }
-        let url = match endpoint(&self.base, "carbon-intensity/forecast", &[("zone", zone.as_str())]) {
+        let url = match endpoint(
+            &self.base,
+            "carbon-intensity/forecast",
+            &[("zone", zone.as_str())],
+        ) {
             Ok(url) => url,
             Err(_) => return Vec::new(),
         };
@@ -87,11 +91,14 @@ impl Provider for ElectricityMaps {
     }
 
     async fn fetch(&self, zone: &GridZone) -> Result<Reading, ProviderError> {
-        let token = self
-            .token
-            .as_ref()
-            .ok_or(ProviderError::NotConfigured("no Electricity Maps API token"))?;
-        let url = endpoint(&self.base, "carbon-intensity/latest", &[("zone", zone.as_str())])?;
+        let token = self.token.as_ref().ok_or(ProviderError::NotConfigured(
+            "no Electricity Maps API token",
+        ))?;
+        let url = endpoint(
+            &self.base,
+            "carbon-intensity/latest",
+            &[("zone", zone.as_str())],
+        )?;
         let auth = Auth::Header {
             name: "auth-token",
             value: token,
@@ -202,7 +209,8 @@ mod tests {
         assert_eq!(err.outcome(), "malformed");
         assert!(err.to_string().contains("null"), "{err}");
 
-        let negative = r#"{"zone":"NL","carbonIntensity":-4,"datetime":"2023-01-23T17:00:00.000Z"}"#;
+        let negative =
+            r#"{"zone":"NL","carbonIntensity":-4,"datetime":"2023-01-23T17:00:00.000Z"}"#;
         let err = parse_latest(&zone("NL"), serde_json::from_str(negative).unwrap()).unwrap_err();
         assert_eq!(err.outcome(), "invalid");
 

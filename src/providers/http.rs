@@ -263,15 +263,11 @@ fn auth_headers(auth: &Auth<'_>) -> Result<HeaderMap, ProviderError> {
     let (name, value) = match auth {
         Auth::None => return Ok(headers),
         Auth::Header { name, value } => (
-            header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ProviderError::NotConfigured("invalid credential header name")
-            })?,
+            header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProviderError::NotConfigured("invalid credential header name"))?,
             value.expose().to_string(),
         ),
-        Auth::Bearer(token) => (
-            header::AUTHORIZATION,
-            format!("Bearer {}", token.expose()),
-        ),
+        Auth::Bearer(token) => (header::AUTHORIZATION, format!("Bearer {}", token.expose())),
         Auth::Basic { username, password } => (
             header::AUTHORIZATION,
             format!(
@@ -374,7 +370,10 @@ mod tests {
 
         std::fs::write(&file, "\n").unwrap();
         let empty = Secret::from_file(&file).unwrap_err().to_string();
-        assert!(empty.contains("token") && empty.contains("empty"), "{empty}");
+        assert!(
+            empty.contains("token") && empty.contains("empty"),
+            "{empty}"
+        );
 
         let missing = Secret::from_file(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
@@ -383,9 +382,16 @@ mod tests {
 
     #[test]
     fn urls_are_joined_encoded_and_redacted() {
-        let url = endpoint("https://api.example.org/v3/", "/carbon-intensity/latest", &[("zone", "US-CAL-CISO")])
-            .unwrap();
-        assert_eq!(url.as_str(), "https://api.example.org/v3/carbon-intensity/latest?zone=US-CAL-CISO");
+        let url = endpoint(
+            "https://api.example.org/v3/",
+            "/carbon-intensity/latest",
+            &[("zone", "US-CAL-CISO")],
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://api.example.org/v3/carbon-intensity/latest?zone=US-CAL-CISO"
+        );
         let odd = endpoint("http://u:p@127.0.0.1:8080", "x", &[("region", "A B&C")]).unwrap();
         assert_eq!(odd.query(), Some("region=A+B%26C"));
         assert_eq!(redacted(&odd), "http://127.0.0.1:8080/x");
@@ -395,25 +401,48 @@ mod tests {
     #[test]
     fn origins_compare_scheme_host_and_port() {
         let base = Url::parse("https://api.weather.gov").unwrap();
-        assert!(same_origin(&base, &Url::parse("https://api.weather.gov:443/gridpoints/X/1,2").unwrap()));
-        assert!(!same_origin(&base, &Url::parse("http://api.weather.gov/x").unwrap()));
-        assert!(!same_origin(&base, &Url::parse("https://evil.example/x").unwrap()));
+        assert!(same_origin(
+            &base,
+            &Url::parse("https://api.weather.gov:443/gridpoints/X/1,2").unwrap()
+        ));
+        assert!(!same_origin(
+            &base,
+            &Url::parse("http://api.weather.gov/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &base,
+            &Url::parse("https://evil.example/x").unwrap()
+        ));
     }
 
     #[test]
     fn statuses_map_to_outcomes() {
         let now: Timestamp = "2015-10-21T07:27:00Z".parse().unwrap();
         let none = HeaderMap::new();
-        assert_eq!(status_error(StatusCode::UNAUTHORIZED, &none, now), ProviderError::Unauthorized(401));
-        assert_eq!(status_error(StatusCode::FORBIDDEN, &none, now), ProviderError::Unauthorized(403));
-        assert_eq!(status_error(StatusCode::BAD_GATEWAY, &none, now).outcome(), "server_error");
-        assert_eq!(status_error(StatusCode::NOT_FOUND, &none, now).outcome(), "client_error");
+        assert_eq!(
+            status_error(StatusCode::UNAUTHORIZED, &none, now),
+            ProviderError::Unauthorized(401)
+        );
+        assert_eq!(
+            status_error(StatusCode::FORBIDDEN, &none, now),
+            ProviderError::Unauthorized(403)
+        );
+        assert_eq!(
+            status_error(StatusCode::BAD_GATEWAY, &none, now).outcome(),
+            "server_error"
+        );
+        assert_eq!(
+            status_error(StatusCode::NOT_FOUND, &none, now).outcome(),
+            "client_error"
+        );
 
         let mut headers = HeaderMap::new();
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("120"));
         assert_eq!(
             status_error(StatusCode::TOO_MANY_REQUESTS, &headers, now),
-            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(120)) }
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(120))
+            }
         );
         assert_eq!(
             status_error(StatusCode::TOO_MANY_REQUESTS, &none, now),
@@ -424,19 +453,28 @@ mod tests {
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let now: Timestamp = "2015-10-21T07:27:00Z".parse().unwrap();
-        assert_eq!(parse_retry_after(" 30 ", now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(" 30 ", now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
             Some(Duration::from_secs(60))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]
     fn basic_auth_is_standard_base64() {
-        assert_eq!(base64(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            base64(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
         assert_eq!(base64(b""), "");
@@ -445,7 +483,11 @@ mod tests {
     #[test]
     fn auth_headers_are_sensitive() {
         let secret = Secret::new("tok".into());
-        let headers = auth_headers(&Auth::Header { name: "auth-token", value: &secret }).unwrap();
+        let headers = auth_headers(&Auth::Header {
+            name: "auth-token",
+            value: &secret,
+        })
+        .unwrap();
         assert!(headers["auth-token"].is_sensitive());
         let bearer = auth_headers(&Auth::Bearer(&secret)).unwrap();
         assert_eq!(bearer[header::AUTHORIZATION], "Bearer tok");

@@ -249,8 +249,14 @@ mod tests {
         for kind in ProviderKind::ALL {
             assert_eq!(kind.to_string().parse::<ProviderKind>(), Ok(kind));
         }
-        assert_eq!(" WattTime ".parse::<ProviderKind>(), Ok(ProviderKind::WattTime));
-        assert_eq!("uk-carbon-intensity".parse(), Ok(ProviderKind::UkCarbonIntensity));
+        assert_eq!(
+            " WattTime ".parse::<ProviderKind>(),
+            Ok(ProviderKind::WattTime)
+        );
+        assert_eq!(
+            "uk-carbon-intensity".parse(),
+            Ok(ProviderKind::UkCarbonIntensity)
+        );
         let err = "emaps".parse::<ProviderKind>().unwrap_err();
         assert!(err.contains("electricity-maps"), "{err}");
     }
@@ -258,14 +264,24 @@ mod tests {
     #[test]
     fn default_chain_lists_every_provider_once() {
         let chain = build_chain(&ProvidersConfig {
-            order: vec![ProviderKind::Static, ProviderKind::Static, ProviderKind::Noaa],
+            order: vec![
+                ProviderKind::Static,
+                ProviderKind::Static,
+                ProviderKind::Noaa,
+            ],
             ..ProvidersConfig::default()
         });
         assert_eq!(chain.provider_names(), vec!["static", "noaa-estimate"]);
         let all = build_chain(&ProvidersConfig::default());
         assert_eq!(
             all.provider_names(),
-            vec!["electricity-maps", "uk-carbon-intensity", "watttime", "noaa-estimate", "static"]
+            vec![
+                "electricity-maps",
+                "uk-carbon-intensity",
+                "watttime",
+                "noaa-estimate",
+                "static"
+            ]
         );
     }
 
@@ -277,7 +293,10 @@ mod tests {
             ..ProvidersConfig::default()
         };
         let shown = format!("{cfg:?}");
-        assert!(!shown.contains("em-key-0123") && !shown.contains("wt-pass-4567"), "{shown}");
+        assert!(
+            !shown.contains("em-key-0123") && !shown.contains("wt-pass-4567"),
+            "{shown}"
+        );
         assert!(shown.contains("[redacted]"));
     }
 }

@@ -44,29 +44,29 @@ const FORECAST_HOURS: i64 = 24;
 /// One representative point per US balancing authority: a place inside the
 /// authority's footprint near its wind or solar fleet or its data centres.
 const POINTS: &[(&str, f64, f64)] = &[
-    ("US-CAL-CISO", 36.7378, -119.7871),  // Fresno, Central Valley solar
-    ("US-CAL-LDWP", 34.0522, -118.2437),  // Los Angeles
-    ("US-MIDA-PJM", 40.2732, -76.8867),   // Harrisburg, PA
-    ("US-TEX-ERCO", 32.4487, -99.7331),   // Abilene, West Texas wind
-    ("US-NY-NYIS", 42.6526, -73.7562),    // Albany, NY
-    ("US-MIDW-MISO", 41.5868, -93.6250),  // Des Moines, Iowa wind
-    ("US-NE-ISNE", 42.2626, -71.8023),    // Worcester, MA
-    ("US-CENT-SWPP", 37.6872, -97.3301),  // Wichita, Kansas wind
-    ("US-SE-SOCO", 33.7490, -84.3880),    // Atlanta, GA
-    ("US-TEN-TVA", 36.1627, -86.7816),    // Nashville, TN
-    ("US-CAR-DUK", 35.2271, -80.8431),    // Charlotte, NC
-    ("US-CAR-SC", 33.1960, -80.0131),     // Moncks Corner, SC
-    ("US-CAR-SCEG", 34.0007, -81.0348),   // Columbia, SC
-    ("US-FLA-FPL", 26.1224, -80.1373),    // Fort Lauderdale, FL
-    ("US-NW-BPAT", 45.5946, -121.1787),   // The Dalles, Columbia Gorge
-    ("US-NW-PACW", 44.0582, -121.3153),   // Bend, OR
-    ("US-NW-PACE", 40.7608, -111.8910),   // Salt Lake City, UT
-    ("US-NW-NEVP", 36.1699, -115.1398),   // Las Vegas, NV
-    ("US-NW-PSCO", 39.7392, -104.9903),   // Denver, CO
-    ("US-NW-WACM", 41.1400, -104.8202),   // Cheyenne, WY wind
-    ("US-NW-GCPD", 47.2343, -119.8526),   // Quincy, WA
-    ("US-SW-AZPS", 33.4484, -112.0740),   // Phoenix, AZ
-    ("US-SW-SRP", 33.4152, -111.8315),    // Mesa, AZ
+    ("US-CAL-CISO", 36.7378, -119.7871), // Fresno, Central Valley solar
+    ("US-CAL-LDWP", 34.0522, -118.2437), // Los Angeles
+    ("US-MIDA-PJM", 40.2732, -76.8867),  // Harrisburg, PA
+    ("US-TEX-ERCO", 32.4487, -99.7331),  // Abilene, West Texas wind
+    ("US-NY-NYIS", 42.6526, -73.7562),   // Albany, NY
+    ("US-MIDW-MISO", 41.5868, -93.6250), // Des Moines, Iowa wind
+    ("US-NE-ISNE", 42.2626, -71.8023),   // Worcester, MA
+    ("US-CENT-SWPP", 37.6872, -97.3301), // Wichita, Kansas wind
+    ("US-SE-SOCO", 33.7490, -84.3880),   // Atlanta, GA
+    ("US-TEN-TVA", 36.1627, -86.7816),   // Nashville, TN
+    ("US-CAR-DUK", 35.2271, -80.8431),   // Charlotte, NC
+    ("US-CAR-SC", 33.1960, -80.0131),    // Moncks Corner, SC
+    ("US-CAR-SCEG", 34.0007, -81.0348),  // Columbia, SC
+    ("US-FLA-FPL", 26.1224, -80.1373),   // Fort Lauderdale, FL
+    ("US-NW-BPAT", 45.5946, -121.1787),  // The Dalles, Columbia Gorge
+    ("US-NW-PACW", 44.0582, -121.3153),  // Bend, OR
+    ("US-NW-PACE", 40.7608, -111.8910),  // Salt Lake City, UT
+    ("US-NW-NEVP", 36.1699, -115.1398),  // Las Vegas, NV
+    ("US-NW-PSCO", 39.7392, -104.9903),  // Denver, CO
+    ("US-NW-WACM", 41.1400, -104.8202),  // Cheyenne, WY wind
+    ("US-NW-GCPD", 47.2343, -119.8526),  // Quincy, WA
+    ("US-SW-AZPS", 33.4484, -112.0740),  // Phoenix, AZ
+    ("US-SW-SRP", 33.4152, -111.8315),   // Mesa, AZ
 ];
 
 /// The representative (latitude, longitude) for `zone`, if it is covered.
@@ -99,7 +99,11 @@ impl Noaa {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn grid_url(&self, zone: &GridZone, (lat, lon): (f64, f64)) -> Result<Url, ProviderError> {
+    async fn grid_url(
+        &self,
+        zone: &GridZone,
+        (lat, lon): (f64, f64),
+    ) -> Result<Url, ProviderError> {
         if let Some(url) = self.cached_grid_urls().get(zone) {
             return Ok(url.clone());
         }
@@ -242,7 +246,9 @@ fn wind_to_m_s(uom: Option<&str>) -> Result<f64, ProviderError> {
         Some("wmoUnit:km_h-1") => Ok(1.0 / 3.6),
         Some("wmoUnit:m_s-1") => Ok(1.0),
         Some("wmoUnit:kt") => Ok(0.514_444),
-        other => Err(ProviderError::Malformed(format!("windSpeed unit {other:?}"))),
+        other => Err(ProviderError::Malformed(format!(
+            "windSpeed unit {other:?}"
+        ))),
     }
 }
 
@@ -283,7 +289,9 @@ pub fn estimate(
     let props = &grid.properties;
     let sky_uom = props.sky_cover.uom.as_deref();
     if sky_uom != Some("wmoUnit:percent") {
-        return Err(ProviderError::Malformed(format!("skyCover unit {sky_uom:?}")));
+        return Err(ProviderError::Malformed(format!(
+            "skyCover unit {sky_uom:?}"
+        )));
     }
     let sky = series("skyCover", &props.sky_cover, 1.0, 0.0..=100.0)?;
     let wind_factor = wind_to_m_s(props.wind_speed.uom.as_deref())?;
@@ -292,13 +300,17 @@ pub fn estimate(
         let proxy = renewables_proxy(sky.at(t)?, wind.at(t)?, sun_height(lat, lon, t));
         Some(average * intensity_factor(proxy))
     };
-    let grams_per_kwh = at(now).ok_or_else(|| {
-        ProviderError::Malformed(format!("weather data does not cover {now}"))
-    })?;
+    let grams_per_kwh = at(now)
+        .ok_or_else(|| ProviderError::Malformed(format!("weather data does not cover {now}")))?;
     let hour = now.as_second().div_euclid(3600) * 3600;
     let forecast = (1..=FORECAST_HOURS)
         .filter_map(|k| Timestamp::from_second(hour + k * 3600).ok())
-        .filter_map(|t| at(t).map(|grams_per_kwh| ForecastPoint { at: t, grams_per_kwh }))
+        .filter_map(|t| {
+            at(t).map(|grams_per_kwh| ForecastPoint {
+                at: t,
+                grams_per_kwh,
+            })
+        })
         .collect();
     Reading {
         zone: zone.clone(),
@@ -336,7 +348,9 @@ mod tests {
             (ts("2024-01-01T00:00:00Z"), ts("2024-01-01T01:00:00Z"))
         );
         assert_eq!(
-            parse_valid_time("2024-01-01T06:00:00+00:00/P1DT6H").unwrap().1,
+            parse_valid_time("2024-01-01T06:00:00+00:00/P1DT6H")
+                .unwrap()
+                .1,
             ts("2024-01-02T12:00:00Z")
         );
         assert!(parse_valid_time("2024-01-01T00:00:00+00:00").is_err());
@@ -356,8 +370,14 @@ mod tests {
 
     #[test]
     fn proxy_and_factor_stay_in_the_documented_band() {
-        assert_eq!(intensity_factor(renewables_proxy(100.0, 0.0, 0.0)), MAX_FACTOR);
-        assert_eq!(intensity_factor(renewables_proxy(0.0, 20.0, 1.0)), MIN_FACTOR);
+        assert_eq!(
+            intensity_factor(renewables_proxy(100.0, 0.0, 0.0)),
+            MAX_FACTOR
+        );
+        assert_eq!(
+            intensity_factor(renewables_proxy(0.0, 20.0, 1.0)),
+            MIN_FACTOR
+        );
         assert!((intensity_factor(1.0 / 3.0) - 1.0).abs() < 1e-12);
         // Windier and clearer is never dirtier.
         let calm = renewables_proxy(50.0, 3.0, 0.5);
@@ -379,7 +399,14 @@ mod tests {
             r#"{"validTime":"2024-06-21T06:00:00+00:00/PT3H","value":100}"#,
             r#"{"validTime":"2024-06-21T06:00:00+00:00/PT3H","value":0}"#,
         );
-        let reading = estimate(&zone, 250.0, (36.7, -119.8), &night, ts("2024-06-21T07:30:00Z")).unwrap();
+        let reading = estimate(
+            &zone,
+            250.0,
+            (36.7, -119.8),
+            &night,
+            ts("2024-06-21T07:30:00Z"),
+        )
+        .unwrap();
         assert!((reading.grams_per_kwh - 300.0).abs() < 1e-9);
         assert!(reading.estimated);
         assert_eq!(reading.source, "noaa-estimate");
@@ -392,7 +419,14 @@ mod tests {
             r#"{"validTime":"2024-06-21T20:00:00+00:00/PT1H","value":0}"#,
             r#"{"validTime":"2024-06-21T20:00:00+00:00/PT1H","value":50}"#,
         );
-        let reading = estimate(&zone, 250.0, (36.7, -119.8), &noon, ts("2024-06-21T20:10:00Z")).unwrap();
+        let reading = estimate(
+            &zone,
+            250.0,
+            (36.7, -119.8),
+            &noon,
+            ts("2024-06-21T20:10:00Z"),
+        )
+        .unwrap();
         assert!(reading.grams_per_kwh < 155.0, "{}", reading.grams_per_kwh);
     }
 
@@ -420,7 +454,12 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(estimate(&zone, 250.0, (0.0, 0.0), &knots, now).unwrap_err().outcome(), "malformed");
+        assert_eq!(
+            estimate(&zone, 250.0, (0.0, 0.0), &knots, now)
+                .unwrap_err()
+                .outcome(),
+            "malformed"
+        );
     }
 
     #[test]
@@ -440,7 +479,10 @@ mod tests {
     fn point_table_has_valid_us_zones() {
         for (id, lat, lon) in POINTS {
             assert!(GridZone::parse(id).is_ok() && id.starts_with("US-"), "{id}");
-            assert!((24.0..50.0).contains(lat) && (-125.0..-66.0).contains(lon), "{id}");
+            assert!(
+                (24.0..50.0).contains(lat) && (-125.0..-66.0).contains(lon),
+                "{id}"
+            );
         }
         assert!(zone_point(&GridZone::parse("DE").unwrap()).is_none());
     }

@@ -193,8 +193,14 @@ mod tests {
 
     #[test]
     fn slots_and_time_format_use_minutes_without_seconds() {
-        assert_eq!(slot_start(ts("2018-01-20T12:29:59Z")), ts("2018-01-20T12:00:00Z"));
-        assert_eq!(slot_start(ts("2018-01-20T12:30:00Z")), ts("2018-01-20T12:30:00Z"));
+        assert_eq!(
+            slot_start(ts("2018-01-20T12:29:59Z")),
+            ts("2018-01-20T12:00:00Z")
+        );
+        assert_eq!(
+            slot_start(ts("2018-01-20T12:30:00Z")),
+            ts("2018-01-20T12:30:00Z")
+        );
         assert_eq!(format_time(ts("2018-01-20T12:30:00Z")), "2018-01-20T12:30Z");
     }
 
@@ -239,7 +245,8 @@ mod tests {
         let zone = GridZone::parse("GB-EMIDS").unwrap();
         for body in [object, array] {
             let body: RegionalBody = serde_json::from_str(body).unwrap();
-            let reading = reading(&zone, &body.slots(9).unwrap(), ts("2018-01-20T12:00:00Z")).unwrap();
+            let reading =
+                reading(&zone, &body.slots(9).unwrap(), ts("2018-01-20T12:00:00Z")).unwrap();
             assert_eq!(reading.grams_per_kwh, 312.0);
             assert!(reading.estimated, "regional figures are forecasts");
         }

@@ -130,7 +130,9 @@ impl WattTime {
             .get_json(url, Auth::Basic { username, password })
             .await?;
         if login.token.is_empty() {
-            return Err(ProviderError::Malformed("login returned an empty token".into()));
+            return Err(ProviderError::Malformed(
+                "login returned an empty token".into(),
+            ));
         }
         let value = Secret::new(login.token);
         *cached = Some(Token {
@@ -150,7 +152,9 @@ impl Provider for WattTime {
     async fn fetch(&self, zone: &GridZone) -> Result<Reading, ProviderError> {
         let (Some(username), Some(password)) = (self.username.as_deref(), self.password.as_ref())
         else {
-            return Err(ProviderError::NotConfigured("no WattTime username and password"));
+            return Err(ProviderError::NotConfigured(
+                "no WattTime username and password",
+            ));
         };
         let region = self
             .region_for(zone)
@@ -225,7 +229,12 @@ pub fn parse_forecast(
     envelope: Envelope,
 ) -> Result<Reading, ProviderError> {
     let factor = grams_per_kwh_factor(&envelope.meta.units)?;
-    if let Some(signal) = envelope.meta.signal_type.as_deref().filter(|s| *s != "co2_moer") {
+    if let Some(signal) = envelope
+        .meta
+        .signal_type
+        .as_deref()
+        .filter(|s| *s != "co2_moer")
+    {
         return Err(ProviderError::Malformed(format!(
             "asked for co2_moer, got {signal}"
         )));
@@ -281,11 +290,18 @@ mod tests {
 
     #[test]
     fn documented_forecast_converts_pounds_to_grams() {
-        let reading =
-            parse_forecast(&zone("US-CAL-CISO"), "CAISO_NORTH", serde_json::from_str(DOCUMENTED).unwrap())
-                .unwrap();
+        let reading = parse_forecast(
+            &zone("US-CAL-CISO"),
+            "CAISO_NORTH",
+            serde_json::from_str(DOCUMENTED).unwrap(),
+        )
+        .unwrap();
         // 1048.41 lb/MWh × 453.592 g/lb ÷ 1000 kWh/MWh = 475.5504 g/kWh.
-        assert!((reading.grams_per_kwh - 475.5504).abs() < 1e-3, "{}", reading.grams_per_kwh);
+        assert!(
+            (reading.grams_per_kwh - 475.5504).abs() < 1e-3,
+            "{}",
+            reading.grams_per_kwh
+        );
         assert_eq!(reading.observed_at, "2022-07-15T00:00:00Z".parse().unwrap());
         assert_eq!(reading.forecast.len(), 2);
         assert!((reading.forecast[1].grams_per_kwh - 453.592).abs() < 1e-9);
@@ -302,8 +318,12 @@ mod tests {
     #[test]
     fn percentiles_and_unknown_units_are_refused() {
         let index = DOCUMENTED.replace("lbs_co2_per_mwh", "percentile");
-        let err = parse_forecast(&zone("US-CAL-CISO"), "CAISO_NORTH", serde_json::from_str(&index).unwrap())
-            .unwrap_err();
+        let err = parse_forecast(
+            &zone("US-CAL-CISO"),
+            "CAISO_NORTH",
+            serde_json::from_str(&index).unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(err.outcome(), "malformed");
         assert!(err.to_string().contains("percentile"), "{err}");
     }
@@ -311,19 +331,33 @@ mod tests {
     #[test]
     fn wrong_region_signal_empty_null_and_negative_are_rejected() {
         let cases = [
-            (DOCUMENTED.replace("\"region\":\"CAISO_NORTH\"", "\"region\":\"PJM_DC\""), "malformed"),
-            (DOCUMENTED.replace("\"signal_type\":\"co2_moer\"", "\"signal_type\":\"health_damage\""), "malformed"),
+            (
+                DOCUMENTED.replace("\"region\":\"CAISO_NORTH\"", "\"region\":\"PJM_DC\""),
+                "malformed",
+            ),
+            (
+                DOCUMENTED.replace(
+                    "\"signal_type\":\"co2_moer\"",
+                    "\"signal_type\":\"health_damage\"",
+                ),
+                "malformed",
+            ),
             (DOCUMENTED.replace("1048.41", "null"), "malformed"),
             (DOCUMENTED.replace("1048.41", "-10"), "invalid"),
             (DOCUMENTED.replace("1048.41", "99999"), "invalid"),
             (
-                r#"{"data":[],"meta":{"units":"lbs_co2_per_mwh","region":"CAISO_NORTH"}}"#.to_string(),
+                r#"{"data":[],"meta":{"units":"lbs_co2_per_mwh","region":"CAISO_NORTH"}}"#
+                    .to_string(),
                 "malformed",
             ),
         ];
         for (body, outcome) in cases {
-            let err = parse_forecast(&zone("US-CAL-CISO"), "CAISO_NORTH", serde_json::from_str(&body).unwrap())
-                .unwrap_err();
+            let err = parse_forecast(
+                &zone("US-CAL-CISO"),
+                "CAISO_NORTH",
+                serde_json::from_str(&body).unwrap(),
+            )
+            .unwrap_err();
             assert_eq!(err.outcome(), outcome, "{err}");
         }
     }
@@ -347,7 +381,9 @@ mod tests {
         for (id, region) in BUILTIN_REGIONS {
             assert!(GridZone::parse(id).is_ok(), "{id}");
             assert!(seen.insert(*id), "duplicate {id}");
-            assert!(!region.is_empty() && region.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            assert!(
+                !region.is_empty() && region.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            );
         }
     }
 }

@@ -97,7 +97,9 @@ impl Drop for CarbonApi {
 
 impl CarbonApi {
     pub async fn start() -> CarbonApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test server");
         let addr = listener.local_addr().expect("test server address");
         let state = Arc::new(Mutex::new(State {
             intensity: BTreeMap::new(),
@@ -105,7 +107,10 @@ impl CarbonApi {
             requests: BTreeMap::new(),
             watttime_regions: BTreeMap::new(),
             uk_regions: BTreeMap::new(),
-            weather: Weather { sky_cover_percent: 50.0, wind_km_h: 15.0 },
+            weather: Weather {
+                sky_cover_percent: 50.0,
+                wind_km_h: 15.0,
+            },
             tokens: Vec::new(),
             issued: 0,
         }));
@@ -163,22 +168,31 @@ impl CarbonApi {
     /// The zone's intensity in g/kWh as every API reports it (WattTime in
     /// lbs/MWh that convert back to this value). `GB` is the UK national zone.
     pub fn set_intensity(&self, zone: &str, g_per_kwh: f64) {
-        self.state().intensity.insert(zone.to_ascii_uppercase(), g_per_kwh);
+        self.state()
+            .intensity
+            .insert(zone.to_ascii_uppercase(), g_per_kwh);
     }
 
     /// Answer WattTime `region` with `zone`'s intensity (the client's
     /// built-in regions work without this).
     pub fn map_watttime_region(&self, region: &str, zone: &str) {
-        self.state().watttime_regions.insert(region.into(), zone.to_ascii_uppercase());
+        self.state()
+            .watttime_regions
+            .insert(region.into(), zone.to_ascii_uppercase());
     }
 
     /// Answer UK region `id` with `zone`'s intensity.
     pub fn map_uk_region(&self, id: u32, zone: &str) {
-        self.state().uk_regions.insert(id, zone.to_ascii_uppercase());
+        self.state()
+            .uk_regions
+            .insert(id, zone.to_ascii_uppercase());
     }
 
     pub fn set_weather(&self, sky_cover_percent: f64, wind_km_h: f64) {
-        self.state().weather = Weather { sky_cover_percent, wind_km_h };
+        self.state().weather = Weather {
+            sky_cover_percent,
+            wind_km_h,
+        };
     }
 
     /// `target` is a route (`watttime/login`) or a provider (`watttime`);
@@ -207,7 +221,9 @@ impl CarbonApi {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A parsed request head.
@@ -232,12 +248,19 @@ pub(crate) enum Reply {
 
 impl Reply {
     pub fn json(status: u16, body: String) -> Reply {
-        Reply::Full { status, content_type: "application/json", headers: Vec::new(), body }
+        Reply::Full {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
     }
 
     fn body(&self) -> String {
         match self {
-            Reply::Full { body, .. } | Reply::Truncated(body) | Reply::Unframed(body) => body.clone(),
+            Reply::Full { body, .. } | Reply::Truncated(body) | Reply::Unframed(body) => {
+                body.clone()
+            }
             Reply::Hang => String::new(),
         }
     }
@@ -264,11 +287,16 @@ fn respond(state: &Mutex<State>, base: &str, request: &Request) -> Reply {
     };
     *state.requests.entry(provider.into()).or_default() += 1;
     *state.requests.entry(route.into()).or_default() += 1;
-    let fault = state.faults.get(route).or_else(|| state.faults.get(provider)).cloned();
+    let fault = state
+        .faults
+        .get(route)
+        .or_else(|| state.faults.get(provider))
+        .cloned();
     match fault {
-        Some(Fault::Status(code)) => {
-            Reply::json(code, format!(r#"{{"status":"error","message":"injected HTTP {code}"}}"#))
-        }
+        Some(Fault::Status(code)) => Reply::json(
+            code,
+            format!(r#"{{"status":"error","message":"injected HTTP {code}"}}"#),
+        ),
         Some(Fault::RateLimited { retry_after_secs }) => Reply::Full {
             status: 429,
             content_type: "application/json",
@@ -282,18 +310,32 @@ fn respond(state: &Mutex<State>, base: &str, request: &Request) -> Reply {
             headers: Vec::new(),
             body: "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
         },
-        Some(Fault::Truncated) => {
-            Reply::Truncated(routes::answer(&mut routes::Ctx::new(&mut state, base, None), route, request).body())
-        }
+        Some(Fault::Truncated) => Reply::Truncated(
+            routes::answer(
+                &mut routes::Ctx::new(&mut state, base, None),
+                route,
+                request,
+            )
+            .body(),
+        ),
         Some(Fault::Oversized(bytes)) => {
-            let mut body = routes::answer(&mut routes::Ctx::new(&mut state, base, None), route, request).body();
+            let mut body = routes::answer(
+                &mut routes::Ctx::new(&mut state, base, None),
+                route,
+                request,
+            )
+            .body();
             // Trailing whitespace keeps the document valid JSON: only the
             // size is wrong.
             let pad = bytes.saturating_sub(body.len());
             body.push_str(&" ".repeat(pad));
             Reply::Unframed(body)
         }
-        value_fault => routes::answer(&mut routes::Ctx::new(&mut state, base, value_fault), route, request),
+        value_fault => routes::answer(
+            &mut routes::Ctx::new(&mut state, base, value_fault),
+            route,
+            request,
+        ),
     }
 }
 
@@ -326,24 +368,40 @@ async fn read_request(mut stream: TcpStream) -> Option<(TcpStream, Request)> {
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some((stream, Request { path: path.to_string(), query, headers }))
+    Some((
+        stream,
+        Request {
+            path: path.to_string(),
+            query,
+            headers,
+        },
+    ))
 }
 
 async fn write_reply(mut stream: TcpStream, reply: Reply) {
-    let head = |status: u16, content_type: &str, length: Option<usize>, extra: &[(String, String)]| {
-        let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nConnection: close\r\n", reason(status));
-        if let Some(length) = length {
-            head.push_str(&format!("Content-Length: {length}\r\n"));
-        }
-        for (name, value) in extra {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        head
-    };
+    let head =
+        |status: u16, content_type: &str, length: Option<usize>, extra: &[(String, String)]| {
+            let mut head = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nConnection: close\r\n",
+                reason(status)
+            );
+            if let Some(length) = length {
+                head.push_str(&format!("Content-Length: {length}\r\n"));
+            }
+            for (name, value) in extra {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            head
+        };
     // Write errors mean the client gave up (timeouts, size limits): expected.
     let _ = match reply {
-        Reply::Full { status, content_type, headers, body } => {
+        Reply::Full {
+            status,
+            content_type,
+            headers,
+            body,
+        } => {
             let bytes = head(status, content_type, Some(body.len()), &headers) + &body;
             stream.write_all(bytes.as_bytes()).await
         }

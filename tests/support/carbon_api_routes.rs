@@ -6,8 +6,8 @@ use carbon_kube::providers::watttime::{G_PER_KWH_PER_LB_PER_MWH, builtin_region}
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    EM, EM_FORECAST, EM_LATEST, EM_TOKEN, Fault, NOAA, NOAA_GRID, NOAA_POINTS, Reply, Request, State, UK,
-    UK_NATIONAL, UK_REGIONAL, WT, WT_FORECAST, WT_LOGIN, WT_PASSWORD, WT_USERNAME,
+    EM, EM_FORECAST, EM_LATEST, EM_TOKEN, Fault, NOAA, NOAA_GRID, NOAA_POINTS, Reply, Request,
+    State, UK, UK_NATIONAL, UK_REGIONAL, WT, WT_FORECAST, WT_LOGIN, WT_PASSWORD, WT_USERNAME,
 };
 
 pub(super) struct Ctx<'a> {
@@ -76,24 +76,36 @@ fn floor(at: Timestamp, step_seconds: i64) -> Timestamp {
 }
 
 fn plus(at: Timestamp, seconds: i64) -> Timestamp {
-    at.checked_add(SignedDuration::from_secs(seconds)).unwrap_or(at)
+    at.checked_add(SignedDuration::from_secs(seconds))
+        .unwrap_or(at)
 }
 
 // ---- Electricity Maps v3 ----
 
 fn em_authorized(request: &Request) -> Option<Reply> {
     (request.headers.get("auth-token").map(String::as_str) != Some(EM_TOKEN)).then(|| {
-        Reply::json(401, r#"{"status":"error","message":"Invalid authentication token"}"#.into())
+        Reply::json(
+            401,
+            r#"{"status":"error","message":"Invalid authentication token"}"#.into(),
+        )
     })
 }
 
 fn em_zone(ctx: &Ctx<'_>, request: &Request) -> Result<(String, f64), Reply> {
-    let zone = request.query.get("zone").cloned().unwrap_or_default().to_ascii_uppercase();
+    let zone = request
+        .query
+        .get("zone")
+        .cloned()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     match ctx.state.intensity.get(&zone) {
         Some(g) => Ok((zone, *g)),
         None => Err(Reply::json(
             404,
-            format!(r#"{{"status":"error","message":"Zone {} does not exist."}}"#, quoted(&zone)),
+            format!(
+                r#"{{"status":"error","message":"Zone {} does not exist."}}"#,
+                quoted(&zone)
+            ),
         )),
     }
 }
@@ -156,7 +168,10 @@ fn em_forecast(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
 // ---- WattTime v3 ----
 
 fn wt_login(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
-    let expected = format!("Basic {}", base64(format!("{WT_USERNAME}:{WT_PASSWORD}").as_bytes()));
+    let expected = format!(
+        "Basic {}",
+        base64(format!("{WT_USERNAME}:{WT_PASSWORD}").as_bytes())
+    );
     if request.headers.get("authorization") != Some(&expected) {
         return Reply::json(401, r#"{"error":"invalid credentials"}"#.into());
     }
@@ -178,7 +193,10 @@ fn wt_zone(state: &State, region: &str) -> Option<String> {
 }
 
 fn wt_forecast(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
-    let bearer = request.headers.get("authorization").and_then(|h| h.strip_prefix("Bearer "));
+    let bearer = request
+        .headers
+        .get("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "));
     if !bearer.is_some_and(|token| ctx.state.tokens.iter().any(|t| t == token)) {
         return Reply::json(401, r#"{"error":"token expired or invalid"}"#.into());
     }
@@ -186,17 +204,29 @@ fn wt_forecast(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
         return Reply::json(400, r#"{"error":"unsupported signal_type"}"#.into());
     }
     let region = request.query.get("region").cloned().unwrap_or_default();
-    let Some(g) = wt_zone(ctx.state, &region).and_then(|zone| ctx.state.intensity.get(&zone).copied()) else {
-        return Reply::json(400, format!(r#"{{"error":"unknown region {}"}}"#, quoted(&region)));
+    let Some(g) =
+        wt_zone(ctx.state, &region).and_then(|zone| ctx.state.intensity.get(&zone).copied())
+    else {
+        return Reply::json(
+            400,
+            format!(r#"{{"error":"unknown region {}"}}"#, quoted(&region)),
+        );
     };
     let lbs = g / G_PER_KWH_PER_LB_PER_MWH;
-    let hours: i64 = request.query.get("horizon_hours").and_then(|h| h.parse().ok()).unwrap_or(24);
+    let hours: i64 = request
+        .query
+        .get("horizon_hours")
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(24);
     let start = floor(Timestamp::now(), 300);
     let wt_time = |at: Timestamp| at.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string();
     let points: Vec<String> = (0..hours * 12)
         .map(|k| {
             let value = if k == 0 { ctx.value(lbs) } else { num(lbs) };
-            format!(r#"{{"point_time":"{}","value":{value}}}"#, wt_time(plus(start, k * 300)))
+            format!(
+                r#"{{"point_time":"{}","value":{value}}}"#,
+                wt_time(plus(start, k * 300))
+            )
         })
         .collect();
     Reply::json(
@@ -228,13 +258,25 @@ fn uk_slots(ctx: &Ctx<'_>, g: f64, from: Timestamp, count: i64, national: bool) 
             let current = start <= now && now < end;
             let value = if current { ctx.value(g) } else { num(g) };
             let intensity = if national {
-                let actual = if start <= now { value.clone() } else { "null".into() };
+                let actual = if start <= now {
+                    value.clone()
+                } else {
+                    "null".into()
+                };
                 format!(r#"{{"forecast":{value},"actual":{actual},"index":"moderate"}}"#)
             } else {
                 format!(r#"{{"forecast":{value},"index":"moderate"}}"#)
             };
-            let mix = if national { "" } else { r#","generationmix":[{"fuel":"gas","perc":41.2},{"fuel":"wind","perc":30.1}]"# };
-            format!(r#"{{"from":"{}","to":"{}","intensity":{intensity}{mix}}}"#, uk_time(start), uk_time(end))
+            let mix = if national {
+                ""
+            } else {
+                r#","generationmix":[{"fuel":"gas","perc":41.2},{"fuel":"wind","perc":30.1}]"#
+            };
+            format!(
+                r#"{{"from":"{}","to":"{}","intensity":{intensity}{mix}}}"#,
+                uk_time(start),
+                uk_time(end)
+            )
         })
         .collect();
     slots.join(",")
@@ -254,18 +296,31 @@ fn uk_window(path_rest: &str) -> (Timestamp, i64) {
 
 fn uk_national(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
     let Some(g) = ctx.state.intensity.get("GB").copied() else {
-        return Reply::json(400, r#"{"error":{"code":"400 Bad Request","message":"no data for GB"}}"#.into());
+        return Reply::json(
+            400,
+            r#"{"error":{"code":"400 Bad Request","message":"no data for GB"}}"#.into(),
+        );
     };
     let rest = request.path.trim_start_matches("/uk/intensity");
     let (from, count) = uk_window(rest);
-    Reply::json(200, format!(r#"{{"data":[{}]}}"#, uk_slots(ctx, g, from, count, true)))
+    Reply::json(
+        200,
+        format!(r#"{{"data":[{}]}}"#, uk_slots(ctx, g, from, count, true)),
+    )
 }
 
 fn uk_regional(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
-    let id: Option<u32> = request.path.rsplit('/').next().and_then(|id| id.parse().ok());
+    let id: Option<u32> = request
+        .path
+        .rsplit('/')
+        .next()
+        .and_then(|id| id.parse().ok());
     let zone = id.and_then(|id| ctx.state.uk_regions.get(&id).cloned());
     let Some((id, g)) = id.zip(zone.and_then(|z| ctx.state.intensity.get(&z).copied())) else {
-        return Reply::json(400, r#"{"error":{"code":"400 Bad Request","message":"unknown region"}}"#.into());
+        return Reply::json(
+            400,
+            r#"{"error":{"code":"400 Bad Request","message":"unknown region"}}"#.into(),
+        );
     };
     let region = |slots: String| {
         format!(
@@ -277,7 +332,13 @@ fn uk_regional(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
     match request.path.strip_prefix("/uk/regional/intensity/") {
         Some(rest) => {
             let (from, count) = uk_window(rest);
-            Reply::json(200, format!(r#"{{"data":{}}}"#, region(uk_slots(ctx, g, from, count, false))))
+            Reply::json(
+                200,
+                format!(
+                    r#"{{"data":{}}}"#,
+                    region(uk_slots(ctx, g, from, count, false))
+                ),
+            )
         }
         None => {
             let slots = uk_slots(ctx, g, Timestamp::now(), 1, false);
@@ -290,8 +351,15 @@ fn uk_regional(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
 
 fn noaa_user_agent(request: &Request) -> Option<Reply> {
     // api.weather.gov refuses requests without a User-Agent.
-    (request.headers.get("user-agent").is_none_or(|ua| ua.is_empty())).then(|| {
-        Reply::json(403, r#"{"title":"Forbidden","detail":"a User-Agent header is required"}"#.into())
+    (request
+        .headers
+        .get("user-agent")
+        .is_none_or(|ua| ua.is_empty()))
+    .then(|| {
+        Reply::json(
+            403,
+            r#"{"title":"Forbidden","detail":"a User-Agent header is required"}"#.into(),
+        )
     })
 }
 
@@ -316,12 +384,22 @@ fn noaa_grid(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
     }
     let weather = ctx.state.weather;
     let start = plus(floor(Timestamp::now(), 3600), -2 * 3600);
-    let valid = |at: Timestamp, hours: i64| format!("{}/PT{hours}H", at.strftime("%Y-%m-%dT%H:%M:%S+00:00"));
+    let valid = |at: Timestamp, hours: i64| {
+        format!("{}/PT{hours}H", at.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    };
     // One three-hour interval first, as the real grids mix durations.
     let series = |value: &dyn Fn() -> String| {
-        let mut values = vec![format!(r#"{{"validTime":"{}","value":{}}}"#, valid(start, 3), value())];
+        let mut values = vec![format!(
+            r#"{{"validTime":"{}","value":{}}}"#,
+            valid(start, 3),
+            value()
+        )];
         values.extend((3..48).map(|h| {
-            format!(r#"{{"validTime":"{}","value":{}}}"#, valid(plus(start, h * 3600), 1), value())
+            format!(
+                r#"{{"validTime":"{}","value":{}}}"#,
+                valid(plus(start, h * 3600), 1),
+                value()
+            )
         }));
         values.join(",")
     };
@@ -340,10 +418,18 @@ fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
-            out.push(if i <= chunk.len() { char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]) } else { '=' });
+            out.push(if i <= chunk.len() {
+                char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize])
+            } else {
+                '='
+            });
         }
     }
     out
