@@ -125,7 +125,10 @@ pub struct AgentArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TaintEffect {
+    // Kubernetes' own spelling, so values read as they do in a taint.
+    #[value(name = "PreferNoSchedule")]
     PreferNoSchedule,
+    #[value(name = "NoSchedule")]
     NoSchedule,
 }
 

@@ -187,6 +187,10 @@ impl AgentConfig {
         if lease_duration < Duration::from_secs(3) {
             return Err(invalid("lease-duration", "must be at least 3s so the leader can renew in time"));
         }
+        let poll_interval = parse_period("poll-interval", &args.poll_interval)?;
+        let mut providers = providers_config(&args.providers)?;
+        // A cached reading must never outlive a poll, or the leader would write it twice.
+        providers.cache_ttl = providers.cache_ttl.min(poll_interval / 2);
         Ok(Self {
             identity: args.identity.clone().unwrap_or_else(|| node_name.clone()),
             node_name,
@@ -201,12 +205,12 @@ impl AgentConfig {
             },
             taint_effect: args.taint_effect,
             max_tainted_fraction: args.max_tainted_fraction,
-            poll_interval: parse_period("poll-interval", &args.poll_interval)?,
+            poll_interval,
             poll_concurrency: args.poll_concurrency,
             lease_duration,
             sample_interval: parse_period("sample-interval", &args.sample_interval)?,
             metrics_addr: args.metrics_addr,
-            providers: providers_config(&args.providers)?,
+            providers,
             power: crate::power::PowerOverrides {
                 min_watts_per_vcpu: args.power.min_watts_per_vcpu,
                 max_watts_per_vcpu: args.power.max_watts_per_vcpu,

@@ -8,11 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::carbon_api::{CarbonApi, Fault};
+use support::carbon_api::{CarbonApi, EM, EM_TOKEN as TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, wait_for};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const TOKEN: &str = "em-test-token-5f1c9a";
 
 struct Cluster {
     cp: ControlPlane,
@@ -37,7 +36,10 @@ fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.push(format!("--electricity-maps-url={}", api.base_url()));
+    args.push(format!("--electricity-maps-url={}", api.electricity_maps_url()));
+    // A test's own value of a flag replaces the default above.
+    let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -221,7 +223,8 @@ async fn foreign_taints_labels_and_conditions_survive() {
         wait_tainted(&cp, "f1", false);
 
         let node = cp.node("f1");
-        let taints: Vec<&str> = node["spec"]["taints"].as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap()).collect();
+        let mut taints: Vec<&str> = node["spec"]["taints"].as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap()).collect();
+        taints.sort_unstable();
         assert_eq!(taints, ["dedicated", "example.com/maintenance", "late"]);
         assert_eq!(node["metadata"]["labels"]["team"], "batch");
         let types: Vec<&str> = node["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
@@ -234,7 +237,7 @@ async fn foreign_taints_labels_and_conditions_survive() {
 async fn the_api_key_never_appears_in_output() {
     let _serial = SERIAL.lock().await;
     let Cluster { cp, api, mut agents } = cluster(&[("k1", "DE")], &["--log-format=json"]).await;
-    api.set_fault("electricity-maps", Fault::Status(401));
+    api.set_fault(EM, Fault::Status(401));
     tokio::task::block_in_place(|| {
         wait_for("a 401 counted", Duration::from_secs(20), || {
             agents[0]

@@ -298,6 +298,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log (tail) ---\n{}", self.node, tail(&self.output(), 30));
+        }
     }
 }
 
@@ -310,7 +313,7 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    (head.starts_with("HTTP/1.") && head[8..].starts_with(" 200")).then(|| body.to_string())
 }
 
 pub fn path_str(path: &Path) -> &str {
