@@ -96,24 +96,43 @@ mod tests {
 
     #[test]
     fn with_every_zone_dirty_the_share_stays_untainted() {
-        let zones = [load("A", 1, Some(500.0)), load("B", 1, Some(400.0)), load("C", 1, Some(350.0))];
+        let zones = [
+            load("A", 1, Some(500.0)),
+            load("B", 1, Some(400.0)),
+            load("C", 1, Some(350.0)),
+        ];
         let allowed = allowed_zones(&zones, 20.0, 0.5);
         assert_eq!(names(&allowed), ["A"]);
-        let tainted: usize = zones.iter().filter(|z| allowed.contains(&z.zone)).map(|z| z.nodes).sum();
+        let tainted: usize = zones
+            .iter()
+            .filter(|z| allowed.contains(&z.zone))
+            .map(|z| z.nodes)
+            .sum();
         assert!(tainted <= node_budget(3, 0.5));
     }
 
     #[test]
     fn a_big_zone_that_does_not_fit_lets_smaller_dirty_zones_in() {
-        let zones = [load("BIG", 6, Some(800.0)), load("SMALL", 1, Some(400.0)), load("CLEAN", 3, Some(100.0))];
+        let zones = [
+            load("BIG", 6, Some(800.0)),
+            load("SMALL", 1, Some(400.0)),
+            load("CLEAN", 3, Some(100.0)),
+        ];
         assert_eq!(names(&allowed_zones(&zones, 20.0, 0.5)), ["CLEAN", "SMALL"]);
     }
 
     #[test]
     fn zones_in_the_hysteresis_band_compete_and_zones_without_data_are_free() {
-        let zones = [load("BAND", 2, Some(285.0)), load("DIRTY", 2, Some(600.0)), load("NODATA", 2, None)];
+        let zones = [
+            load("BAND", 2, Some(285.0)),
+            load("DIRTY", 2, Some(600.0)),
+            load("NODATA", 2, None),
+        ];
         // 6 nodes, budget 3: DIRTY takes 2, BAND (2) no longer fits.
-        assert_eq!(names(&allowed_zones(&zones, 20.0, 0.5)), ["DIRTY", "NODATA"]);
+        assert_eq!(
+            names(&allowed_zones(&zones, 20.0, 0.5)),
+            ["DIRTY", "NODATA"]
+        );
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Reading {
     pub fn validated(mut self) -> Result<Self, String> {
         check_intensity(self.grams_per_kwh)?;
         for point in &self.forecast {
-            check_intensity(point.grams_per_kwh).map_err(|e| format!("forecast at {}: {e}", point.at))?;
+            check_intensity(point.grams_per_kwh)
+                .map_err(|e| format!("forecast at {}: {e}", point.at))?;
         }
         self.forecast.sort_by_key(|p| p.at);
         Ok(self)
@@ -113,7 +114,10 @@ mod tests {
 
     #[test]
     fn zone_ids_are_normalised_and_checked() {
-        assert_eq!(GridZone::parse(" us-cal-ciso ").unwrap().as_str(), "US-CAL-CISO");
+        assert_eq!(
+            GridZone::parse(" us-cal-ciso ").unwrap().as_str(),
+            "US-CAL-CISO"
+        );
         assert_eq!(GridZone::parse("DE").unwrap().object_name(), "de");
         assert!(GridZone::parse("").is_err());
         assert!(GridZone::parse("DE/FR").is_err());
@@ -142,8 +146,14 @@ mod tests {
             observed_at: t0,
             estimated: false,
             forecast: vec![
-                ForecastPoint { at: t1, grams_per_kwh: 200.0 },
-                ForecastPoint { at: t0, grams_per_kwh: 250.0 },
+                ForecastPoint {
+                    at: t1,
+                    grams_per_kwh: 200.0,
+                },
+                ForecastPoint {
+                    at: t0,
+                    grams_per_kwh: 250.0,
+                },
             ],
         };
         let ok = reading.clone().validated().unwrap();

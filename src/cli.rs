@@ -164,7 +164,11 @@ pub struct ProviderArgs {
     pub providers: Vec<String>,
 
     /// Electricity Maps API base URL.
-    #[arg(long, env = "ELECTRICITY_MAPS_URL", default_value = "https://api.electricitymap.org/v3")]
+    #[arg(
+        long,
+        env = "ELECTRICITY_MAPS_URL",
+        default_value = "https://api.electricitymap.org/v3"
+    )]
     pub electricity_maps_url: String,
 
     /// File holding the Electricity Maps API token (a mounted Secret).
@@ -172,7 +176,12 @@ pub struct ProviderArgs {
     pub electricity_maps_token_file: Option<PathBuf>,
 
     /// Electricity Maps API token (prefer the file).
-    #[arg(long, env = "ELECTRICITY_MAPS_TOKEN", hide_env_values = true, hide = true)]
+    #[arg(
+        long,
+        env = "ELECTRICITY_MAPS_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
     pub electricity_maps_token: Option<String>,
 
     /// WattTime API base URL.
@@ -196,7 +205,11 @@ pub struct ProviderArgs {
     pub watttime_regions: Vec<String>,
 
     /// UK Carbon Intensity API base URL.
-    #[arg(long, env = "UK_CARBON_INTENSITY_URL", default_value = "https://api.carbonintensity.org.uk")]
+    #[arg(
+        long,
+        env = "UK_CARBON_INTENSITY_URL",
+        default_value = "https://api.carbonintensity.org.uk"
+    )]
     pub uk_carbon_intensity_url: String,
 
     /// UK regional ids per zone, e.g. `GB-SCOTLAND=1`; zone GB is national.

@@ -74,11 +74,21 @@ pub fn parse_cli_from(mut args: Vec<OsString>) -> Result<Cli, clap::Error> {
 fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
-    let entries: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text)
-        .map_err(|e| invalid("config", format!("{} is not a YAML map: {e}", path.display())))?;
+    let entries: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|e| {
+            invalid(
+                "config",
+                format!("{} is not a YAML map: {e}", path.display()),
+            )
+        })?;
     let known: Vec<String> = Cli::command()
         .find_subcommand("agent")
-        .map(|agent| agent.get_arguments().map(|a| a.get_id().to_string()).collect())
+        .map(|agent| {
+            agent
+                .get_arguments()
+                .map(|a| a.get_id().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = Vec::new();
     for (key, value) in entries {
@@ -89,7 +99,10 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
                 format!("{}: unknown setting {key:?}", path.display()),
             ));
         }
-        if matches!(matches.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+        if matches!(
+            matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue;
         }
         let text = match value {
@@ -100,7 +113,12 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
                 .map(|v| v.join(",")),
             other => scalar_text(&other),
         }
-        .ok_or_else(|| invalid("config", format!("{}: {key} must be a scalar or a list", path.display())))?;
+        .ok_or_else(|| {
+            invalid(
+                "config",
+                format!("{}: {key} must be a scalar or a list", path.display()),
+            )
+        })?;
         out.push(OsString::from(format!("--{}={text}", id.replace('_', "-"))));
     }
     Ok(out)
@@ -118,17 +136,27 @@ fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
 /// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| invalid(field, format!("{text:?} is not a duration like 30s, 5m or 1h")))?;
+    let value: f64 = number.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration like 30s, 5m or 1h"),
+        )
+    })?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(invalid(field, format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)"))),
+        _ => {
+            return Err(invalid(
+                field,
+                format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)"),
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(invalid(field, format!("{text:?} must not be negative")));
@@ -139,7 +167,10 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
 /// Like [`parse_duration`], for periods where zero would mean a busy loop.
 pub fn parse_period(field: &str, text: &str) -> Result<Duration, ConfigError> {
     match parse_duration(field, text)? {
-        Duration::ZERO => Err(invalid(field, format!("{text:?} must be greater than zero"))),
+        Duration::ZERO => Err(invalid(
+            field,
+            format!("{text:?} must be greater than zero"),
+        )),
         period => Ok(period),
     }
 }
@@ -158,7 +189,12 @@ impl AgentConfig {
             .node_name
             .clone()
             .filter(|n| !n.trim().is_empty())
-            .ok_or_else(|| invalid("node-name", "required (set NODE_NAME from the downward API spec.nodeName)"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "node-name",
+                    "required (set NODE_NAME from the downward API spec.nodeName)",
+                )
+            })?;
         let default_zone = args
             .default_zone
             .as_deref()
@@ -185,7 +221,10 @@ impl AgentConfig {
         }
         let lease_duration = parse_period("lease-duration", &args.lease_duration)?;
         if lease_duration < Duration::from_secs(3) {
-            return Err(invalid("lease-duration", "must be at least 3s so the leader can renew in time"));
+            return Err(invalid(
+                "lease-duration",
+                "must be at least 3s so the leader can renew in time",
+            ));
         }
         let poll_interval = parse_period("poll-interval", &args.poll_interval)?;
         let mut providers = providers_config(&args.providers)?;
@@ -222,15 +261,24 @@ impl AgentConfig {
 }
 
 /// Reads a secret from a file (preferred) or a value from the environment.
-fn secret(field: &str, file: Option<&Path>, value: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+fn secret(
+    field: &str,
+    file: Option<&Path>,
+    value: Option<&str>,
+) -> Result<Option<Secret>, ConfigError> {
     match (file, value) {
-        (Some(path), _) => Secret::from_file(path).map(Some).map_err(|e| invalid(field, e.to_string())),
+        (Some(path), _) => Secret::from_file(path)
+            .map(Some)
+            .map_err(|e| invalid(field, e.to_string())),
         (None, Some(v)) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim().to_string()))),
         _ => Ok(None),
     }
 }
 
-fn zone_map<T: std::str::FromStr>(field: &str, entries: &[String]) -> Result<BTreeMap<GridZone, T>, ConfigError> {
+fn zone_map<T: std::str::FromStr>(
+    field: &str,
+    entries: &[String],
+) -> Result<BTreeMap<GridZone, T>, ConfigError> {
     entries
         .iter()
         .filter(|e| !e.trim().is_empty())
@@ -239,10 +287,12 @@ fn zone_map<T: std::str::FromStr>(field: &str, entries: &[String]) -> Result<BTr
                 .split_once('=')
                 .ok_or_else(|| invalid(field, format!("{entry:?} must look like ZONE=VALUE")))?;
             let zone = GridZone::parse(zone).map_err(|e| invalid(field, e))?;
-            let value = value
-                .trim()
-                .parse()
-                .map_err(|_| invalid(field, format!("{entry:?}: cannot parse the value {value:?}")))?;
+            let value = value.trim().parse().map_err(|_| {
+                invalid(
+                    field,
+                    format!("{entry:?}: cannot parse the value {value:?}"),
+                )
+            })?;
             Ok((zone, value))
         })
         .collect()
@@ -291,7 +341,10 @@ pub fn providers_config(args: &ProviderArgs) -> Result<ProvidersConfig, ConfigEr
             args.watttime_password.as_deref(),
         )?,
         watttime_regions: zone_map("watttime-regions", &args.watttime_regions)?,
-        uk_url: args.uk_carbon_intensity_url.trim_end_matches('/').to_string(),
+        uk_url: args
+            .uk_carbon_intensity_url
+            .trim_end_matches('/')
+            .to_string(),
         uk_regions: zone_map("uk-regions", &args.uk_regions)?,
         noaa_url: args.noaa_url.trim_end_matches('/').to_string(),
         timeout: parse_period("provider-timeout", &args.provider_timeout)?,
@@ -336,13 +389,32 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("x", "1.5h").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("x", "5 parsecs").unwrap_err().to_string().contains("--x"));
+        assert_eq!(
+            parse_duration("x", "1.5h").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert!(
+            parse_duration("x", "5 parsecs")
+                .unwrap_err()
+                .to_string()
+                .contains("--x")
+        );
         assert!(parse_duration("x", "-1s").is_err());
-        assert!(parse_period("x", "0s").unwrap_err().to_string().contains("greater than zero"));
-        assert_eq!(agent(&["--dwell", "0s"]).unwrap().decision.dwell, Duration::ZERO);
+        assert!(
+            parse_period("x", "0s")
+                .unwrap_err()
+                .to_string()
+                .contains("greater than zero")
+        );
+        assert_eq!(
+            agent(&["--dwell", "0s"]).unwrap().decision.dwell,
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -351,7 +423,10 @@ mod tests {
             (&["--hysteresis", "400"], "--hysteresis"),
             (&["--threshold=-5"], "--threshold"),
             (&["--max-tainted-fraction", "1.5"], "--max-tainted-fraction"),
-            (&["--providers", "electricity-maps,carrier-pigeon"], "carrier-pigeon"),
+            (
+                &["--providers", "electricity-maps,carrier-pigeon"],
+                "carrier-pigeon",
+            ),
             (&["--default-zone", "DE/FR"], "--default-zone"),
             (&["--watttime-regions", "US-CAL-CISO"], "ZONE=VALUE"),
             (&["--lease-duration", "1s"], "--lease-duration"),
@@ -377,7 +452,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ck-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.yaml");
-        std::fs::write(&path, "threshold: 250\nhysteresis: 30\nproviders: [static]\n").unwrap();
+        std::fs::write(
+            &path,
+            "threshold: 250\nhysteresis: 30\nproviders: [static]\n",
+        )
+        .unwrap();
         let cfg = agent(&["--config", path.to_str().unwrap(), "--hysteresis", "10"]).unwrap();
         assert_eq!(cfg.default_threshold_grams_per_kwh, 250.0);
         assert_eq!(cfg.decision.hysteresis_grams_per_kwh, 10.0);

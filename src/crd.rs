@@ -27,14 +27,47 @@ pub const MAX_FORECAST_POINTS: usize = 48;
     status = "CarbonScoreStatus",
     doc = "Carbon intensity of one electricity grid zone, written by the carbon-kube leader.",
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone"),
-    printcolumn(name = "Intensity", type_ = "number", json_path = ".status.intensityGramsPerKwh", description = "gCO2eq/kWh"),
-    printcolumn(name = "Forecast-Min", type_ = "number", json_path = ".status.forecastMinGramsPerKwh", description = "lowest forecast gCO2eq/kWh"),
-    printcolumn(name = "Threshold", type_ = "number", json_path = ".status.thresholdGramsPerKwh"),
+    printcolumn(
+        name = "Intensity",
+        type_ = "number",
+        json_path = ".status.intensityGramsPerKwh",
+        description = "gCO2eq/kWh"
+    ),
+    printcolumn(
+        name = "Forecast-Min",
+        type_ = "number",
+        json_path = ".status.forecastMinGramsPerKwh",
+        description = "lowest forecast gCO2eq/kWh"
+    ),
+    printcolumn(
+        name = "Threshold",
+        type_ = "number",
+        json_path = ".status.thresholdGramsPerKwh"
+    ),
     printcolumn(name = "Source", type_ = "string", json_path = ".status.source"),
-    printcolumn(name = "Estimated", type_ = "boolean", json_path = ".status.estimated", priority = 1),
-    printcolumn(name = "Taint-Allowed", type_ = "boolean", json_path = ".status.taintAllowed"),
-    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes", priority = 1),
-    printcolumn(name = "Observed", type_ = "date", json_path = ".status.observedAt", description = "age of the data")
+    printcolumn(
+        name = "Estimated",
+        type_ = "boolean",
+        json_path = ".status.estimated",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Taint-Allowed",
+        type_ = "boolean",
+        json_path = ".status.taintAllowed"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".status.nodes",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Observed",
+        type_ = "date",
+        json_path = ".status.observedAt",
+        description = "age of the data"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CarbonScoreSpec {
@@ -95,9 +128,14 @@ impl CarbonScoreStatus {
             .iter()
             .filter(|p| p.at >= reading.observed_at)
             .take(MAX_FORECAST_POINTS)
-            .map(|p| ForecastEntry { at: Time(p.at), grams_per_kwh: p.grams_per_kwh })
+            .map(|p| ForecastEntry {
+                at: Time(p.at),
+                grams_per_kwh: p.grams_per_kwh,
+            })
             .collect();
-        let min = forecast.iter().min_by(|a, b| a.grams_per_kwh.total_cmp(&b.grams_per_kwh));
+        let min = forecast
+            .iter()
+            .min_by(|a, b| a.grams_per_kwh.total_cmp(&b.grams_per_kwh));
         Self {
             intensity_grams_per_kwh: reading.grams_per_kwh,
             source: reading.source.clone(),
@@ -117,7 +155,12 @@ impl CarbonScoreStatus {
 
 impl CarbonScore {
     pub fn for_zone(zone: &GridZone) -> Self {
-        Self::new(&zone.object_name(), CarbonScoreSpec { zone: zone.to_string() })
+        Self::new(
+            &zone.object_name(),
+            CarbonScoreSpec {
+                zone: zone.to_string(),
+            },
+        )
     }
 
     /// What the agents decide on; `None` until the leader has written data.
@@ -166,15 +209,28 @@ mod tests {
             observed_at: at("2024-01-01T10:00:00Z"),
             estimated: false,
             forecast: vec![
-                ForecastPoint { at: at("2024-01-01T09:00:00Z"), grams_per_kwh: 10.0 },
-                ForecastPoint { at: at("2024-01-01T11:00:00Z"), grams_per_kwh: 380.0 },
-                ForecastPoint { at: at("2024-01-01T12:00:00Z"), grams_per_kwh: 310.0 },
+                ForecastPoint {
+                    at: at("2024-01-01T09:00:00Z"),
+                    grams_per_kwh: 10.0,
+                },
+                ForecastPoint {
+                    at: at("2024-01-01T11:00:00Z"),
+                    grams_per_kwh: 380.0,
+                },
+                ForecastPoint {
+                    at: at("2024-01-01T12:00:00Z"),
+                    grams_per_kwh: 310.0,
+                },
             ],
         };
-        let status = CarbonScoreStatus::from_reading(&reading, at("2024-01-01T10:02:00Z"), 300.0, true, 3);
+        let status =
+            CarbonScoreStatus::from_reading(&reading, at("2024-01-01T10:02:00Z"), 300.0, true, 3);
         assert_eq!(status.forecast.len(), 2, "the past point is dropped");
         assert_eq!(status.forecast_min_grams_per_kwh, Some(310.0));
-        assert_eq!(status.forecast_min_at, Some(Time(at("2024-01-01T12:00:00Z"))));
+        assert_eq!(
+            status.forecast_min_at,
+            Some(Time(at("2024-01-01T12:00:00Z")))
+        );
 
         let mut score = CarbonScore::for_zone(&reading.zone);
         assert!(score.zone_score().is_none());

@@ -122,7 +122,9 @@ pub fn decide(
     if intensity > threshold {
         let above_since = dwell.above_since.unwrap_or(now);
         let dwelled = now.duration_since(above_since).unsigned_abs() >= params.dwell;
-        let dwell = DwellState { above_since: Some(above_since) };
+        let dwell = DwellState {
+            above_since: Some(above_since),
+        };
         let (tainted, reason) = if !score.taint_allowed {
             (false, Reason::BudgetExhausted)
         } else if currently_tainted || dwelled {
@@ -130,8 +132,17 @@ pub fn decide(
         } else {
             (false, Reason::Dwelling)
         };
-        let class = if tainted { IntensityClass::Red } else { IntensityClass::Amber };
-        return TaintDecision { tainted, class: Some(class), reason, dwell };
+        let class = if tainted {
+            IntensityClass::Red
+        } else {
+            IntensityClass::Amber
+        };
+        return TaintDecision {
+            tainted,
+            class: Some(class),
+            reason,
+            dwell,
+        };
     }
     if intensity >= threshold - params.hysteresis_grams_per_kwh {
         // Keep the current state; a fresh rise above the threshold restarts the dwell.
@@ -141,8 +152,17 @@ pub fn decide(
         } else {
             Reason::WithinHysteresis
         };
-        let class = if tainted { IntensityClass::Red } else { IntensityClass::Amber };
-        return TaintDecision { tainted, class: Some(class), reason, dwell: DwellState::default() };
+        let class = if tainted {
+            IntensityClass::Red
+        } else {
+            IntensityClass::Amber
+        };
+        return TaintDecision {
+            tainted,
+            class: Some(class),
+            reason,
+            dwell: DwellState::default(),
+        };
     }
     untainted(Reason::BelowThreshold, Some(IntensityClass::Green))
 }
@@ -184,23 +204,47 @@ mod tests {
         let p = params();
         let s = score(350.0, 0);
         let d0 = decide(&p, Some(&s), false, DwellState::default(), t(0));
-        assert_eq!((d0.tainted, d0.reason, d0.class), (false, Reason::Dwelling, Some(IntensityClass::Amber)));
+        assert_eq!(
+            (d0.tainted, d0.reason, d0.class),
+            (false, Reason::Dwelling, Some(IntensityClass::Amber))
+        );
         let d9 = decide(&p, Some(&s), false, d0.dwell, t(9));
         assert!(!d9.tainted);
         let d10 = decide(&p, Some(&s), false, d9.dwell, t(10));
-        assert_eq!((d10.tainted, d10.reason, d10.class), (true, Reason::AboveThreshold, Some(IntensityClass::Red)));
+        assert_eq!(
+            (d10.tainted, d10.reason, d10.class),
+            (true, Reason::AboveThreshold, Some(IntensityClass::Red))
+        );
     }
 
     #[test]
     fn zero_dwell_taints_at_once() {
-        let p = DecisionParams { dwell: Duration::ZERO, ..params() };
-        assert!(decide(&p, Some(&score(301.0, 0)), false, DwellState::default(), t(0)).tainted);
+        let p = DecisionParams {
+            dwell: Duration::ZERO,
+            ..params()
+        };
+        assert!(
+            decide(
+                &p,
+                Some(&score(301.0, 0)),
+                false,
+                DwellState::default(),
+                t(0)
+            )
+            .tainted
+        );
     }
 
     #[test]
     fn a_dip_below_the_threshold_restarts_the_dwell() {
         let p = params();
-        let d0 = decide(&p, Some(&score(350.0, 0)), false, DwellState::default(), t(0));
+        let d0 = decide(
+            &p,
+            Some(&score(350.0, 0)),
+            false,
+            DwellState::default(),
+            t(0),
+        );
         let dip = decide(&p, Some(&score(290.0, 5)), false, d0.dwell, t(5));
         assert_eq!(dip.dwell.above_since, None);
         let back = decide(&p, Some(&score(350.0, 10)), false, dip.dwell, t(10));
@@ -211,25 +255,86 @@ mod tests {
     #[test]
     fn hysteresis_keeps_the_taint_until_well_below() {
         let p = params();
-        let keep = decide(&p, Some(&score(285.0, 0)), true, DwellState::default(), t(0));
-        assert_eq!((keep.tainted, keep.reason), (true, Reason::WithinHysteresis));
-        let edge = decide(&p, Some(&score(280.0, 0)), true, DwellState::default(), t(0));
-        assert!(edge.tainted, "exactly threshold - hysteresis keeps the taint");
-        let off = decide(&p, Some(&score(279.9, 0)), true, DwellState::default(), t(0));
-        assert_eq!((off.tainted, off.reason, off.class), (false, Reason::BelowThreshold, Some(IntensityClass::Green)));
-        let untainted_in_band = decide(&p, Some(&score(290.0, 0)), false, DwellState::default(), t(0));
-        assert_eq!((untainted_in_band.tainted, untainted_in_band.class), (false, Some(IntensityClass::Amber)));
+        let keep = decide(
+            &p,
+            Some(&score(285.0, 0)),
+            true,
+            DwellState::default(),
+            t(0),
+        );
+        assert_eq!(
+            (keep.tainted, keep.reason),
+            (true, Reason::WithinHysteresis)
+        );
+        let edge = decide(
+            &p,
+            Some(&score(280.0, 0)),
+            true,
+            DwellState::default(),
+            t(0),
+        );
+        assert!(
+            edge.tainted,
+            "exactly threshold - hysteresis keeps the taint"
+        );
+        let off = decide(
+            &p,
+            Some(&score(279.9, 0)),
+            true,
+            DwellState::default(),
+            t(0),
+        );
+        assert_eq!(
+            (off.tainted, off.reason, off.class),
+            (false, Reason::BelowThreshold, Some(IntensityClass::Green))
+        );
+        let untainted_in_band = decide(
+            &p,
+            Some(&score(290.0, 0)),
+            false,
+            DwellState::default(),
+            t(0),
+        );
+        assert_eq!(
+            (untainted_in_band.tainted, untainted_in_band.class),
+            (false, Some(IntensityClass::Amber))
+        );
     }
 
     #[test]
     fn stale_data_removes_the_taint() {
         let p = params();
-        let fresh = decide(&p, Some(&score(500.0, 0)), true, DwellState::default(), t(60));
+        let fresh = decide(
+            &p,
+            Some(&score(500.0, 0)),
+            true,
+            DwellState::default(),
+            t(60),
+        );
         assert!(fresh.tainted, "exactly max_age old is still usable");
-        let stale = decide(&p, Some(&score(500.0, 0)), true, DwellState::default(), t(61));
-        assert_eq!((stale.tainted, stale.reason, stale.class), (false, Reason::Stale, None));
-        let future = decide(&p, Some(&score(500.0, 120)), true, DwellState::default(), t(0));
-        assert_eq!(future.reason, Reason::Stale, "a timestamp far in the future is not trusted either");
+        let stale = decide(
+            &p,
+            Some(&score(500.0, 0)),
+            true,
+            DwellState::default(),
+            t(61),
+        );
+        assert_eq!(
+            (stale.tainted, stale.reason, stale.class),
+            (false, Reason::Stale, None)
+        );
+        let future = decide(
+            &p,
+            Some(&score(500.0, 120)),
+            true,
+            DwellState::default(),
+            t(0),
+        );
+        assert_eq!(
+            future.reason,
+            Reason::Stale,
+            "a timestamp far in the future is not trusted either"
+        );
     }
 
     #[test]
@@ -237,19 +342,43 @@ mod tests {
         let p = params();
         let mut s = score(500.0, 0);
         s.taint_allowed = false;
-        let fresh = decide(&p, Some(&s), false, DwellState { above_since: Some(t(-30)) }, t(0));
-        assert_eq!((fresh.tainted, fresh.reason), (false, Reason::BudgetExhausted));
-        assert_eq!(fresh.dwell.above_since, Some(t(-30)), "dwell keeps counting while forbidden");
+        let fresh = decide(
+            &p,
+            Some(&s),
+            false,
+            DwellState {
+                above_since: Some(t(-30)),
+            },
+            t(0),
+        );
+        assert_eq!(
+            (fresh.tainted, fresh.reason),
+            (false, Reason::BudgetExhausted)
+        );
+        assert_eq!(
+            fresh.dwell.above_since,
+            Some(t(-30)),
+            "dwell keeps counting while forbidden"
+        );
         let revoked = decide(&p, Some(&s), true, DwellState::default(), t(0));
         assert!(!revoked.tainted);
         s.grams_per_kwh = 290.0;
         let in_band = decide(&p, Some(&s), true, DwellState::default(), t(0));
-        assert_eq!((in_band.tainted, in_band.reason), (false, Reason::BudgetExhausted));
+        assert_eq!(
+            (in_band.tainted, in_band.reason),
+            (false, Reason::BudgetExhausted)
+        );
     }
 
     #[test]
     fn a_restarted_agent_keeps_the_taint_it_finds() {
-        let d = decide(&params(), Some(&score(350.0, 0)), true, DwellState::default(), t(0));
+        let d = decide(
+            &params(),
+            Some(&score(350.0, 0)),
+            true,
+            DwellState::default(),
+            t(0),
+        );
         assert!(d.tainted);
     }
 }

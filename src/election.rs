@@ -39,7 +39,12 @@ pub enum Action {
 }
 
 /// What to do about the Lease. Pure: the caller supplies the clock.
-pub fn evaluate(observed: Option<&Observed>, me: &str, now: Instant, lease_duration: Duration) -> Action {
+pub fn evaluate(
+    observed: Option<&Observed>,
+    me: &str,
+    now: Instant,
+    lease_duration: Duration,
+) -> Action {
     let Some(lease) = observed else {
         return Action::Acquire;
     };
@@ -48,7 +53,11 @@ pub fn evaluate(observed: Option<&Observed>, me: &str, now: Instant, lease_durat
         None | Some("") => Action::Acquire,
         Some(_) => {
             let expiry = lease.seen_at + lease_duration;
-            if now >= expiry { Action::Acquire } else { Action::WaitUntil(expiry) }
+            if now >= expiry {
+                Action::Acquire
+            } else {
+                Action::WaitUntil(expiry)
+            }
         }
     }
 }
@@ -89,7 +98,12 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, timing: Timing) -> (Self, watch::Receiver<bool>) {
+    pub fn new(
+        api: Api<Lease>,
+        name: &str,
+        identity: &str,
+        timing: Timing,
+    ) -> (Self, watch::Receiver<bool>) {
         let (is_leader, rx) = watch::channel(false);
         let elector = Self {
             api,
@@ -123,7 +137,12 @@ impl Elector {
             }
             let now = Instant::now();
             let renew_due = last_renewed.map(|at| at + self.timing.renew_every);
-            let wake_at = match evaluate(observed.as_ref(), &self.identity, now, self.timing.lease_duration) {
+            let wake_at = match evaluate(
+                observed.as_ref(),
+                &self.identity,
+                now,
+                self.timing.lease_duration,
+            ) {
                 // Our own renewal comes back through the watch: not a reason to write again.
                 Action::Renew if renew_due.is_some_and(|due| now < due) => renew_due.unwrap_or(now),
                 Action::Renew | Action::Acquire => {
@@ -192,7 +211,10 @@ impl Elector {
         let seconds = i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = latest else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(seconds),
@@ -202,7 +224,11 @@ impl Elector {
                     ..Default::default()
                 }),
             };
-            return self.api.create(&PostParams::default(), &lease).await.map_err(classify);
+            return self
+                .api
+                .create(&PostParams::default(), &lease)
+                .await
+                .map_err(classify);
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if !renewing || spec.holder_identity.as_deref() != Some(&self.identity) {
@@ -221,14 +247,22 @@ impl Elector {
     /// Clears the holder so a follower can take over at once instead of after expiry.
     async fn release(&self, latest: Option<Lease>) {
         let Some(mut lease) = latest else { return };
-        let ours = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str());
+        let ours = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.identity.as_str());
         if !ours {
             return;
         }
         if let Some(spec) = lease.spec.as_mut() {
             spec.holder_identity = None;
         }
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => info!(lease = %self.name, "released the leader lease"),
             Err(e) => warn!(error = %e, "could not release the leader lease; it will expire"),
         }
@@ -302,14 +336,28 @@ mod tests {
         let now = Instant::now();
         let d = Duration::from_secs(15);
         assert_eq!(evaluate(None, "me", now, d), Action::Acquire);
-        assert_eq!(evaluate(Some(&seen(None, now)), "me", now, d), Action::Acquire);
-        assert_eq!(evaluate(Some(&seen(Some(""), now)), "me", now, d), Action::Acquire);
+        assert_eq!(
+            evaluate(Some(&seen(None, now)), "me", now, d),
+            Action::Acquire
+        );
+        assert_eq!(
+            evaluate(Some(&seen(Some(""), now)), "me", now, d),
+            Action::Acquire
+        );
     }
 
     #[test]
     fn our_lease_is_renewed() {
         let now = Instant::now();
-        assert_eq!(evaluate(Some(&seen(Some("me"), now)), "me", now, Duration::from_secs(15)), Action::Renew);
+        assert_eq!(
+            evaluate(
+                Some(&seen(Some("me"), now)),
+                "me",
+                now,
+                Duration::from_secs(15)
+            ),
+            Action::Renew
+        );
     }
 
     #[test]
@@ -317,7 +365,10 @@ mod tests {
         let t0 = Instant::now();
         let d = Duration::from_secs(15);
         let other = seen(Some("other"), t0);
-        assert_eq!(evaluate(Some(&other), "me", t0 + Duration::from_secs(14), d), Action::WaitUntil(t0 + d));
+        assert_eq!(
+            evaluate(Some(&other), "me", t0 + Duration::from_secs(14), d),
+            Action::WaitUntil(t0 + d)
+        );
         assert_eq!(evaluate(Some(&other), "me", t0 + d, d), Action::Acquire);
     }
 
@@ -334,8 +385,14 @@ mod tests {
     #[test]
     fn observation_time_moves_only_on_change() {
         let lease = |rv: &str| Lease {
-            metadata: ObjectMeta { resource_version: Some(rv.into()), ..Default::default() },
-            spec: Some(LeaseSpec { holder_identity: Some("other".into()), ..Default::default() }),
+            metadata: ObjectMeta {
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("other".into()),
+                ..Default::default()
+            }),
         };
         let first = observe(None, &lease("5"));
         let again = observe(Some(first.clone()), &lease("5"));

@@ -22,7 +22,11 @@ pub struct EmissionsLoop {
 impl EmissionsLoop {
     /// Picks coefficients for this host's CPU and applies the operator's overrides;
     /// a bad override fails the start with the field named.
-    pub fn new(overrides: &PowerOverrides, interval: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        overrides: &PowerOverrides,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut sampler = HostSampler::new()?;
         let host = sampler.sample();
         // AWS's PUE and averages unless overridden: the cloud this project deploys to.
@@ -31,10 +35,19 @@ impl EmissionsLoop {
             .with_overrides(overrides)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         tracing::info!(cpu = %host.cpu_brand, vcpus = host.vcpus, ?coefficients, "power model ready");
-        Ok(Self { sampler, coefficients, interval, metrics })
+        Ok(Self {
+            sampler,
+            coefficients,
+            interval,
+            metrics,
+        })
     }
 
-    pub async fn run(mut self, intensity: watch::Receiver<Option<f64>>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        intensity: watch::Receiver<Option<f64>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut counter = EmissionCounter::new();
         let mut ticker = tokio::time::interval(self.interval);
         let mut last = Instant::now();
@@ -44,16 +57,27 @@ impl EmissionsLoop {
                 _ = shutdown.changed() => return,
             }
             let host = self.sampler.sample();
-            let watts = power::node_watts(&self.coefficients, host.vcpus, host.cpu_utilisation, host.memory_total_gb);
+            let watts = power::node_watts(
+                &self.coefficients,
+                host.vcpus,
+                host.cpu_utilisation,
+                host.memory_total_gb,
+            );
             let elapsed = last.elapsed();
             last = Instant::now();
             self.metrics.node_power_watts.set(watts);
             self.metrics.node_cpu_utilisation.set(host.cpu_utilisation);
-            let Some(grams_per_kwh) = *intensity.borrow() else { continue };
-            self.metrics.node_emissions_rate.set(power::grams_per_hour(watts, grams_per_kwh));
+            let Some(grams_per_kwh) = *intensity.borrow() else {
+                continue;
+            };
             self.metrics
-                .node_emission_score
-                .set(power::emission_score(&self.coefficients, host.cpu_utilisation, grams_per_kwh));
+                .node_emissions_rate
+                .set(power::grams_per_hour(watts, grams_per_kwh));
+            self.metrics.node_emission_score.set(power::emission_score(
+                &self.coefficients,
+                host.cpu_utilisation,
+                grams_per_kwh,
+            ));
             let grams = counter.add(watts, grams_per_kwh, elapsed);
             self.metrics.node_emitted_grams.inc_by(grams);
         }

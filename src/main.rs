@@ -53,7 +53,9 @@ fn main() -> Result<()> {
 
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -66,7 +68,10 @@ async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
     let chain = build_chain(&config::providers_config(&args.providers)?);
     let fetch = chain.fetch(&zone).await;
     for attempt in &fetch.attempts {
-        eprintln!("{:<22} {:<16} {:.3}s", attempt.provider, attempt.outcome, attempt.seconds);
+        eprintln!(
+            "{:<22} {:<16} {:.3}s",
+            attempt.provider, attempt.outcome, attempt.seconds
+        );
     }
     let reading = fetch.result.map_err(|e| anyhow::anyhow!("{zone}: {e}"))?;
     println!(
@@ -92,7 +97,9 @@ async fn kube_client(config: &AgentConfig) -> Result<Client> {
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Config::infer().await.context("no in-cluster config and no kubeconfig")?,
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig")?,
     };
     Ok(Client::try_from(kube_config)?)
 }
@@ -100,8 +107,13 @@ async fn kube_client(config: &AgentConfig) -> Result<Client> {
 async fn agent(config: AgentConfig) -> Result<()> {
     let client = kube_client(&config).await?;
     let scores: Api<CarbonScore> = Api::all(client.clone());
-    if let Err(e) = scores.list(&kube::api::ListParams::default().limit(1)).await {
-        bail!("cannot list CarbonScores ({e}); install the CRD with `carbon-kube crd | kubectl apply -f -`");
+    if let Err(e) = scores
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        bail!(
+            "cannot list CarbonScores ({e}); install the CRD with `carbon-kube crd | kubectl apply -f -`"
+        );
     }
     let metrics = Metrics::new(&config.node_name);
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -113,7 +125,12 @@ async fn agent(config: AgentConfig) -> Result<()> {
 
     // Election: followers only watch; the leader polls and writes CarbonScores.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
-    let (elector, is_leader) = Elector::new(leases, LEASE_NAME, &config.identity, Timing::new(config.lease_duration));
+    let (elector, is_leader) = Elector::new(
+        leases,
+        LEASE_NAME,
+        &config.identity,
+        Timing::new(config.lease_duration),
+    );
     let elector_task = tokio::spawn(elector.run(shutdown.clone()));
     let chain = Arc::new(build_chain(&config.providers));
     let settings = PollerSettings {
@@ -126,7 +143,14 @@ async fn agent(config: AgentConfig) -> Result<()> {
     };
     let poller = {
         let (client, metrics) = (client.clone(), metrics.clone());
-        move || Poller::new(client.clone(), chain.clone(), metrics.clone(), settings.clone())
+        move || {
+            Poller::new(
+                client.clone(),
+                chain.clone(),
+                metrics.clone(),
+                settings.clone(),
+            )
+        }
     };
     tasks.spawn(leader_work(is_leader, metrics.clone(), poller));
 
@@ -137,7 +161,11 @@ async fn agent(config: AgentConfig) -> Result<()> {
         node_name: config.node_name.clone(),
         default_zone: config.default_zone.clone(),
         params: config.decision.clone(),
-        writer: NodeWriter::new(Api::<Node>::all(client.clone()), &config.node_name, config.taint_effect.as_str()),
+        writer: NodeWriter::new(
+            Api::<Node>::all(client.clone()),
+            &config.node_name,
+            config.taint_effect.as_str(),
+        ),
         effect: config.taint_effect.as_str().to_string(),
         metrics: metrics.clone(),
         intensity: intensity_tx,
@@ -159,7 +187,11 @@ async fn agent(config: AgentConfig) -> Result<()> {
 }
 
 /// Runs the poller while this agent leads, and stops it the moment it does not.
-async fn leader_work(mut is_leader: watch::Receiver<bool>, metrics: Arc<Metrics>, poller: impl Fn() -> Poller) {
+async fn leader_work(
+    mut is_leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    poller: impl Fn() -> Poller,
+) {
     loop {
         if is_leader.wait_for(|leader| *leader).await.is_err() {
             return;

@@ -28,7 +28,11 @@ pub struct OwnedState {
 
 impl OwnedState {
     pub fn of_node(node: &Node) -> Self {
-        let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or_default();
         Self {
             tainted: taints.iter().any(|t| t.key == TAINT_KEY),
             class: node.labels().get(CLASS_LABEL).cloned(),
@@ -64,13 +68,22 @@ fn condition_status(decision: &TaintDecision) -> &'static str {
 
 /// The taint list with ours added or removed, or `None` when it is already so.
 /// Other taints, including another effect of a foreign taint, are kept in order.
-pub fn taints_with_ours(taints: &[Taint], want: bool, effect: &str, now: Timestamp) -> Option<Vec<Taint>> {
+pub fn taints_with_ours(
+    taints: &[Taint],
+    want: bool,
+    effect: &str,
+    now: Timestamp,
+) -> Option<Vec<Taint>> {
     let ours = taints.iter().find(|t| t.key == TAINT_KEY);
     match (want, ours) {
         (true, Some(t)) if t.effect == effect => None,
         (false, None) => None,
         (true, _) => {
-            let mut out: Vec<Taint> = taints.iter().filter(|t| t.key != TAINT_KEY).cloned().collect();
+            let mut out: Vec<Taint> = taints
+                .iter()
+                .filter(|t| t.key != TAINT_KEY)
+                .cloned()
+                .collect();
             out.push(Taint {
                 key: TAINT_KEY.to_string(),
                 value: Some("true".to_string()),
@@ -79,7 +92,13 @@ pub fn taints_with_ours(taints: &[Taint], want: bool, effect: &str, now: Timesta
             });
             Some(out)
         }
-        (false, Some(_)) => Some(taints.iter().filter(|t| t.key != TAINT_KEY).cloned().collect()),
+        (false, Some(_)) => Some(
+            taints
+                .iter()
+                .filter(|t| t.key != TAINT_KEY)
+                .cloned()
+                .collect(),
+        ),
     }
 }
 
@@ -92,12 +111,21 @@ pub struct NodeWriter {
 
 impl NodeWriter {
     pub fn new(api: Api<Node>, name: &str, effect: &str) -> Self {
-        Self { api, name: name.to_string(), effect: effect.to_string() }
+        Self {
+            api,
+            name: name.to_string(),
+            effect: effect.to_string(),
+        }
     }
 
     /// Brings the Node to the decision. `node` is the latest copy we have; on a
     /// conflict the Node is read again. Returns whether the taint changed.
-    pub async fn apply(&self, node: &Node, decision: &TaintDecision, message: &str) -> Result<bool, kube::Error> {
+    pub async fn apply(
+        &self,
+        node: &Node,
+        decision: &TaintDecision,
+        message: &str,
+    ) -> Result<bool, kube::Error> {
         let wanted = OwnedState::wanted(decision);
         let found = OwnedState::of_node(node);
         let mut taint_changed = false;
@@ -113,10 +141,19 @@ impl NodeWriter {
     /// Taints have no merge key: send the whole list with the resourceVersion
     /// we read, so a concurrent change by another component fails with 409
     /// instead of being overwritten, then read again and retry.
-    async fn write_taint_and_label(&self, mut node: Node, wanted: &OwnedState) -> Result<bool, kube::Error> {
+    async fn write_taint_and_label(
+        &self,
+        mut node: Node,
+        wanted: &OwnedState,
+    ) -> Result<bool, kube::Error> {
         for attempt in 0..CONFLICT_RETRIES {
-            let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-            let new_taints = taints_with_ours(&taints, wanted.tainted, &self.effect, Timestamp::now());
+            let taints = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            let new_taints =
+                taints_with_ours(&taints, wanted.tainted, &self.effect, Timestamp::now());
             let label_changed = node.labels().get(CLASS_LABEL) != wanted.class.as_ref();
             if new_taints.is_none() && !label_changed {
                 return Ok(false);
@@ -130,15 +167,24 @@ impl NodeWriter {
             if let Some(list) = &new_taints {
                 patch["spec"] = json!({ "taints": list });
             }
-            let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
-            match self.api.patch(&self.name, &params, &Patch::Merge(&patch)).await {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            };
+            match self
+                .api
+                .patch(&self.name, &params, &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {
                     if new_taints.is_some() {
                         info!(node = %self.name, tainted = wanted.tainted, class = ?wanted.class, "carbon taint changed");
                     }
                     return Ok(new_taints.is_some());
                 }
-                Err(kube::Error::Api(status)) if status.code == 409 && attempt + 1 < CONFLICT_RETRIES => {
+                Err(kube::Error::Api(status))
+                    if status.code == 409 && attempt + 1 < CONFLICT_RETRIES =>
+                {
                     warn!(node = %self.name, attempt, "node changed while writing the taint; reading it again");
                     node = self.api.get(&self.name).await?;
                 }
@@ -149,7 +195,12 @@ impl NodeWriter {
     }
 
     /// Conditions merge by `type` in a strategic merge patch, so this touches only ours.
-    async fn write_condition(&self, node: &Node, decision: &TaintDecision, message: &str) -> Result<(), kube::Error> {
+    async fn write_condition(
+        &self,
+        node: &Node,
+        decision: &TaintDecision,
+        message: &str,
+    ) -> Result<(), kube::Error> {
         let status = condition_status(decision);
         let now = Time(Timestamp::now());
         let transition = match our_condition(node) {
@@ -166,8 +217,13 @@ impl NodeWriter {
                 "lastTransitionTime": transition,
             }]}
         });
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
-        self.api.patch_status(&self.name, &params, &Patch::Strategic(&patch)).await?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        self.api
+            .patch_status(&self.name, &params, &Patch::Strategic(&patch))
+            .await?;
         Ok(())
     }
 }
@@ -178,13 +234,21 @@ mod tests {
     use crate::decision::{DwellState, IntensityClass};
 
     fn taint(key: &str, effect: &str) -> Taint {
-        Taint { key: key.into(), effect: effect.into(), ..Default::default() }
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn adding_ours_keeps_foreign_taints() {
-        let foreign = vec![taint("dedicated", "NoSchedule"), taint("example.com/gpu", "PreferNoSchedule")];
-        let out = taints_with_ours(&foreign, true, "PreferNoSchedule", Timestamp::UNIX_EPOCH).unwrap();
+        let foreign = vec![
+            taint("dedicated", "NoSchedule"),
+            taint("example.com/gpu", "PreferNoSchedule"),
+        ];
+        let out =
+            taints_with_ours(&foreign, true, "PreferNoSchedule", Timestamp::UNIX_EPOCH).unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(&out[..2], &foreign[..]);
         assert_eq!(out[2].key, TAINT_KEY);
@@ -192,16 +256,35 @@ mod tests {
 
     #[test]
     fn removing_ours_keeps_foreign_taints() {
-        let list = vec![taint("dedicated", "NoSchedule"), taint(TAINT_KEY, "PreferNoSchedule"), taint("x", "NoExecute")];
-        let out = taints_with_ours(&list, false, "PreferNoSchedule", Timestamp::UNIX_EPOCH).unwrap();
-        assert_eq!(out, vec![taint("dedicated", "NoSchedule"), taint("x", "NoExecute")]);
+        let list = vec![
+            taint("dedicated", "NoSchedule"),
+            taint(TAINT_KEY, "PreferNoSchedule"),
+            taint("x", "NoExecute"),
+        ];
+        let out =
+            taints_with_ours(&list, false, "PreferNoSchedule", Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            out,
+            vec![taint("dedicated", "NoSchedule"), taint("x", "NoExecute")]
+        );
     }
 
     #[test]
     fn no_change_means_no_write() {
         let list = vec![taint(TAINT_KEY, "PreferNoSchedule")];
-        assert_eq!(taints_with_ours(&list, true, "PreferNoSchedule", Timestamp::UNIX_EPOCH), None);
-        assert_eq!(taints_with_ours(&[taint("a", "NoSchedule")], false, "NoSchedule", Timestamp::UNIX_EPOCH), None);
+        assert_eq!(
+            taints_with_ours(&list, true, "PreferNoSchedule", Timestamp::UNIX_EPOCH),
+            None
+        );
+        assert_eq!(
+            taints_with_ours(
+                &[taint("a", "NoSchedule")],
+                false,
+                "NoSchedule",
+                Timestamp::UNIX_EPOCH
+            ),
+            None
+        );
     }
 
     #[test]
@@ -214,12 +297,35 @@ mod tests {
 
     #[test]
     fn wanted_state_follows_the_decision() {
-        let decision = |tainted, class, reason| TaintDecision { tainted, class, reason, dwell: DwellState::default() };
-        let red = OwnedState::wanted(&decision(true, Some(IntensityClass::Red), Reason::AboveThreshold));
-        assert_eq!((red.tainted, red.class.as_deref(), red.condition_status.as_deref()), (true, Some("red"), Some("True")));
+        let decision = |tainted, class, reason| TaintDecision {
+            tainted,
+            class,
+            reason,
+            dwell: DwellState::default(),
+        };
+        let red = OwnedState::wanted(&decision(
+            true,
+            Some(IntensityClass::Red),
+            Reason::AboveThreshold,
+        ));
+        assert_eq!(
+            (
+                red.tainted,
+                red.class.as_deref(),
+                red.condition_status.as_deref()
+            ),
+            (true, Some("red"), Some("True"))
+        );
         let stale = OwnedState::wanted(&decision(false, None, Reason::Stale));
-        assert_eq!((stale.class, stale.condition_status.as_deref()), (None, Some("Unknown")));
-        let green = OwnedState::wanted(&decision(false, Some(IntensityClass::Green), Reason::BelowThreshold));
+        assert_eq!(
+            (stale.class, stale.condition_status.as_deref()),
+            (None, Some("Unknown"))
+        );
+        let green = OwnedState::wanted(&decision(
+            false,
+            Some(IntensityClass::Green),
+            Reason::BelowThreshold,
+        ));
         assert_eq!(green.condition_status.as_deref(), Some("False"));
     }
 }

@@ -56,8 +56,19 @@ pub fn zones_of_nodes<'a>(
 }
 
 impl Poller {
-    pub fn new(client: Client, chain: Arc<Chain>, metrics: Arc<Metrics>, settings: PollerSettings) -> Self {
-        Self { client, chain, metrics, settings, created: HashSet::new() }
+    pub fn new(
+        client: Client,
+        chain: Arc<Chain>,
+        metrics: Arc<Metrics>,
+        settings: PollerSettings,
+    ) -> Self {
+        Self {
+            client,
+            chain,
+            metrics,
+            settings,
+            created: HashSet::new(),
+        }
     }
 
     /// Polls every interval until dropped (the caller drops it on losing the Lease).
@@ -70,14 +81,23 @@ impl Poller {
             if let Err(e) = self.poll_once().await {
                 warn!(error = %e, "poll failed; CarbonScores keep their last values");
             }
-            self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .poll_duration
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
     pub async fn poll_once(&mut self) -> Result<(), kube::Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let listed = nodes.list_metadata(&ListParams::default()).await?;
-        let counts = zones_of_nodes(listed.items.iter().map(|n| &n.metadata.labels).flat_map(|l| l.as_ref()), self.settings.default_zone.as_ref());
+        let counts = zones_of_nodes(
+            listed
+                .items
+                .iter()
+                .map(|n| &n.metadata.labels)
+                .flat_map(|l| l.as_ref()),
+            self.settings.default_zone.as_ref(),
+        );
 
         let scores: Api<CarbonScore> = Api::all(self.client.clone());
         let existing: BTreeMap<String, CarbonScore> = scores
@@ -89,26 +109,29 @@ impl Poller {
             .collect();
 
         let chain = self.chain.clone();
-        let fetched: Vec<(GridZone, Result<Reading, ChainError>)> = futures::stream::iter(counts.keys().cloned())
-            .map(|zone| {
-                let chain = chain.clone();
-                async move {
-                    let fetch = chain.fetch(&zone).await;
-                    (zone, fetch)
-                }
-            })
-            .buffer_unordered(self.settings.concurrency)
-            .map(|(zone, fetch)| {
-                self.metrics.record_attempts(&fetch.attempts);
-                (zone, fetch.result)
-            })
-            .collect()
-            .await;
+        let fetched: Vec<(GridZone, Result<Reading, ChainError>)> =
+            futures::stream::iter(counts.keys().cloned())
+                .map(|zone| {
+                    let chain = chain.clone();
+                    async move {
+                        let fetch = chain.fetch(&zone).await;
+                        (zone, fetch)
+                    }
+                })
+                .buffer_unordered(self.settings.concurrency)
+                .map(|(zone, fetch)| {
+                    self.metrics.record_attempts(&fetch.attempts);
+                    (zone, fetch.result)
+                })
+                .collect()
+                .await;
 
         let loads: Vec<ZoneLoad> = fetched
             .iter()
             .map(|(zone, result)| {
-                let previous = existing.get(&zone.object_name()).and_then(|s| s.status.as_ref());
+                let previous = existing
+                    .get(&zone.object_name())
+                    .and_then(|s| s.status.as_ref());
                 ZoneLoad {
                     zone: zone.clone(),
                     nodes: counts.get(zone).copied().unwrap_or(0),
@@ -120,17 +143,33 @@ impl Poller {
                 }
             })
             .collect();
-        let allowed = allowed_zones(&loads, self.settings.hysteresis_grams_per_kwh, self.settings.max_tainted_fraction);
+        let allowed = allowed_zones(
+            &loads,
+            self.settings.hysteresis_grams_per_kwh,
+            self.settings.max_tainted_fraction,
+        );
 
         let now = Timestamp::now();
         for ((zone, result), load) in fetched.iter().zip(&loads) {
-            let previous = existing.get(&zone.object_name()).and_then(|s| s.status.clone());
+            let previous = existing
+                .get(&zone.object_name())
+                .and_then(|s| s.status.clone());
             let taint_allowed = allowed.contains(zone);
             let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
             let status = match result {
                 Ok(reading) => {
-                    self.metrics.set_zone_intensity(zone.as_str(), &reading.source, reading.grams_per_kwh);
-                    CarbonScoreStatus::from_reading(reading, now, load.threshold_grams_per_kwh, taint_allowed, nodes)
+                    self.metrics.set_zone_intensity(
+                        zone.as_str(),
+                        &reading.source,
+                        reading.grams_per_kwh,
+                    );
+                    CarbonScoreStatus::from_reading(
+                        reading,
+                        now,
+                        load.threshold_grams_per_kwh,
+                        taint_allowed,
+                        nodes,
+                    )
                 }
                 Err(error) => {
                     warn!(%zone, %error, "no provider answered; keeping the last good reading");
@@ -147,7 +186,11 @@ impl Poller {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
         }
-        info!(zones = counts.len(), nodes = listed.items.len(), "poll done");
+        info!(
+            zones = counts.len(),
+            nodes = listed.items.len(),
+            "poll done"
+        );
         Ok(())
     }
 
@@ -158,7 +201,11 @@ impl Poller {
             .unwrap_or(self.settings.default_threshold_grams_per_kwh)
     }
 
-    async fn write(&mut self, zone: &GridZone, status: &CarbonScoreStatus) -> Result<(), kube::Error> {
+    async fn write(
+        &mut self,
+        zone: &GridZone,
+        status: &CarbonScoreStatus,
+    ) -> Result<(), kube::Error> {
         let api: Api<CarbonScore> = Api::all(self.client.clone());
         let name = zone.object_name();
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -172,7 +219,9 @@ impl Poller {
             "kind": "CarbonScore",
             "status": status,
         });
-        api.patch_status(&name, &params, &Patch::Apply(&patch)).await.map(|_| ())
+        api.patch_status(&name, &params, &Patch::Apply(&patch))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -195,6 +244,10 @@ mod tests {
         assert_eq!(counts.get(&GridZone::parse("FR").unwrap()), Some(&1));
         assert_eq!(counts.get(&fallback), Some(&1));
         let without_default = zones_of_nodes(nodes.iter(), None);
-        assert_eq!(without_default.values().sum::<usize>(), 3, "a node with no zone is not counted");
+        assert_eq!(
+            without_default.values().sum::<usize>(),
+            3,
+            "a node with no zone is not counted"
+        );
     }
 }

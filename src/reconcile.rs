@@ -37,7 +37,14 @@ pub struct Reconciler {
 }
 
 /// The operator-facing explanation in the node condition.
-pub fn condition_message(zone: Option<&GridZone>, score: Option<&ZoneScore>, source: &str, decision: &TaintDecision, effect: &str, now: Timestamp) -> String {
+pub fn condition_message(
+    zone: Option<&GridZone>,
+    score: Option<&ZoneScore>,
+    source: &str,
+    decision: &TaintDecision,
+    effect: &str,
+    now: Timestamp,
+) -> String {
     let Some(zone) = zone else {
         return "Node has no grid zone: set the carbon-kube.io/grid-zone label, a known topology.kubernetes.io/region, or the agent's --default-zone.".into();
     };
@@ -63,13 +70,19 @@ pub fn condition_message(zone: Option<&GridZone>, score: Option<&ZoneScore>, sou
 impl Reconciler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let node_config = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
+        let node_config =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
         let node_task = tokio::spawn(async move {
-            let mut events = watcher(nodes, node_config).default_backoff().applied_objects().boxed();
+            let mut events = watcher(nodes, node_config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(node) => { let _ = node_tx.send(Some(node)); }
+                    Ok(node) => {
+                        let _ = node_tx.send(Some(node));
+                    }
                     Err(e) => warn!(error = %e, "node watch failed; retrying"),
                 }
             }
@@ -78,7 +91,10 @@ impl Reconciler {
         let scores: Api<CarbonScore> = Api::all(self.client.clone());
         let (score_tx, mut score_rx) = watch::channel(());
         let score_task = tokio::spawn(async move {
-            let mut events = watcher(scores, watcher::Config::default()).default_backoff().reflect(writer).boxed();
+            let mut events = watcher(scores, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .boxed();
             while let Some(event) = events.next().await {
                 if let Err(e) = event {
                     warn!(error = %e, "CarbonScore watch failed; is the CRD installed? (carbon-kube crd | kubectl apply -f -)");
@@ -97,14 +113,22 @@ impl Reconciler {
                 changed = score_rx.changed() => if changed.is_err() { break },
                 _ = shutdown.changed() => break,
             }
-            let Some(node) = node_rx.borrow_and_update().clone() else { continue };
+            let Some(node) = node_rx.borrow_and_update().clone() else {
+                continue;
+            };
             dwell = self.reconcile(&node, &store, dwell, &mut last_zone).await;
         }
         node_task.abort();
         score_task.abort();
     }
 
-    async fn reconcile(&self, node: &Node, store: &Store<CarbonScore>, dwell: DwellState, last_zone: &mut Option<GridZone>) -> DwellState {
+    async fn reconcile(
+        &self,
+        node: &Node,
+        store: &Store<CarbonScore>,
+        dwell: DwellState,
+        last_zone: &mut Option<GridZone>,
+    ) -> DwellState {
         let resolution = zones::zone_for_node(node.labels(), self.default_zone.as_ref());
         if resolution.zone != *last_zone {
             if let Some(warning) = &resolution.warning {
@@ -116,17 +140,26 @@ impl Reconciler {
         let zone = resolution.zone.as_ref();
         let object = zone.and_then(|z| store.get(&reflector::ObjectRef::new(&z.object_name())));
         // Ready once the first list of CarbonScores is in: we then know whether ours exists.
-        if store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+        if store
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+        {
             self.metrics.ready.store(true, Ordering::Relaxed);
         }
         let score = object.as_ref().and_then(|o| o.zone_score());
-        let source = object.as_ref().and_then(|o| o.status.as_ref()).map(|s| s.source.clone()).unwrap_or_default();
+        let source = object
+            .as_ref()
+            .and_then(|o| o.status.as_ref())
+            .map(|s| s.source.clone())
+            .unwrap_or_default();
         let now = Timestamp::now();
         let found = OwnedState::of_node(node);
         let decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
 
         self.publish(zone, score.as_ref(), &source, &decision, now);
-        let message = condition_message(zone, score.as_ref(), &source, &decision, &self.effect, now);
+        let message =
+            condition_message(zone, score.as_ref(), &source, &decision, &self.effect, now);
         match self.writer.apply(node, &decision, &message).await {
             Ok(true) => self.metrics.taint_transitions.inc(),
             Ok(false) => {}
@@ -138,13 +171,23 @@ impl Reconciler {
         decision.dwell
     }
 
-    fn publish(&self, zone: Option<&GridZone>, score: Option<&ZoneScore>, source: &str, decision: &TaintDecision, now: Timestamp) {
+    fn publish(
+        &self,
+        zone: Option<&GridZone>,
+        score: Option<&ZoneScore>,
+        source: &str,
+        decision: &TaintDecision,
+        now: Timestamp,
+    ) {
         self.metrics.tainted.set(i64::from(decision.tainted));
         let _ = self.intensity.send(score.map(|s| s.grams_per_kwh));
         if let (Some(zone), Some(score)) = (zone, score) {
-            self.metrics.set_zone_intensity(zone.as_str(), source, score.grams_per_kwh);
+            self.metrics
+                .set_zone_intensity(zone.as_str(), source, score.grams_per_kwh);
             self.metrics.threshold.set(score.threshold_grams_per_kwh);
-            self.metrics.data_age_seconds.set(now.duration_since(score.observed_at).as_secs_f64().max(0.0));
+            self.metrics
+                .data_age_seconds
+                .set(now.duration_since(score.observed_at).as_secs_f64().max(0.0));
         }
     }
 }

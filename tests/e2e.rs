@@ -36,7 +36,10 @@ fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.push(format!("--electricity-maps-url={}", api.electricity_maps_url()));
+    args.push(format!(
+        "--electricity-maps-url={}",
+        api.electricity_maps_url()
+    ));
     // A test's own value of a flag replaces the default above.
     let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
     args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
@@ -60,13 +63,16 @@ async fn cluster(nodes: &[(&str, &str)], extra: &[&str]) -> Cluster {
 }
 
 fn has_taint(cp: &ControlPlane, node: &str) -> bool {
-    cp.node(node)["spec"]["taints"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["key"] == "carbon-kube.io/high-intensity"))
+    cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "carbon-kube.io/high-intensity")
+    })
 }
 
 fn class_label(cp: &ControlPlane, node: &str) -> Option<String> {
-    cp.node(node)["metadata"]["labels"]["carbon-kube.io/intensity-class"].as_str().map(str::to_string)
+    cp.node(node)["metadata"]["labels"]["carbon-kube.io/intensity-class"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn condition(cp: &ControlPlane, node: &str) -> Option<serde_json::Value> {
@@ -78,19 +84,24 @@ fn condition(cp: &ControlPlane, node: &str) -> Option<serde_json::Value> {
 }
 
 fn wait_tainted(cp: &ControlPlane, node: &str, want: bool) {
-    wait_for(&format!("{node} tainted={want}"), Duration::from_secs(30), || {
-        (has_taint(cp, node) == want).then_some(())
-    });
+    wait_for(
+        &format!("{node} tainted={want}"),
+        Duration::from_secs(30),
+        || (has_taint(cp, node) == want).then_some(()),
+    );
 }
 
 fn leader(agents: &mut [Agent]) -> Option<usize> {
-    agents.iter_mut().position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
+    agents
+        .iter_mut()
+        .position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dirty_zone_nodes_are_tainted_then_cleaned() {
     let _serial = SERIAL.lock().await;
-    let Cluster { cp, api, agents } = cluster(&[("n1", "DE"), ("n2", "DE"), ("n3", "FR")], &[]).await;
+    let Cluster { cp, api, agents } =
+        cluster(&[("n1", "DE"), ("n2", "DE"), ("n3", "FR")], &[]).await;
     api.set_intensity("DE", 520.0);
     api.set_intensity("FR", 56.0);
 
@@ -99,17 +110,28 @@ async fn dirty_zone_nodes_are_tainted_then_cleaned() {
         wait_tainted(&cp, "n2", true);
         assert!(!has_taint(&cp, "n3"));
         assert_eq!(class_label(&cp, "n1").as_deref(), Some("red"));
-        wait_for("n3 labelled green", Duration::from_secs(15), || (class_label(&cp, "n3").as_deref() == Some("green")).then_some(()));
+        wait_for("n3 labelled green", Duration::from_secs(15), || {
+            (class_label(&cp, "n3").as_deref() == Some("green")).then_some(())
+        });
         let cond = condition(&cp, "n1").expect("condition on n1");
         assert_eq!(cond["status"], "True");
         assert_eq!(cond["reason"], "IntensityAboveThreshold");
 
         let described = cp.kubectl_ok(&["describe", "node", "n1"]);
-        assert!(described.contains("carbon-kube.io/high-intensity:PreferNoSchedule"), "{described}");
-        assert!(described.contains("Grid zone DE: 520 gCO2/kWh, threshold 300 gCO2/kWh"), "{described}");
+        assert!(
+            described.contains("carbon-kube.io/high-intensity:PreferNoSchedule"),
+            "{described}"
+        );
+        assert!(
+            described.contains("Grid zone DE: 520 gCO2/kWh, threshold 300 gCO2/kWh"),
+            "{described}"
+        );
 
         let scores = cp.kubectl_ok(&["get", "carbonscores"]);
-        assert!(scores.contains("DE") && scores.contains("520") && scores.contains("electricity-maps"), "{scores}");
+        assert!(
+            scores.contains("DE") && scores.contains("520") && scores.contains("electricity-maps"),
+            "{scores}"
+        );
 
         // Measure the API load of three agents in steady state over 30 s.
         let before = cp.request_totals();
@@ -125,7 +147,10 @@ async fn dirty_zone_nodes_are_tainted_then_cleaned() {
             }
         }
         // Includes kubectl's own reads from this test; printed for the issue note.
-        println!("apiserver requests in 30 s with 3 agents (poll every 2 s, lease 4 s): {total:.0}\n  {}", lines.join("\n  "));
+        println!(
+            "apiserver requests in 30 s with 3 agents (poll every 2 s, lease 4 s): {total:.0}\n  {}",
+            lines.join("\n  ")
+        );
 
         api.set_intensity("DE", 120.0);
         wait_tainted(&cp, "n1", false);
@@ -140,14 +165,23 @@ async fn dirty_zone_nodes_are_tainted_then_cleaned() {
 async fn scheduler_places_pods_away_from_the_dirty_zone() {
     let _serial = SERIAL.lock().await;
     // NoSchedule makes the placement certain; PreferNoSchedule only weighs the score.
-    let Cluster { cp, api, agents } =
-        cluster(&[("a1", "DE"), ("a2", "DE"), ("b1", "FR")], &["--taint-effect=NoSchedule"]).await;
+    let Cluster { cp, api, agents } = cluster(
+        &[("a1", "DE"), ("a2", "DE"), ("b1", "FR")],
+        &["--taint-effect=NoSchedule"],
+    )
+    .await;
     api.set_intensity("DE", 600.0);
     api.set_intensity("FR", 40.0);
     tokio::task::block_in_place(|| {
         wait_tainted(&cp, "a1", true);
         wait_tainted(&cp, "a2", true);
-        cp.kubectl_ok(&["create", "deployment", "batch", "--image=registry.invalid/batch:1", "--replicas=4"]);
+        cp.kubectl_ok(&[
+            "create",
+            "deployment",
+            "batch",
+            "--image=registry.invalid/batch:1",
+            "--replicas=4",
+        ]);
         let placed = wait_for("4 pods bound", Duration::from_secs(60), || {
             let pods = cp.kubectl_json(&["get", "pods", "-l", "app=batch"]);
             let nodes: Vec<String> = pods["items"]
@@ -157,7 +191,10 @@ async fn scheduler_places_pods_away_from_the_dirty_zone() {
                 .collect();
             (nodes.len() == 4).then_some(nodes)
         });
-        assert!(placed.iter().all(|n| n == "b1"), "pods landed on {placed:?}");
+        assert!(
+            placed.iter().all(|n| n == "b1"),
+            "pods landed on {placed:?}"
+        );
     });
     drop(agents);
 }
@@ -165,7 +202,11 @@ async fn scheduler_places_pods_away_from_the_dirty_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_over_when_the_leader_dies() {
     let _serial = SERIAL.lock().await;
-    let Cluster { cp, api, mut agents } = cluster(&[("x1", "DE"), ("x2", "DE"), ("x3", "PL")], &[]).await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("x1", "DE"), ("x2", "DE"), ("x3", "PL")], &[]).await;
     api.set_intensity("DE", 450.0);
     api.set_intensity("PL", 700.0);
     tokio::task::block_in_place(|| {
@@ -173,25 +214,43 @@ async fn a_follower_takes_over_when_the_leader_dies() {
             wait_tainted(&cp, node, true);
         }
         let first = wait_for("a leader", Duration::from_secs(20), || leader(&mut agents));
-        let transitions_before: Vec<Option<f64>> =
-            agents.iter().map(|a| a.metric("carbon_kube_taint_transitions_total")).collect();
-        let fetched = |cp: &ControlPlane| cp.kubectl_json(&["get", "carbonscore", "pl"])["status"]["fetchedAt"].as_str().map(str::to_string);
+        let transitions_before: Vec<Option<f64>> = agents
+            .iter()
+            .map(|a| a.metric("carbon_kube_taint_transitions_total"))
+            .collect();
+        let fetched = |cp: &ControlPlane| {
+            cp.kubectl_json(&["get", "carbonscore", "pl"])["status"]["fetchedAt"]
+                .as_str()
+                .map(str::to_string)
+        };
         let fetched_before = fetched(&cp);
 
         agents[first].kill();
         let started = std::time::Instant::now();
-        let second = wait_for("a new leader", Duration::from_secs(20), || leader(&mut agents));
+        let second = wait_for("a new leader", Duration::from_secs(20), || {
+            leader(&mut agents)
+        });
         let takeover = started.elapsed();
         assert_ne!(first, second);
-        assert!(takeover < Duration::from_secs(4 + 2 + 2), "takeover took {takeover:?} with a 4 s lease");
+        assert!(
+            takeover < Duration::from_secs(4 + 2 + 2),
+            "takeover took {takeover:?} with a 4 s lease"
+        );
         println!("leader takeover after SIGKILL: {takeover:?} (lease 4 s)");
 
-        wait_for("CarbonScores updated by the new leader", Duration::from_secs(15), || {
-            (fetched(&cp) != fetched_before).then_some(())
-        });
+        wait_for(
+            "CarbonScores updated by the new leader",
+            Duration::from_secs(15),
+            || (fetched(&cp) != fetched_before).then_some(()),
+        );
         for (i, agent) in agents.iter_mut().enumerate() {
             if i != first {
-                assert_eq!(agent.metric("carbon_kube_taint_transitions_total"), transitions_before[i], "{} flapped", agent.node);
+                assert_eq!(
+                    agent.metric("carbon_kube_taint_transitions_total"),
+                    transitions_before[i],
+                    "{} flapped",
+                    agent.node
+                );
             }
         }
         for node in ["x2", "x3"] {
@@ -207,12 +266,29 @@ async fn foreign_taints_labels_and_conditions_survive() {
     api.set_intensity("DE", 500.0);
     tokio::task::block_in_place(|| {
         let cp = ControlPlane::start();
-        cp.create_node("f1", &[("carbon-kube.io/grid-zone", "DE"), ("team", "batch")]);
-        cp.kubectl_ok(&["taint", "node", "f1", "dedicated=gpu:NoSchedule", "example.com/maintenance:PreferNoSchedule"]);
+        cp.create_node(
+            "f1",
+            &[("carbon-kube.io/grid-zone", "DE"), ("team", "batch")],
+        );
+        cp.kubectl_ok(&[
+            "taint",
+            "node",
+            "f1",
+            "dedicated=gpu:NoSchedule",
+            "example.com/maintenance:PreferNoSchedule",
+        ]);
         let foreign_condition = serde_json::json!({"status": {"conditions": [{
             "type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "fine",
             "lastHeartbeatTime": "2024-01-01T00:00:00Z", "lastTransitionTime": "2024-01-01T00:00:00Z"}]}});
-        cp.kubectl_ok(&["patch", "node", "f1", "--subresource=status", "--type=strategic", "-p", &foreign_condition.to_string()]);
+        cp.kubectl_ok(&[
+            "patch",
+            "node",
+            "f1",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            &foreign_condition.to_string(),
+        ]);
 
         let args = agent_args(&api, &[]);
         let mut agent = Agent::spawn(&cp, "f1", &args, &[("ELECTRICITY_MAPS_TOKEN", TOKEN)]);
@@ -223,12 +299,27 @@ async fn foreign_taints_labels_and_conditions_survive() {
         wait_tainted(&cp, "f1", false);
 
         let node = cp.node("f1");
-        let mut taints: Vec<&str> = node["spec"]["taints"].as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap()).collect();
+        let mut taints: Vec<&str> = node["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
         taints.sort_unstable();
         assert_eq!(taints, ["dedicated", "example.com/maintenance", "late"]);
         assert_eq!(node["metadata"]["labels"]["team"], "batch");
-        let types: Vec<&str> = node["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-        assert!(types.contains(&"Ready") && types.contains(&"DiskPressure") && types.contains(&"CarbonIntensityHigh"), "{types:?}");
+        let types: Vec<&str> = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert!(
+            types.contains(&"Ready")
+                && types.contains(&"DiskPressure")
+                && types.contains(&"CarbonIntensityHigh"),
+            "{types:?}"
+        );
         agent.terminate();
     });
 }
@@ -236,7 +327,11 @@ async fn foreign_taints_labels_and_conditions_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_never_appears_in_output() {
     let _serial = SERIAL.lock().await;
-    let Cluster { cp, api, mut agents } = cluster(&[("k1", "DE")], &["--log-format=json"]).await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("k1", "DE")], &["--log-format=json"]).await;
     api.set_fault(EM, Fault::Status(401));
     tokio::task::block_in_place(|| {
         wait_for("a 401 counted", Duration::from_secs(20), || {
@@ -247,7 +342,10 @@ async fn the_api_key_never_appears_in_output() {
         let metrics = agents[0].metrics().unwrap_or_default();
         agents[0].terminate();
         let output = agents[0].output();
-        assert!(output.contains("credentials rejected"), "the 401 is logged: {output}");
+        assert!(
+            output.contains("credentials rejected"),
+            "the 401 is logged: {output}"
+        );
         assert!(!output.contains(TOKEN), "token leaked into the log");
         assert!(!metrics.contains(TOKEN));
         let scores = cp.kubectl_ok(&["get", "carbonscores", "-o", "yaml"]);
@@ -268,11 +366,18 @@ async fn the_taint_budget_keeps_the_greenest_share_schedulable() {
         wait_tainted(&cp, "p1", true);
         wait_tainted(&cp, "n1", true);
         std::thread::sleep(Duration::from_secs(6));
-        let tainted: Vec<&str> = nodes.iter().map(|(n, _)| *n).filter(|n| has_taint(&cp, n)).collect();
+        let tainted: Vec<&str> = nodes
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| has_taint(&cp, n))
+            .collect();
         assert_eq!(tainted, ["p1", "n1"]);
         let de = cp.kubectl_json(&["get", "carbonscore", "de"]);
         assert_eq!(de["status"]["taintAllowed"], false);
-        assert_eq!(condition(&cp, "d1").expect("condition")["reason"], "TaintBudgetExhausted");
+        assert_eq!(
+            condition(&cp, "d1").expect("condition")["reason"],
+            "TaintBudgetExhausted"
+        );
     });
     drop(agents);
 }

