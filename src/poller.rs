@@ -18,7 +18,7 @@ use crate::budget::{ZoneLoad, allowed_zones};
 use crate::carbon::{GridZone, Reading};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
 use crate::metrics::Metrics;
-use crate::providers::{Chain, ChainError};
+use crate::providers::{Chain, ChainError, static_table};
 use crate::zones;
 
 const FIELD_MANAGER: &str = "carbon-kube-leader";
@@ -39,6 +39,11 @@ pub struct Poller {
     metrics: Arc<Metrics>,
     settings: PollerSettings,
     created: HashSet<GridZone>,
+}
+
+/// A yearly average says nothing about this hour: it may be shown, never acted on.
+fn is_live(reading: &Reading) -> bool {
+    reading.source != static_table::NAME
 }
 
 /// Counts nodes per zone from their labels.
@@ -136,7 +141,8 @@ impl Poller {
                     zone: zone.clone(),
                     nodes: counts.get(zone).copied().unwrap_or(0),
                     grams_per_kwh: match result {
-                        Ok(reading) => Some(reading.grams_per_kwh),
+                        Ok(reading) if is_live(reading) => Some(reading.grams_per_kwh),
+                        Ok(_) => None,
                         Err(_) => previous.map(|p| p.intensity_grams_per_kwh),
                     },
                     threshold_grams_per_kwh: self.threshold_for(previous),
@@ -154,7 +160,7 @@ impl Poller {
             let previous = existing
                 .get(&zone.object_name())
                 .and_then(|s| s.status.clone());
-            let taint_allowed = allowed.contains(zone);
+            let taint_allowed = allowed.contains(zone) && result.as_ref().map_or(true, is_live);
             let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
             let status = match result {
                 Ok(reading) => {

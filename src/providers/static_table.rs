@@ -27,6 +27,10 @@ pub fn yearly_average(zone: &GridZone) -> Option<f64> {
 }
 
 /// Serves [`yearly_average`] as a [`Provider`].
+/// Source name of static readings. A yearly average says nothing about this
+/// hour, so the leader never lets a zone be tainted on it.
+pub const NAME: &str = "static";
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StaticTable;
 
@@ -39,7 +43,7 @@ impl StaticTable {
 #[async_trait]
 impl Provider for StaticTable {
     fn name(&self) -> &'static str {
-        "static"
+        NAME
     }
 
     async fn fetch(&self, zone: &GridZone) -> Result<Reading, ProviderError> {

@@ -13,16 +13,45 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where tests/tools/install.sh puts the tools it installs (kubectl, helm); run once per process.
+fn tools_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = repo_root().join("tests/tools/install.sh");
+        match Command::new("bash").arg(script).output() {
+            Ok(o) if o.status.success() => {
+                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+            }
+            Ok(o) => panic!(
+                "tests/tools/install.sh failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("cannot run tests/tools/install.sh: {e}"),
+        }
+    })
+}
+
+/// A tool by name: the copy tests/tools/install.sh installed, else the one on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let installed = tools_bin().join(name);
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// Fails (never skips) with how to install a missing tool.
-pub fn require_tool(tool: &str, how: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+pub fn require_tool(name: &str, how: &str) {
+    let found = Command::new(tool(name))
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     assert!(
         found,
-        "`{tool}` is required by this test but was not found in PATH: {how}"
+        "`{name}` is required by this test but was not found in PATH: {how}"
     );
 }
 
@@ -162,7 +191,7 @@ impl ControlPlane {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
+        Command::new(tool("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
@@ -188,7 +217,7 @@ impl ControlPlane {
     }
 
     pub fn apply(&self, manifest: &str) {
-        let mut child = Command::new("kubectl")
+        let mut child = Command::new(tool("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["apply", "-f", "-"])
