@@ -109,6 +109,12 @@ pub struct ForecastEntry {
     pub grams_per_kwh: f64,
 }
 
+/// Hundredths of a gram are far below any provider's precision and keep
+/// `kubectl get carbonscores` readable.
+fn round_centi(grams_per_kwh: f64) -> f64 {
+    (grams_per_kwh * 100.0).round() / 100.0
+}
+
 /// The CRD as YAML, what `carbon-kube crd` prints and `deploy/` checks in.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&CarbonScore::crd())
@@ -130,14 +136,14 @@ impl CarbonScoreStatus {
             .take(MAX_FORECAST_POINTS)
             .map(|p| ForecastEntry {
                 at: Time(p.at),
-                grams_per_kwh: p.grams_per_kwh,
+                grams_per_kwh: round_centi(p.grams_per_kwh),
             })
             .collect();
         let min = forecast
             .iter()
             .min_by(|a, b| a.grams_per_kwh.total_cmp(&b.grams_per_kwh));
         Self {
-            intensity_grams_per_kwh: reading.grams_per_kwh,
+            intensity_grams_per_kwh: round_centi(reading.grams_per_kwh),
             source: reading.source.clone(),
             estimated: reading.estimated,
             observed_at: Some(Time(reading.observed_at)),

@@ -134,7 +134,7 @@ impl Reconciler {
             if let Some(warning) = &resolution.warning {
                 warn!(node = %self.node_name, "{warning}");
             }
-            info!(node = %self.node_name, zone = ?resolution.zone.as_ref().map(GridZone::as_str), "grid zone resolved");
+            info!(node = %self.node_name, zone = resolution.zone.as_ref().map_or("none", GridZone::as_str), "grid zone resolved");
             *last_zone = resolution.zone.clone();
         }
         let zone = resolution.zone.as_ref();
