@@ -381,3 +381,32 @@ async fn the_taint_budget_keeps_the_greenest_share_schedulable() {
     });
     drop(agents);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_leader_hands_over_at_once() {
+    let _serial = SERIAL.lock().await;
+    // A long lease: only a release on SIGTERM explains a quick takeover.
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("t1", "DE"), ("t2", "DE")], &["--lease-duration=30s"]).await;
+    api.set_intensity("DE", 450.0);
+    tokio::task::block_in_place(|| {
+        wait_tainted(&cp, "t1", true);
+        let first = wait_for("a leader", Duration::from_secs(40), || leader(&mut agents));
+        let started = std::time::Instant::now();
+        agents[first].terminate();
+        let second = wait_for("a new leader", Duration::from_secs(20), || {
+            leader(&mut agents)
+        });
+        let takeover = started.elapsed();
+        assert_ne!(first, second);
+        assert!(
+            takeover < Duration::from_secs(5),
+            "takeover took {takeover:?} with a 30 s lease"
+        );
+        println!("leader takeover after SIGTERM: {takeover:?} (lease 30 s)");
+        assert!(agents[first].output().contains("released the leader lease"));
+    });
+}
