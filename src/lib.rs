@@ -18,4 +18,5 @@ pub mod poller;
 pub mod power;
 pub mod providers;
 pub mod reconcile;
+pub mod simulator;
 pub mod zones;
