@@ -112,6 +112,16 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_SAMPLE_INTERVAL", default_value = "15s")]
     pub sample_interval: String,
 
+    /// The host's cgroup v2 root, for per-pod power and CO2 (in a pod: mount the
+    /// host's /sys/fs/cgroup read-only and point this at it). Without a kubepods
+    /// cgroup under it, per-pod attribution is off.
+    #[arg(
+        long,
+        env = "CARBON_KUBE_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup_root: PathBuf,
+
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "CARBON_KUBE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::attribution::Attribution;
 use crate::metrics::Metrics;
 use crate::power::{self, EmissionCounter, HostSampler, PowerCoefficients, PowerOverrides};
 use crate::zones::Cloud;
@@ -17,6 +18,7 @@ pub struct EmissionsLoop {
     coefficients: PowerCoefficients,
     interval: Duration,
     metrics: Arc<Metrics>,
+    attribution: Option<Attribution>,
 }
 
 impl EmissionsLoop {
@@ -40,7 +42,14 @@ impl EmissionsLoop {
             coefficients,
             interval,
             metrics,
+            attribution: None,
         })
+    }
+
+    /// Also shares the node's dynamic power out to its pods, each sample.
+    pub fn with_attribution(mut self, attribution: Attribution) -> Self {
+        self.attribution = Some(attribution);
+        self
     }
 
     pub async fn run(
@@ -67,9 +76,16 @@ impl EmissionsLoop {
             last = Instant::now();
             self.metrics.node_power_watts.set(watts);
             self.metrics.node_cpu_utilisation.set(host.cpu_utilisation);
+            let idle = power::node_watts(&self.coefficients, host.vcpus, 0.0, host.memory_total_gb);
+            self.metrics.node_idle_power_watts.set(idle);
+            if let Some(attribution) = &mut self.attribution {
+                let busy_vcpus = host.cpu_utilisation * host.vcpus;
+                attribution.sample(&self.coefficients, busy_vcpus, *intensity.borrow());
+            }
             let Some(grams_per_kwh) = *intensity.borrow() else {
                 continue;
             };
+            self.metrics.node_grid_intensity.set(grams_per_kwh);
             self.metrics
                 .node_emissions_rate
                 .set(power::grams_per_hour(watts, grams_per_kwh));

@@ -4,6 +4,7 @@
 //! live in modules without Kubernetes I/O; the async edges (election, poller,
 //! reconcile, emissions, metrics server) are thin.
 
+pub mod attribution;
 pub mod budget;
 pub mod carbon;
 pub mod cli;

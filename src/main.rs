@@ -4,9 +4,11 @@
 //! carbon APIs ──(leader: poller, once per zone per interval)──▶ CarbonScore per zone
 //! every agent: own Node + CarbonScores ──▶ decide ──▶ patch own Node on a transition
 //!              host CPU/memory ──▶ power model ──▶ gCO2/h ──▶ /metrics
+//!              pod cgroups' CPU time ──▶ dynamic power shared out ──▶ per-pod W, gCO2/h ──▶ /metrics
 //! ```
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +18,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use carbon_kube::attribution;
 use carbon_kube::carbon::GridZone;
 use carbon_kube::cli::{Cli, Command, IntensityArgs, LogFormat};
 use carbon_kube::config::{self, AgentConfig};
@@ -47,7 +50,7 @@ fn main() -> Result<()> {
         Command::Intensity(args) => runtime.block_on(intensity(args)),
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
-            runtime.block_on(agent(config))
+            runtime.block_on(agent(config, args.cgroup_root))
         }
     }
 }
@@ -106,7 +109,7 @@ async fn kube_client(config: &AgentConfig) -> Result<Client> {
     Ok(Client::try_from(kube_config)?)
 }
 
-async fn agent(config: AgentConfig) -> Result<()> {
+async fn agent(config: AgentConfig, cgroup_root: PathBuf) -> Result<()> {
     let client = kube_client(&config).await?;
     let scores: Api<CarbonScore> = Api::all(client.clone());
     if let Err(e) = scores
@@ -173,7 +176,18 @@ async fn agent(config: AgentConfig) -> Result<()> {
         intensity: intensity_tx,
     };
     tasks.spawn(reconciler.run(shutdown.clone()));
-    let emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
+    let mut emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
+    // Per-pod power and CO2, where the host's pod cgroups are visible.
+    let pods = attribution::start(
+        &cgroup_root,
+        client.clone(),
+        &config.node_name,
+        metrics.clone(),
+    );
+    if let Some((attribution, pod_watch)) = pods {
+        tasks.spawn(pod_watch);
+        emissions = emissions.with_attribution(attribution);
+    }
     tasks.spawn(emissions.run(intensity_rx, shutdown.clone()));
 
     info!(node = %config.node_name, identity = %config.identity, "agent started");

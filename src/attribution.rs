@@ -1,0 +1,205 @@
+//! Per-pod power and carbon: the node's dynamic power shared out to its pods
+//! by their cgroup v2 CPU time.
+//!
+//! Under the linear power model every busy vCPU adds `(max − min) × PUE`
+//! watts over idle, so a pod that kept `v` vCPUs busy over a sample drew
+//! `v × (max − min) × PUE` watts. Idle CPU and memory power are drawn whether
+//! or not any pod runs, so they stay at node level
+//! (`carbon_kube_node_idle_power_watts`), as does the busy time of processes
+//! outside pods (kubelet, runtime, system daemons): node power = idle + pods +
+//! the rest, with the rest never negative.
+
+mod cgroup;
+mod directory;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use tracing::{info, warn};
+
+use crate::metrics::{Metrics, PodEmissions};
+use crate::power::{self, PowerCoefficients};
+
+pub use cgroup::{CpuUsage, has_kubepods, pod_cpu_usage, pod_uid, usage_usec};
+pub use directory::{PodDirectory, by_uid};
+
+/// A pod's identity in metric labels.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Watts added by one busy vCPU: `(max − min) × PUE`.
+pub fn watts_per_busy_vcpu(c: &PowerCoefficients) -> f64 {
+    (c.max_watts_per_vcpu - c.min_watts_per_vcpu) * c.pue
+}
+
+/// Busy vCPUs of each pod between two readings. A pod without an earlier
+/// reading (it just started) has no interval yet; a counter that went back
+/// (a cgroup recreated under the same UID) restarts its baseline.
+pub fn busy_vcpus(
+    previous: &CpuUsage,
+    current: &CpuUsage,
+    elapsed: Duration,
+) -> HashMap<String, f64> {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        return HashMap::new();
+    }
+    current
+        .iter()
+        .filter_map(|(uid, now)| {
+            let before = previous.get(uid)?;
+            let used = now.checked_sub(*before)?;
+            Some((uid.clone(), used as f64 / 1e6 / seconds))
+        })
+        .collect()
+}
+
+/// Each pod's watts. The pods' cgroup reading and the host's utilisation are
+/// not taken at the same instant, so when the pods seem to have kept more
+/// vCPUs busy than the whole node did, they are scaled down to the node's:
+/// pods never draw more than the node's dynamic power.
+pub fn pod_watts(
+    busy: &HashMap<String, f64>,
+    node_busy_vcpus: f64,
+    watts_per_vcpu: f64,
+) -> HashMap<String, f64> {
+    let total: f64 = busy.values().sum();
+    let node_busy = if node_busy_vcpus.is_finite() {
+        node_busy_vcpus.max(0.0)
+    } else {
+        0.0
+    };
+    let scale = if total > node_busy && total > 0.0 {
+        node_busy / total
+    } else {
+        1.0
+    };
+    busy.iter()
+        .map(|(uid, vcpus)| (uid.clone(), vcpus * scale * watts_per_vcpu.max(0.0)))
+        .collect()
+}
+
+/// Watts per named pod. Pods whose name is not known yet (the watch lags a
+/// new pod, or cannot list pods) are left out; two UIDs under one name (a
+/// StatefulSet pod replaced mid-sample) are added up.
+pub fn by_name(
+    watts: &HashMap<String, f64>,
+    names: &HashMap<String, PodKey>,
+) -> BTreeMap<PodKey, f64> {
+    let mut out = BTreeMap::new();
+    for (uid, w) in watts {
+        if let Some(key) = names.get(uid) {
+            *out.entry(key.clone()).or_insert(0.0) += w;
+        }
+    }
+    out
+}
+
+/// Emissions of `watts` for `elapsed`, if the intensity is known and sane.
+pub fn emissions(
+    watts: f64,
+    grams_per_kwh: Option<f64>,
+    elapsed: Duration,
+) -> Option<PodEmissions> {
+    let intensity = grams_per_kwh.filter(|g| g.is_finite() && *g >= 0.0)?;
+    let rate = power::grams_per_hour(watts, intensity);
+    rate.is_finite().then(|| PodEmissions {
+        grams_per_hour: rate,
+        grams: rate * elapsed.as_secs_f64() / 3600.0,
+    })
+}
+
+/// The attribution state the emissions loop drives, one sample per tick.
+pub struct Attribution {
+    root: PathBuf,
+    directory: PodDirectory,
+    metrics: Arc<Metrics>,
+    previous: Option<(Instant, CpuUsage)>,
+    exported: BTreeSet<PodKey>,
+    read_failed: bool,
+}
+
+/// Starts attribution where the host's pod cgroups are visible under `root`:
+/// the directory watch to spawn, and the state for the emissions loop.
+pub fn start(
+    root: &Path,
+    client: Client,
+    node_name: &str,
+    metrics: Arc<Metrics>,
+) -> Option<(Attribution, impl Future<Output = ()> + use<>)> {
+    if !has_kubepods(root) {
+        info!(
+            cgroup_root = %root.display(),
+            "per-pod attribution off: no kubepods cgroup (needs cgroup v2 and the host's cgroup tree, e.g. a read-only hostPath mount and --cgroup-root)"
+        );
+        return None;
+    }
+    info!(cgroup_root = %root.display(), "per-pod attribution on");
+    let (directory, watch) = PodDirectory::watch(client, node_name);
+    let attribution = Attribution {
+        root: root.to_path_buf(),
+        directory,
+        metrics,
+        previous: None,
+        exported: BTreeSet::new(),
+        read_failed: false,
+    };
+    Some((attribution, watch))
+}
+
+impl Attribution {
+    /// One sample, right after the host's, so both cover about the same interval.
+    /// The cgroup files are in memory (cgroupfs), so reading them inline is cheap.
+    pub fn sample(
+        &mut self,
+        coefficients: &PowerCoefficients,
+        node_busy_vcpus: f64,
+        grams_per_kwh: Option<f64>,
+    ) {
+        let now = Instant::now();
+        let current = match pod_cpu_usage(&self.root) {
+            Ok(usage) => {
+                self.read_failed = false;
+                usage
+            }
+            Err(e) => {
+                if !self.read_failed {
+                    warn!(cgroup_root = %self.root.display(), error = %e, "reading pod cgroups failed");
+                }
+                self.read_failed = true;
+                CpuUsage::new()
+            }
+        };
+        let previous = self.previous.replace((now, current));
+        let (Some((then, previous)), Some((_, current))) = (previous, self.previous.as_ref())
+        else {
+            return;
+        };
+        let elapsed = now.duration_since(then);
+        let busy = busy_vcpus(&previous, current, elapsed);
+        let watts = pod_watts(&busy, node_busy_vcpus, watts_per_busy_vcpu(coefficients));
+        let pods = by_name(&watts, &self.directory.snapshot());
+        for (key, w) in &pods {
+            let emitted = emissions(*w, grams_per_kwh, elapsed);
+            self.metrics.set_pod(&key.namespace, &key.name, *w, emitted);
+        }
+        let current: BTreeSet<PodKey> = pods.into_keys().collect();
+        for gone in self.exported.difference(&current) {
+            self.metrics.remove_pod(&gone.namespace, &gone.name);
+        }
+        self.metrics
+            .attributed_pods
+            .set(i64::try_from(current.len()).unwrap_or(i64::MAX));
+        self.exported = current;
+    }
+}
+
+#[cfg(test)]
+mod tests;

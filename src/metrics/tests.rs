@@ -1,0 +1,191 @@
+use std::sync::atomic::Ordering;
+
+use hyper::StatusCode;
+
+use super::*;
+
+/// The value of the sample line of `name` carrying every label in `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .find_map(|line| line.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+}
+
+#[test]
+fn exposition_has_the_catalogue_with_node_label() {
+    let metrics = Metrics::new("node-a");
+    metrics.set_zone_intensity("DE", "electricity-maps", 412.0);
+    metrics.record_attempts(&[
+        Attempt {
+            provider: "electricity-maps",
+            outcome: "timeout",
+            seconds: 10.0,
+        },
+        Attempt {
+            provider: "static",
+            outcome: "ok",
+            seconds: 0.0,
+        },
+    ]);
+    let text = metrics.encode();
+    let de = [
+        "node=\"node-a\"",
+        "zone=\"DE\"",
+        "source=\"electricity-maps\"",
+    ];
+    assert_eq!(
+        sample(&text, "carbon_kube_zone_intensity_grams_per_kwh", &de),
+        Some(412.0),
+        "{text}"
+    );
+    let timeout = ["outcome=\"timeout\"", "provider=\"electricity-maps\""];
+    assert_eq!(
+        sample(&text, "carbon_kube_provider_errors_total", &timeout),
+        Some(1.0)
+    );
+    assert!(!text.contains("carbon_kube_provider_errors_total{node=\"node-a\",outcome=\"ok\""));
+    for name in [
+        "carbon_kube_build_info",
+        "carbon_kube_node_emitted_grams_total",
+        "carbon_kube_taint_transitions_total",
+        "carbon_kube_node_idle_power_watts",
+        "carbon_kube_attributed_pods",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+}
+
+#[test]
+fn unknown_values_are_absent_not_zero() {
+    let metrics = Metrics::new("n");
+    let text = metrics.encode();
+    for name in [
+        "carbon_kube_data_age_seconds",
+        "carbon_kube_threshold_grams_per_kwh",
+        "carbon_kube_node_emissions_grams_per_hour",
+        "carbon_kube_node_grid_intensity_grams_per_kwh",
+    ] {
+        assert_eq!(sample(&text, name, &[]), None, "{name} before any data");
+    }
+    assert_eq!(metrics.data_age_seconds.get(), None);
+    metrics.data_age_seconds.set(42.0);
+    assert_eq!(metrics.data_age_seconds.get(), Some(42.0));
+    let text = metrics.encode();
+    assert_eq!(
+        sample(&text, "carbon_kube_data_age_seconds", &["node=\"n\""]),
+        Some(42.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_zone_keeps_one_source_series() {
+    let metrics = Metrics::new("n");
+    metrics.set_zone_intensity("DE", "electricity-maps", 400.0);
+    metrics.set_zone_intensity("DE", "static", 380.0);
+    metrics.set_zone_intensity("FR", "electricity-maps", 50.0);
+    let text = metrics.encode();
+    assert!(
+        !text.contains("zone=\"DE\",source=\"electricity-maps\"")
+            && !text.contains("source=\"electricity-maps\",zone=\"DE\""),
+        "{text}"
+    );
+    assert!(text.contains("source=\"static\""));
+    assert!(text.contains("zone=\"FR\""), "other zones are kept");
+}
+
+#[test]
+fn losing_leadership_drops_leader_only_series() {
+    let metrics = Metrics::new("n");
+    metrics.set_leader(true);
+    metrics.set_zone_intensity("DE", "static", 400.0);
+    metrics.set_tuner_threshold("DE", 280.0);
+    metrics.set_tuner_reward("DE", -1.5);
+    metrics.record_tuner_decision("DE", "lower");
+    let text = metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            "carbon_kube_tuner_threshold_grams_per_kwh",
+            &["zone=\"DE\""]
+        ),
+        Some(280.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "carbon_kube_tuner_decisions_total",
+            &["action=\"lower\""]
+        ),
+        Some(1.0)
+    );
+    metrics.set_leader(false);
+    let text = metrics.encode();
+    assert_eq!(
+        sample(&text, "carbon_kube_tuner_threshold_grams_per_kwh", &[]),
+        None
+    );
+    assert_eq!(sample(&text, "carbon_kube_tuner_reward", &[]), None);
+    assert_eq!(
+        sample(&text, "carbon_kube_zone_intensity_grams_per_kwh", &[]),
+        None
+    );
+    assert_eq!(
+        sample(&text, "carbon_kube_leader_changes_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "carbon_kube_tuner_decisions_total",
+            &["action=\"lower\""]
+        ),
+        Some(1.0),
+        "counters stay: they only ever go up"
+    );
+}
+
+#[test]
+fn pod_series_accumulate_and_go_with_the_pod() {
+    let metrics = Metrics::new("n");
+    let step = PodEmissions {
+        grams_per_hour: 3.6,
+        grams: 0.5,
+    };
+    metrics.set_pod("shop", "web-1", 7.5, Some(step));
+    metrics.set_pod("shop", "web-1", 7.0, Some(step));
+    metrics.set_pod("shop", "web-2", 1.0, None);
+    let text = metrics.encode();
+    let web1 = ["namespace=\"shop\"", "pod=\"web-1\""];
+    assert_eq!(
+        sample(&text, "carbon_kube_pod_power_watts", &web1),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(&text, "carbon_kube_pod_emitted_grams_total", &web1),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "carbon_kube_pod_emissions_grams_per_hour", &web1),
+        Some(3.6)
+    );
+    metrics.remove_pod("shop", "web-1");
+    let text = metrics.encode();
+    assert!(!text.contains("pod=\"web-1\""), "{text}");
+    assert!(text.contains("pod=\"web-2\""));
+}
+
+#[test]
+fn readiness_follows_the_flag() {
+    let metrics = Metrics::new("n");
+    let status = |path: &str| server::route(&metrics, path).status();
+    assert_eq!(status("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+    metrics.ready.store(true, Ordering::Relaxed);
+    assert_eq!(status("/readyz"), StatusCode::OK);
+    assert_eq!(status("/healthz"), StatusCode::OK);
+    assert_eq!(status("/nope"), StatusCode::NOT_FOUND);
+}
