@@ -19,9 +19,7 @@ fn tools_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let script = repo_root().join("tests/tools/install.sh");
         match Command::new("bash").arg(script).output() {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-            }
+            Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
             Ok(o) => panic!(
                 "tests/tools/install.sh failed:\n{}",
                 String::from_utf8_lossy(&o.stderr)
@@ -392,6 +390,10 @@ impl Agent {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {
