@@ -20,4 +20,5 @@ pub mod power;
 pub mod providers;
 pub mod reconcile;
 pub mod simulator;
+pub mod tuner;
 pub mod zones;

@@ -6,10 +6,14 @@
 //! - [`workload`], [`cluster`] and [`policy`] replay jobs on nodes in several
 //!   zones; [`report`] and [`svg`] write the table and the plots.
 
+pub mod agent;
+pub mod engine;
 pub mod forecast;
 pub mod numpy_rng;
 pub mod paper;
+pub mod plan;
 pub mod trace;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 
