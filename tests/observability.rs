@@ -403,6 +403,8 @@ async fn prometheus_scrapes_the_agents_and_every_dashboard_query_has_data() {
             pods <= dynamic + 1e-6,
             "pods draw {pods} W of {dynamic} W dynamic power"
         );
+        let grams = sum(&text, "carbon_kube_pod_emitted_grams_total");
+        assert!(grams > 0.0, "pods have emitted no CO2:\n{text}");
         measure(&prom, &agents[0], &text);
 
         // A pod deleted from the API (its cgroup not yet gone) and a pod whose cgroup
@@ -536,8 +538,12 @@ fn measure(prom: &Prometheus, agent: &Agent, text: &str) {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("pod=\""))
         .count();
+    let role = match samples(text, "carbon_kube_is_leader").first() {
+        Some((_, v)) if *v == 1.0 => "leader",
+        _ => "follower",
+    };
     println!(
-        "series on a node with 20 pods: {series} ({pod_series} per-pod, {} node-level); exposition {} bytes",
+        "series on a node with 20 pods ({role}): {series} ({pod_series} per-pod, {} node-level); exposition {} bytes",
         series - pod_series,
         text.len()
     );
