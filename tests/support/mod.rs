@@ -3,3 +3,4 @@
 
 pub mod carbon_api;
 pub mod cluster;
+pub mod deploy;
