@@ -331,8 +331,20 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts an agent and waits until it serves its own metrics. Ports are
+    /// picked free but may be taken by another process before the agent binds;
+    /// only that race is retried.
     pub fn spawn(cp: &ControlPlane, node: &str, args: &[String], env: &[(&str, &str)]) -> Self {
-        let metrics_port = free_port();
+        for _ in 0..5 {
+            let mut agent = Self::start(cp, node, args, env, free_port());
+            if !agent.lost_port_race() {
+                return agent;
+            }
+        }
+        panic!("agent {node}: no free metrics port after 5 tries");
+    }
+
+    fn start(cp: &ControlPlane, node: &str, args: &[String], env: &[(&str, &str)], metrics_port: u16) -> Self {
         let log = cp.dir.join(format!("agent-{node}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
@@ -344,22 +356,31 @@ impl Agent {
             .env("POD_NAME", format!("carbon-kube-{node}"))
             .env("POD_NAMESPACE", "carbon-kube")
             .env("KUBECONFIG", &cp.kubeconfig)
-            .env(
-                "CARBON_KUBE_METRICS_ADDR",
-                format!("127.0.0.1:{metrics_port}"),
-            )
+            .env("CARBON_KUBE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("CARBON_KUBE_LOG", "info,carbon_kube=debug")
             .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("starting carbon-kube agent");
-        Self {
-            child,
-            node: node.to_string(),
-            metrics_port,
-            log,
+        Self { child, node: node.to_string(), metrics_port, log }
+    }
+
+    /// Waits until the port serves this agent's metrics (its `node` label),
+    /// or the agent exits; true only when it exited because the port was taken.
+    fn lost_port_race(&mut self) -> bool {
+        let ours = format!("node=\"{}\"", self.node);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.output().contains("Address already in use");
+            }
+            if self.metrics().is_some_and(|m| m.contains(&ours)) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        false
     }
 
     pub fn metrics(&self) -> Option<String> {
