@@ -9,3 +9,5 @@ bash tests/controlplane/build.sh >/dev/null
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads=2
+# The AWS lab: synthesised offline and checked with aws_cdk.assertions.
+bash cdk/test.sh
