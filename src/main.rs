@@ -48,6 +48,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),
+        Command::Simulate(args) => Ok(carbon_kube::simulator::cli::run(&args)?),
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
             runtime.block_on(agent(config, args.cgroup_root))

@@ -1,12 +1,15 @@
 //! The threshold tuner (leader): tabular Q-learning, one learner per grid zone.
 //!
-//! State: where the zone's intensity and its threshold sit in the zone's
-//! recent distribution (an exponentially weighted mean and spread, about a
-//! week long), and the latency risk (share of carbon-flexible work held back
-//! by the taint). Actions: raise the threshold by 10 %, hold it, or lower it by
-//! 10 %, within bounds. Reward: minus the zone's emissions minus a price on
-//! the delay the taint caused, divided by a running scale so that zones of
-//! very different intensity learn at the same pace.
+//! State: the intensity bucket (the zone's intensity against the cluster's
+//! node-weighted mean, because the taint budget ranks zones against each
+//! other), the threshold's margin over the current intensity (tainting, near,
+//! clear), and the latency-risk bucket (share of carbon-flexible work held
+//! back by the taint). Actions: raise the threshold by 10 %, hold it, or lower
+//! it by 10 %, within bounds. Reward: minus the zone's emissions minus a price
+//! on the delay the taint caused, divided by a running scale (about a week
+//! long) so that zones of very different intensity learn at the same pace.
+//! An earlier state — intensity and threshold against the zone's own recent
+//! distribution — learned less in the simulator (see `carbon-kube simulate tune`).
 //!
 //! Pure and deterministic given the seed: the exploration generator lives in
 //! [`TunerState`], so a new leader that loads the persisted state continues
@@ -21,8 +24,8 @@ const STATES: usize = INTENSITY_BUCKETS * THRESHOLD_BUCKETS * RISK_BUCKETS;
 /// Raise, hold, lower.
 const ACTIONS: [f64; 3] = [1.1, 1.0, 1.0 / 1.1];
 const HOLD: usize = 1;
-/// Weight of a new observation in the running statistics: about a week of hourly steps.
-const STATS_WEIGHT: f64 = 1.0 / 168.0;
+/// Weight of a new observation in the running cost scale: about a week of hourly steps.
+const SCALE_WEIGHT: f64 = 1.0 / 168.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunerParams {
@@ -57,6 +60,10 @@ impl Default for TunerParams {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
     pub grams_per_kwh: f64,
+    /// Mean intensity of the cluster's zones, weighted by their nodes: the
+    /// taint budget ranks zones against each other, so position matters more
+    /// than level.
+    pub cluster_grams_per_kwh: f64,
     /// CO2 emitted by the work running in the zone.
     pub emitted_grams: f64,
     /// vCPU-hours that carbon-flexible pods waited because of the taint.
@@ -73,9 +80,7 @@ pub struct TunerState {
     pub q: Vec<[f64; 3]>,
     /// The state and action of the previous step, awaiting their reward.
     pub last: Option<(usize, usize)>,
-    /// `None` until the first observation (JSON has no NaN).
-    pub intensity_mean: Option<f64>,
-    pub intensity_variance: f64,
+    /// Running mean of the cost; `None` until the first observation (JSON has no NaN).
     pub cost_scale: Option<f64>,
     pub steps: u64,
     pub rng: u64,
@@ -97,15 +102,14 @@ pub struct Tuner {
 
 impl Tuner {
     pub fn new(params: TunerParams) -> Self {
-        let threshold = params
-            .initial_threshold_grams_per_kwh
-            .clamp(params.min_threshold_grams_per_kwh, params.max_threshold_grams_per_kwh);
+        let threshold = params.initial_threshold_grams_per_kwh.clamp(
+            params.min_threshold_grams_per_kwh,
+            params.max_threshold_grams_per_kwh,
+        );
         let state = TunerState {
             threshold_grams_per_kwh: threshold,
             q: vec![[0.0; 3]; STATES],
             last: None,
-            intensity_mean: None,
-            intensity_variance: 0.0,
             cost_scale: None,
             steps: 0,
             rng: params.seed,
@@ -116,12 +120,19 @@ impl Tuner {
     /// Continues from a persisted state; refuses one of another shape or with non-finite numbers.
     pub fn from_state(params: TunerParams, state: TunerState) -> Result<Self, TunerError> {
         if state.q.len() != STATES {
-            return Err(TunerError::Shape { found: state.q.len(), expected: STATES });
+            return Err(TunerError::Shape {
+                found: state.q.len(),
+                expected: STATES,
+            });
         }
         let finite = state.q.iter().flatten().all(|v| v.is_finite())
-            && [state.threshold_grams_per_kwh, state.intensity_variance].iter().all(|v| v.is_finite())
-            && [state.intensity_mean, state.cost_scale].iter().flatten().all(|v| v.is_finite());
-        if !finite || state.last.is_some_and(|(s, a)| s >= STATES || a >= ACTIONS.len()) {
+            && state.threshold_grams_per_kwh.is_finite()
+            && state.cost_scale.is_none_or(f64::is_finite);
+        if !finite
+            || state
+                .last
+                .is_some_and(|(s, a)| s >= STATES || a >= ACTIONS.len())
+        {
             return Err(TunerError::NotFinite);
         }
         Ok(Self { params, state })
@@ -141,11 +152,11 @@ impl Tuner {
         let s = &mut self.state;
         let cost = observation.emitted_grams.max(0.0)
             + p.delay_cost_grams_per_vcpu_hour * observation.delayed_vcpu_hours.max(0.0);
-        update_statistics(s, observation.grams_per_kwh, cost);
-        let reward = match s.cost_scale {
-            Some(scale) if scale > 0.0 => -cost / scale,
-            _ => 0.0,
-        };
+        let scale = s
+            .cost_scale
+            .map_or(cost, |scale| scale + SCALE_WEIGHT * (cost - scale));
+        s.cost_scale = Some(scale);
+        let reward = if scale > 0.0 { -cost / scale } else { 0.0 };
         let now = state_index(s, observation);
         if let Some((before, action)) = s.last {
             let best_next = s.q[now].iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -165,28 +176,14 @@ impl Tuner {
     }
 }
 
-fn update_statistics(s: &mut TunerState, grams_per_kwh: f64, cost: f64) {
-    s.intensity_mean = Some(match s.intensity_mean {
-        Some(mean) => {
-            let delta = grams_per_kwh - mean;
-            s.intensity_variance = (1.0 - STATS_WEIGHT) * (s.intensity_variance + STATS_WEIGHT * delta * delta);
-            mean + STATS_WEIGHT * delta
-        }
-        None => grams_per_kwh,
-    });
-    s.cost_scale = Some(s.cost_scale.map_or(cost, |scale| scale + STATS_WEIGHT * (cost - scale)));
-}
-
-/// Bucket of a value's distance from the recent mean, in recent standard deviations.
-fn z_bucket(value: f64, s: &TunerState, edges: &[f64]) -> usize {
-    let spread = s.intensity_variance.sqrt().max(1e-9);
-    let z = (value - s.intensity_mean.unwrap_or(value)) / spread;
-    edges.iter().filter(|&&edge| z >= edge).count()
-}
-
 fn state_index(s: &TunerState, o: &Observation) -> usize {
-    let intensity = z_bucket(o.grams_per_kwh, s, &[-1.0, 0.0, 1.0]);
-    let threshold = z_bucket(s.threshold_grams_per_kwh, s, &[-0.5, 0.5]);
+    let relative = o.grams_per_kwh / o.cluster_grams_per_kwh.max(1e-9);
+    let intensity = [0.8, 1.0, 1.25]
+        .iter()
+        .filter(|&&edge| relative >= edge)
+        .count();
+    let margin = s.threshold_grams_per_kwh / o.grams_per_kwh.max(1e-9);
+    let threshold = [0.9, 1.1].iter().filter(|&&edge| margin >= edge).count();
     let risk = match o.pending_share {
         x if x <= 0.0 => 0,
         x if x <= 0.2 => 1,
@@ -220,22 +217,37 @@ mod tests {
     use super::*;
 
     fn observation(grams_per_kwh: f64, emitted_grams: f64, pending_share: f64) -> Observation {
-        Observation { grams_per_kwh, emitted_grams, delayed_vcpu_hours: 0.0, pending_share }
+        Observation {
+            grams_per_kwh,
+            cluster_grams_per_kwh: 200.0,
+            emitted_grams,
+            delayed_vcpu_hours: 0.0,
+            pending_share,
+        }
     }
 
     #[test]
     fn thresholds_stay_within_bounds() {
-        let params = TunerParams { exploration: 1.0, ..TunerParams::default() };
+        let params = TunerParams {
+            exploration: 1.0,
+            ..TunerParams::default()
+        };
         let mut tuner = Tuner::new(params.clone());
         for i in 0..5_000 {
             let t = tuner.step(&observation(100.0 + (i % 24) as f64 * 10.0, 50.0, 0.0));
-            assert!((params.min_threshold_grams_per_kwh..=params.max_threshold_grams_per_kwh).contains(&t));
+            assert!(
+                (params.min_threshold_grams_per_kwh..=params.max_threshold_grams_per_kwh)
+                    .contains(&t)
+            );
         }
     }
 
     #[test]
     fn an_untrained_tuner_holds() {
-        let mut tuner = Tuner::new(TunerParams { exploration: 0.0, ..TunerParams::default() });
+        let mut tuner = Tuner::new(TunerParams {
+            exploration: 0.0,
+            ..TunerParams::default()
+        });
         assert_eq!(tuner.step(&observation(400.0, 10.0, 0.0)), 300.0);
     }
 
@@ -243,10 +255,19 @@ mod tests {
     fn same_seed_same_path_and_persisted_state_continues_identically() {
         let run = |tuner: &mut Tuner, from: usize, to: usize| -> Vec<f64> {
             (from..to)
-                .map(|i| tuner.step(&observation(200.0 + ((i * 7) % 50) as f64 * 5.0, (i % 13) as f64, 0.1)))
+                .map(|i| {
+                    tuner.step(&observation(
+                        200.0 + ((i * 7) % 50) as f64 * 5.0,
+                        (i % 13) as f64,
+                        0.1,
+                    ))
+                })
                 .collect()
         };
-        let params = TunerParams { exploration: 0.3, ..TunerParams::default() };
+        let params = TunerParams {
+            exploration: 0.3,
+            ..TunerParams::default()
+        };
         let mut a = Tuner::new(params.clone());
         let mut b = Tuner::new(params.clone());
         assert_eq!(run(&mut a, 0, 500), run(&mut b, 0, 500));
@@ -255,7 +276,10 @@ mod tests {
         // Through JSON (as persisted in the cluster) the numbers survive to the last digit or so.
         let json = serde_json::to_string(a.state()).unwrap();
         let back: TunerState = serde_json::from_str(&json).unwrap();
-        assert_eq!((back.last, back.steps, back.rng), (a.state().last, a.state().steps, a.state().rng));
+        assert_eq!(
+            (back.last, back.steps, back.rng),
+            (a.state().last, a.state().steps, a.state().rng)
+        );
         assert!((back.threshold_grams_per_kwh - a.threshold()).abs() < 1e-9);
         assert!(Tuner::from_state(params, back).is_ok());
     }
@@ -263,7 +287,11 @@ mod tests {
     #[test]
     fn learns_to_lower_the_threshold_when_tainting_pays() {
         // A toy zone: emissions are high unless the threshold is below the intensity.
-        let params = TunerParams { exploration: 0.2, learning_rate: 0.1, ..TunerParams::default() };
+        let params = TunerParams {
+            exploration: 0.2,
+            learning_rate: 0.1,
+            ..TunerParams::default()
+        };
         let mut tuner = Tuner::new(params);
         let mut threshold = tuner.threshold();
         for _ in 0..20_000 {
@@ -282,6 +310,9 @@ mod tests {
             Err(TunerError::Shape { .. })
         ));
         state.q.push([f64::NAN, 0.0, 0.0]);
-        assert_eq!(Tuner::from_state(TunerParams::default(), state).unwrap_err(), TunerError::NotFinite);
+        assert_eq!(
+            Tuner::from_state(TunerParams::default(), state).unwrap_err(),
+            TunerError::NotFinite
+        );
     }
 }

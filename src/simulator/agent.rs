@@ -44,7 +44,13 @@ pub struct Agents {
 impl Agents {
     pub fn new(settings: AgentSettings, zones: Vec<GridZone>, nodes: Vec<usize>) -> Self {
         let n = zones.len();
-        Self { settings, zones, nodes, tainted: vec![false; n], dwell: vec![DwellState::default(); n] }
+        Self {
+            settings,
+            zones,
+            nodes,
+            tainted: vec![false; n],
+            dwell: vec![DwellState::default(); n],
+        }
     }
 
     /// Taints for the step that starts at `now` with these intensities and thresholds.
@@ -54,7 +60,13 @@ impl Agents {
     /// The last answer holds for the step: with hourly data and a 10-minute
     /// dwell the taint is in place for all but the first ten minutes, which we
     /// neglect. Longer dwells are counted in whole steps.
-    pub fn step(&mut self, now: Timestamp, step: Duration, grams_per_kwh: &[f64], thresholds: &[f64]) -> &[bool] {
+    pub fn step(
+        &mut self,
+        now: Timestamp,
+        step: Duration,
+        grams_per_kwh: &[f64],
+        thresholds: &[f64],
+    ) -> &[bool] {
         let loads: Vec<ZoneLoad> = (0..self.zones.len())
             .map(|z| ZoneLoad {
                 zone: self.zones[z].clone(),
@@ -64,7 +76,11 @@ impl Agents {
             })
             .collect();
         let params = &self.settings.decision;
-        let allowed = allowed_zones(&loads, params.hysteresis_grams_per_kwh, self.settings.max_tainted_fraction);
+        let allowed = allowed_zones(
+            &loads,
+            params.hysteresis_grams_per_kwh,
+            self.settings.max_tainted_fraction,
+        );
         let later = if params.dwell < step {
             now + SignedDuration::try_from(params.dwell).unwrap_or(SignedDuration::ZERO)
         } else {
@@ -92,7 +108,9 @@ mod tests {
     use super::*;
 
     fn agents(nodes: Vec<usize>) -> Agents {
-        let zones = (0..nodes.len()).map(|i| GridZone::parse(&format!("Z{i}")).unwrap()).collect();
+        let zones = (0..nodes.len())
+            .map(|i| GridZone::parse(&format!("Z{i}")).unwrap())
+            .collect();
         Agents::new(AgentSettings::default(), zones, nodes)
     }
 
@@ -106,15 +124,20 @@ mod tests {
     fn a_short_dwell_taints_within_the_step_and_hysteresis_holds_it() {
         let mut a = agents(vec![1, 1, 1, 1]);
         let thresholds = [300.0; 4];
-        assert_eq!(a.step(at(0), HOUR, &[400.0, 100.0, 100.0, 100.0], &thresholds), [true, false, false, false]);
-        assert_eq!(a.step(at(1), HOUR, &[290.0, 100.0, 100.0, 100.0], &thresholds)[0], true);
-        assert_eq!(a.step(at(2), HOUR, &[279.0, 100.0, 100.0, 100.0], &thresholds)[0], false);
+        assert_eq!(
+            a.step(at(0), HOUR, &[400.0, 100.0, 100.0, 100.0], &thresholds),
+            [true, false, false, false]
+        );
+        assert!(a.step(at(1), HOUR, &[290.0, 100.0, 100.0, 100.0], &thresholds)[0]);
+        assert!(!a.step(at(2), HOUR, &[279.0, 100.0, 100.0, 100.0], &thresholds)[0]);
     }
 
     #[test]
     fn the_budget_keeps_the_greenest_half_schedulable() {
         let mut a = agents(vec![1, 1, 1, 1]);
-        let tainted = a.step(at(0), HOUR, &[500.0, 400.0, 350.0, 320.0], &[300.0; 4]).to_vec();
+        let tainted = a
+            .step(at(0), HOUR, &[500.0, 400.0, 350.0, 320.0], &[300.0; 4])
+            .to_vec();
         assert_eq!(tainted, [true, true, false, false]);
     }
 
@@ -122,7 +145,11 @@ mod tests {
     fn a_dwell_longer_than_a_step_waits_for_the_next_steps() {
         let mut settings = AgentSettings::default();
         settings.decision.dwell = Duration::from_secs(2 * 3600);
-        let mut a = Agents::new(settings, vec![GridZone::parse("A").unwrap(), GridZone::parse("B").unwrap()], vec![1, 1]);
+        let mut a = Agents::new(
+            settings,
+            vec![GridZone::parse("A").unwrap(), GridZone::parse("B").unwrap()],
+            vec![1, 1],
+        );
         let high = [400.0, 100.0];
         assert!(!a.step(at(0), HOUR, &high, &[300.0; 2])[0]);
         assert!(!a.step(at(1), HOUR, &high, &[300.0; 2])[0]);

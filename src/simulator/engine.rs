@@ -34,7 +34,9 @@ impl Scenario<'_> {
     }
 
     fn step_hours(&self) -> f64 {
-        self.series.first().map_or(1.0, |s| s.step_seconds as f64 / 3600.0)
+        self.series
+            .first()
+            .map_or(1.0, |s| s.step_seconds as f64 / 3600.0)
     }
 
     /// Grams one busy vCPU emits over steps whose intensities add up to `grams_per_kwh_steps`.
@@ -129,8 +131,16 @@ impl Cluster {
         let zones = scenario.nodes.len();
         let longest = scenario.jobs.iter().map(|j| j.duration).max().unwrap_or(0);
         Self {
-            free: scenario.nodes.iter().map(|&n| vec![scenario.vcpus_per_node; n]).collect(),
-            free_total: scenario.nodes.iter().map(|&n| n as u64 * u64::from(scenario.vcpus_per_node)).collect(),
+            free: scenario
+                .nodes
+                .iter()
+                .map(|&n| vec![scenario.vcpus_per_node; n])
+                .collect(),
+            free_total: scenario
+                .nodes
+                .iter()
+                .map(|&n| n as u64 * u64::from(scenario.vcpus_per_node))
+                .collect(),
             running: vec![vec![0; zones]; zones],
             ends: vec![Vec::new(); scenario.steps() + longest + 1],
         }
@@ -138,7 +148,10 @@ impl Cluster {
 
     /// Least-allocated node of `zone` that fits `vcpus`.
     fn node_for(&self, zone: usize, vcpus: u32) -> Option<usize> {
-        let (node, free) = self.free[zone].iter().enumerate().max_by_key(|&(i, f)| (*f, std::cmp::Reverse(i)))?;
+        let (node, free) = self.free[zone]
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, f)| (*f, std::cmp::Reverse(i)))?;
         (*free >= vcpus).then_some(node)
     }
 
@@ -147,7 +160,9 @@ impl Cluster {
             vec![job.home]
         } else {
             let mut others: Vec<usize> = (0..self.free.len()).filter(|&z| z != job.home).collect();
-            others.sort_by_key(|&z| std::cmp::Reverse(self.free_total[z] * 1000 / (self.free[z].len().max(1) as u64)));
+            others.sort_by_key(|&z| {
+                std::cmp::Reverse(self.free_total[z] * 1000 / (self.free[z].len().max(1) as u64))
+            });
             std::iter::once(job.home).chain(others).collect()
         };
         let Some(tainted) = tainted else {
@@ -190,12 +205,23 @@ impl Cluster {
 pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
     let steps = scenario.steps();
     let zones = scenario.series.len();
-    let step = Duration::from_secs(scenario.series.first().map_or(3600, |s| s.step_seconds.max(1) as u64));
+    let step = Duration::from_secs(
+        scenario
+            .series
+            .first()
+            .map_or(3600, |s| s.step_seconds.max(1) as u64),
+    );
     let mut outcome = Outcome::empty(scenario);
     let mut cluster = Cluster::new(scenario);
-    let mut agents = Agents::new(scenario.agent.clone(), scenario.zones(), scenario.nodes.clone());
+    let mut agents = Agents::new(
+        scenario.agent.clone(),
+        scenario.zones(),
+        scenario.nodes.clone(),
+    );
     let mut thresholds: Vec<f64> = match &policy {
-        Policy::Static { threshold_grams_per_kwh } => vec![*threshold_grams_per_kwh; zones],
+        Policy::Static {
+            threshold_grams_per_kwh,
+        } => vec![*threshold_grams_per_kwh; zones],
         Policy::Tuned { tuners } => tuners.iter().map(Tuner::threshold).collect(),
         _ => vec![f64::INFINITY; zones],
     };
@@ -207,14 +233,22 @@ pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
         cluster.finish(t);
         let intensity: Vec<f64> = scenario.series.iter().map(|s| s.grams_per_kwh[t]).collect();
         let tainted: Vec<bool> = if uses_taints {
-            agents.step(scenario.series[0].at(t), step, &intensity, &thresholds).to_vec()
+            agents
+                .step(scenario.series[0].at(t), step, &intensity, &thresholds)
+                .to_vec()
         } else {
             vec![false; zones]
         };
         while let Some(job) = scenario.jobs.get(next_job).filter(|j| j.arrival <= t) {
             let planned = match &policy {
                 Policy::Deferral { forecast } if job.flexible() => {
-                    cheapest_start(&forecast[job.home], job.arrival, job.latest_start(), job.duration).0
+                    cheapest_start(
+                        &forecast[job.home],
+                        job.arrival,
+                        job.latest_start(),
+                        job.duration,
+                    )
+                    .0
                 }
                 _ => job.arrival,
             };
@@ -253,10 +287,17 @@ pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
         }
         outcome.node_steps += total_nodes;
         if let Policy::Tuned { tuners } = &mut policy {
+            let cluster_mean = intensity
+                .iter()
+                .zip(&scenario.nodes)
+                .map(|(i, &n)| i * n as f64)
+                .sum::<f64>()
+                / total_nodes.max(1) as f64;
             for (z, tuner) in tuners.iter_mut().enumerate() {
                 let running: u64 = cluster.running[z].iter().sum();
                 let observation = Observation {
                     grams_per_kwh: intensity[z],
+                    cluster_grams_per_kwh: cluster_mean,
                     emitted_grams: scenario.grams_per_vcpu_step(intensity[z]) * running as f64,
                     delayed_vcpu_hours: held[z] as f64 * scenario.step_hours(),
                     pending_share: held[z] as f64 / (held[z] + running).max(1) as f64,
@@ -288,7 +329,14 @@ mod tests {
     }
 
     fn job(arrival: usize, slack: usize, home: usize, pinned: bool) -> Job {
-        Job { arrival, duration: 2, vcpus: 1, slack, home, pinned }
+        Job {
+            arrival,
+            duration: 2,
+            vcpus: 1,
+            slack,
+            home,
+            pinned,
+        }
     }
 
     fn scenario<'a>(series: &'a [Series], jobs: &'a [Job]) -> Scenario<'a> {
@@ -304,11 +352,19 @@ mod tests {
 
     #[test]
     fn static_taints_move_free_jobs_and_hold_pinned_flexible_ones() {
-        let s = [series("DIRTY", &[500.0, 500.0, 100.0, 100.0, 100.0, 100.0]), series("CLEAN", &[50.0; 6])];
+        let s = [
+            series("DIRTY", &[500.0, 500.0, 100.0, 100.0, 100.0, 100.0]),
+            series("CLEAN", &[50.0; 6]),
+        ];
         let jobs = [job(0, 0, 0, false), job(0, 3, 0, true), job(0, 0, 0, true)];
         let sc = scenario(&s, &jobs);
         let base = run(&sc, Policy::Baseline);
-        let tainted = run(&sc, Policy::Static { threshold_grams_per_kwh: 300.0 });
+        let tainted = run(
+            &sc,
+            Policy::Static {
+                threshold_grams_per_kwh: 300.0,
+            },
+        );
         assert_eq!(base.delays, [0, 0, 0]);
         // Free job to CLEAN; the flexible pinned job waits two steps for DIRTY to clear;
         // the inflexible pinned one runs at once on the tainted node.
@@ -337,8 +393,25 @@ mod tests {
     #[test]
     fn a_full_cluster_queues_and_late_jobs_miss_their_deadline() {
         let s = [series("A", &[100.0; 4])];
-        let big = Job { arrival: 0, duration: 3, vcpus: 4, slack: 0, home: 0, pinned: true };
-        let jobs = [big, Job { arrival: 0, duration: 1, vcpus: 1, slack: 1, home: 0, pinned: true }];
+        let big = Job {
+            arrival: 0,
+            duration: 3,
+            vcpus: 4,
+            slack: 0,
+            home: 0,
+            pinned: true,
+        };
+        let jobs = [
+            big,
+            Job {
+                arrival: 0,
+                duration: 1,
+                vcpus: 1,
+                slack: 1,
+                home: 0,
+                pinned: true,
+            },
+        ];
         let out = run(&scenario(&s, &jobs), Policy::Baseline);
         assert_eq!(out.delays, [0, 3]);
         assert_eq!(out.deadline_misses, 1);

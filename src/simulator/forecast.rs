@@ -15,7 +15,10 @@ pub fn noisy(truth: &[f64], sigma_fraction: f64, seed: u64) -> Vec<f64> {
     let sigma = sigma_fraction * mean;
     let mut rng = NumpyRng::new(seed);
     // numpy computes `loc + scale * z`; the same operations keep the same rounding.
-    truth.iter().map(|&value| value + (0.0 + sigma * rng.standard_normal())).collect()
+    truth
+        .iter()
+        .map(|&value| value + (0.0 + sigma * rng.standard_normal()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,16 +3,24 @@
 //!
 //! - [`trace`] loads the shipped traces; [`forecast`] adds the paper's noise.
 //! - [`paper`] reproduces Let's Wait Awhile (Wiesner et al., Middleware '21).
-//! - [`workload`], [`cluster`] and [`policy`] replay jobs on nodes in several
-//!   zones; [`report`] and [`svg`] write the table and the plots.
+//! - [`workload`], [`agent`], [`engine`] and [`plan`] replay jobs on nodes in
+//!   several zones; [`experiment`] runs every policy on a year and [`tune`]
+//!   pits the tuner against the best static threshold.
+//! - [`report`] and [`svg`] write the table and the plots; [`cli`] is
+//!   `carbon-kube simulate`.
 
 pub mod agent;
+pub mod cli;
 pub mod engine;
+pub mod experiment;
 pub mod forecast;
 pub mod numpy_rng;
 pub mod paper;
 pub mod plan;
+pub mod report;
+pub mod svg;
 pub mod trace;
+pub mod tune;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -20,9 +28,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}, line {line}: {why}")]
-    Trace { path: PathBuf, line: usize, why: String },
+    Trace {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -31,6 +46,9 @@ pub enum SimError {
 
 impl SimError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

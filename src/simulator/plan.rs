@@ -34,8 +34,15 @@ impl Prefix {
 
 /// The start in `earliest..=latest` with the lowest total over `duration`
 /// (earliest on ties), kept inside the series; and that total.
-pub fn cheapest_start(prefix: &Prefix, earliest: usize, latest: usize, duration: usize) -> (usize, f64) {
-    let last = latest.min(prefix.len().saturating_sub(duration)).max(earliest);
+pub fn cheapest_start(
+    prefix: &Prefix,
+    earliest: usize,
+    latest: usize,
+    duration: usize,
+) -> (usize, f64) {
+    let last = latest
+        .min(prefix.len().saturating_sub(duration))
+        .max(earliest);
     let mut best = (earliest, f64::INFINITY);
     for start in earliest..=last {
         let total = prefix.window(start, duration.min(prefix.len() - start));
@@ -52,13 +59,22 @@ pub fn cheapest_start(prefix: &Prefix, earliest: usize, latest: usize, duration:
 pub fn oracle(scenario: &Scenario, truth: &[Prefix]) -> Outcome {
     let mut outcome = Outcome::empty(scenario);
     for (index, job) in scenario.jobs.iter().enumerate() {
-        let zones: Vec<usize> = if job.pinned { vec![job.home] } else { (0..truth.len()).collect() };
+        let zones: Vec<usize> = if job.pinned {
+            vec![job.home]
+        } else {
+            (0..truth.len()).collect()
+        };
         let (start, total) = zones
             .into_iter()
             .map(|z| cheapest_start(&truth[z], job.arrival, job.latest_start(), job.duration))
-            .fold((job.arrival, f64::INFINITY), |best, c| if c.1 < best.1 { c } else { best });
+            .fold((job.arrival, f64::INFINITY), |best, c| {
+                if c.1 < best.1 { c } else { best }
+            });
         outcome.record_start(index, job, start);
-        outcome.add_emissions(job.home, f64::from(job.vcpus) * scenario.grams_per_vcpu_step(total));
+        outcome.add_emissions(
+            job.home,
+            f64::from(job.vcpus) * scenario.grams_per_vcpu_step(total),
+        );
     }
     outcome
 }

@@ -39,32 +39,50 @@ impl Series {
 /// Reads one normalised CSV file.
 pub fn load(path: &Path) -> Result<Trace, SimError> {
     let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-    let bad = |line: usize, why: String| SimError::Trace { path: path.to_path_buf(), line, why };
+    let bad = |line: usize, why: String| SimError::Trace {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, header)) if header.trim() == "zone,timestamp_utc,g_co2_per_kwh" => {}
-        _ => return Err(bad(1, "expected the header zone,timestamp_utc,g_co2_per_kwh".into())),
+        _ => {
+            return Err(bad(
+                1,
+                "expected the header zone,timestamp_utc,g_co2_per_kwh".into(),
+            ));
+        }
     }
     let mut zone = None;
     let mut points: Vec<(Timestamp, f64)> = Vec::new();
     for (index, line) in lines {
         let number = index + 1;
         let mut fields = line.trim().split(',');
-        let (Some(z), Some(at), Some(value), None) = (fields.next(), fields.next(), fields.next(), fields.next())
+        let (Some(z), Some(at), Some(value), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(bad(number, format!("expected three fields, got {line:?}")));
         };
         let z = GridZone::parse(z).map_err(|e| bad(number, e))?;
         if zone.get_or_insert_with(|| z.clone()) != &z {
-            return Err(bad(number, format!("zone {z} differs from the file's first zone")));
+            return Err(bad(
+                number,
+                format!("zone {z} differs from the file's first zone"),
+            ));
         }
-        let at: Timestamp = at.parse().map_err(|e| bad(number, format!("timestamp {at:?}: {e}")))?;
+        let at: Timestamp = at
+            .parse()
+            .map_err(|e| bad(number, format!("timestamp {at:?}: {e}")))?;
         let value = value
             .parse::<f64>()
             .map_err(|e| bad(number, format!("intensity {value:?}: {e}")))
             .and_then(|v| check_intensity(v).map_err(|e| bad(number, e)))?;
         if points.last().is_some_and(|&(last, _)| last >= at) {
-            return Err(bad(number, format!("timestamp {at} is not after the previous one")));
+            return Err(bad(
+                number,
+                format!("timestamp {at} is not after the previous one"),
+            ));
         }
         points.push((at, value));
     }
@@ -81,7 +99,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Trace>, SimError> {
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(SimError::Invalid(format!("no *.csv traces in {}", dir.display())));
+        return Err(SimError::Invalid(format!(
+            "no *.csv traces in {}",
+            dir.display()
+        )));
     }
     paths.iter().map(|p| load(p)).collect()
 }
@@ -90,7 +111,12 @@ impl Trace {
     /// `len` steps from `start`. Readings between grid points are ignored (the
     /// reading at the step is the one a poll at that time would see); a step
     /// without a reading repeats the previous step, as a provider cache would.
-    pub fn on_grid(&self, start: Timestamp, step_seconds: i64, len: usize) -> Result<Series, SimError> {
+    pub fn on_grid(
+        &self,
+        start: Timestamp,
+        step_seconds: i64,
+        len: usize,
+    ) -> Result<Series, SimError> {
         let mut slots: Vec<Option<f64>> = vec![None; len];
         for &(at, value) in &self.points {
             let offset = at.as_second() - start.as_second();
@@ -101,7 +127,10 @@ impl Trace {
             }
         }
         let first = slots.iter().flatten().next().copied().ok_or_else(|| {
-            SimError::Invalid(format!("trace {} has no reading on the grid from {start}", self.zone))
+            SimError::Invalid(format!(
+                "trace {} has no reading on the grid from {start}",
+                self.zone
+            ))
         })?;
         let filled = slots.iter().filter(|s| s.is_none()).count();
         let mut last = first;
@@ -112,7 +141,13 @@ impl Trace {
                 last
             })
             .collect();
-        Ok(Series { zone: self.zone.clone(), start, step_seconds, grams_per_kwh, filled })
+        Ok(Series {
+            zone: self.zone.clone(),
+            start,
+            step_seconds,
+            grams_per_kwh,
+            filled,
+        })
     }
 
     /// Every reading on the grid from `start` to the end of the trace, which must
@@ -143,7 +178,10 @@ mod tests {
     fn trace(points: &[(&str, f64)]) -> Trace {
         Trace {
             zone: GridZone::parse("DE").unwrap(),
-            points: points.iter().map(|(t, v)| (t.parse().unwrap(), *v)).collect(),
+            points: points
+                .iter()
+                .map(|(t, v)| (t.parse().unwrap(), *v))
+                .collect(),
         }
     }
 
@@ -154,16 +192,23 @@ mod tests {
             ("2020-01-01T00:15:00Z", 9.0),
             ("2020-01-01T02:00:00Z", 3.0),
         ]);
-        let series = t.on_grid("2020-01-01T00:00:00Z".parse().unwrap(), 3600, 4).unwrap();
+        let series = t
+            .on_grid("2020-01-01T00:00:00Z".parse().unwrap(), 3600, 4)
+            .unwrap();
         assert_eq!(series.grams_per_kwh, [1.0, 1.0, 3.0, 3.0]);
         assert_eq!(series.filled, 2);
-        assert_eq!(series.at(2), "2020-01-01T02:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(
+            series.at(2),
+            "2020-01-01T02:00:00Z".parse::<Timestamp>().unwrap()
+        );
     }
 
     #[test]
     fn a_late_first_reading_is_used_for_the_steps_before_it() {
         let t = trace(&[("2020-01-01T01:00:00Z", 5.0)]);
-        let series = t.on_grid("2020-01-01T00:00:00Z".parse().unwrap(), 3600, 2).unwrap();
+        let series = t
+            .on_grid("2020-01-01T00:00:00Z".parse().unwrap(), 3600, 2)
+            .unwrap();
         assert_eq!(series.grams_per_kwh, [5.0, 5.0]);
     }
 
@@ -171,7 +216,12 @@ mod tests {
     fn exact_grid_refuses_gaps() {
         let t = trace(&[("2020-01-01T00:00:00Z", 1.0), ("2020-01-01T01:00:00Z", 2.0)]);
         let start = "2020-01-01T00:00:00Z".parse().unwrap();
-        assert!(t.exact_grid(start, 1800).unwrap_err().to_string().contains("misses 1 steps"));
+        assert!(
+            t.exact_grid(start, 1800)
+                .unwrap_err()
+                .to_string()
+                .contains("misses 1 steps")
+        );
         assert_eq!(t.exact_grid(start, 3600).unwrap().grams_per_kwh, [1.0, 2.0]);
     }
 
@@ -180,7 +230,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("carbon-kube-trace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.csv");
-        std::fs::write(&path, "zone,timestamp_utc,g_co2_per_kwh\nDE,2020-01-01T00:00:00Z,-3\n").unwrap();
+        std::fs::write(
+            &path,
+            "zone,timestamp_utc,g_co2_per_kwh\nDE,2020-01-01T00:00:00Z,-3\n",
+        )
+        .unwrap();
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("negative"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -62,14 +62,25 @@ const VCPU_SIZES: [(u32, f64); 5] = [(1, 0.3), (2, 0.3), (4, 0.2), (8, 0.15), (1
 /// durations are geometric around the mean; home zones follow node counts.
 /// Every job's deadline falls within the `steps` simulated, so no policy is
 /// credited for pushing work past the end of the trace.
-pub fn generate(params: &WorkloadParams, steps: usize, zone_nodes: &[usize], first_weekday: usize) -> Vec<Job> {
+pub fn generate(
+    params: &WorkloadParams,
+    steps: usize,
+    zone_nodes: &[usize],
+    first_weekday: usize,
+) -> Vec<Job> {
     let mut rng = NumpyRng::new(params.seed);
     let busy = |step: usize| {
         let weekday = (first_weekday + step / 24) % 7;
         let hour = step % 24;
-        if weekday < 5 && (8..18).contains(&hour) { 2.0 } else { 1.0 }
+        if weekday < 5 && (8..18).contains(&hour) {
+            2.0
+        } else {
+            1.0
+        }
     };
-    let horizon = steps.saturating_sub(params.max_duration_steps + params.max_slack_steps).max(1);
+    let horizon = steps
+        .saturating_sub(params.max_duration_steps + params.max_slack_steps)
+        .max(1);
     let arrival_cdf = cumulative((0..horizon).map(busy));
     let zone_cdf = cumulative(zone_nodes.iter().map(|&n| n as f64));
     let size_cdf = cumulative(VCPU_SIZES.iter().map(|&(_, w)| w));
@@ -80,7 +91,11 @@ pub fn generate(params: &WorkloadParams, steps: usize, zone_nodes: &[usize], fir
             let p = 1.0 / params.mean_duration_steps.max(1.0);
             let duration = (1.0 + ((1.0 - rng.next_f64()).ln() / (1.0 - p).ln()).floor()) as usize;
             let flexible = rng.next_f64() < params.flexible_share;
-            let slack = if flexible { 1 + rng.below(params.max_slack_steps.max(1) as u32) as usize } else { 0 };
+            let slack = if flexible {
+                1 + rng.below(params.max_slack_steps.max(1) as u32) as usize
+            } else {
+                0
+            };
             Job {
                 arrival,
                 duration: duration.clamp(1, params.max_duration_steps.max(1)),
@@ -108,7 +123,8 @@ fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
 /// Index whose cumulative weight first exceeds `u` × total.
 fn pick(cdf: &[f64], u: f64) -> usize {
     let target = u * cdf.last().copied().unwrap_or(0.0);
-    cdf.partition_point(|&c| c <= target).min(cdf.len().saturating_sub(1))
+    cdf.partition_point(|&c| c <= target)
+        .min(cdf.len().saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -117,10 +133,24 @@ mod tests {
 
     #[test]
     fn seeded_sorted_and_inside_the_horizon() {
-        let params = WorkloadParams { jobs: 5_000, ..WorkloadParams::default() };
+        let params = WorkloadParams {
+            jobs: 5_000,
+            ..WorkloadParams::default()
+        };
         let a = generate(&params, 8760, &[2, 2, 4], 0);
         assert_eq!(a, generate(&params, 8760, &[2, 2, 4], 0));
-        assert_ne!(a, generate(&WorkloadParams { seed: 7, ..params.clone() }, 8760, &[2, 2, 4], 0));
+        assert_ne!(
+            a,
+            generate(
+                &WorkloadParams {
+                    seed: 7,
+                    ..params.clone()
+                },
+                8760,
+                &[2, 2, 4],
+                0
+            )
+        );
         assert!(a.windows(2).all(|w| w[0].arrival <= w[1].arrival));
         assert!(a.iter().all(|j| j.latest_start() + j.duration <= 8760));
         let flexible = a.iter().filter(|j| j.flexible()).count() as f64 / 5_000.0;

@@ -68,7 +68,10 @@ impl Calendar {
                 _ => finish,
             },
             DeadlineRule::SemiWeekly => {
-                let before_thursday = matches!((weekday, time > NINE), (0, true) | (1, _) | (2, _) | (3, false));
+                let before_thursday = matches!(
+                    (weekday, time > NINE),
+                    (0, true) | (1, _) | (2, _) | (3, false)
+                );
                 let target_weekday = if before_thursday { 3 } else { 7 };
                 Self::nine_am(finish, (target_weekday - weekday) % 7)
             }
@@ -107,7 +110,10 @@ pub fn jobs(calendar: Calendar) -> Result<Vec<MlJob>, SimError> {
     Ok(arrivals
         .into_iter()
         .zip(durations)
-        .map(|(arrival_slot, minutes)| MlJob { arrival_slot, duration_slots: minutes / 30 })
+        .map(|(arrival_slot, minutes)| MlJob {
+            arrival_slot,
+            duration_slots: minutes / 30,
+        })
         .collect())
 }
 
@@ -149,7 +155,10 @@ mod tests {
     use super::*;
 
     // 2020-01-01 was a Wednesday.
-    const YEAR_2020: Calendar = Calendar { first_weekday: 2, days: 366 };
+    const YEAR_2020: Calendar = Calendar {
+        first_weekday: 2,
+        days: 366,
+    };
 
     fn slot(day: usize, hour: usize, half: usize) -> usize {
         day * SLOTS_PER_DAY + hour * 2 + half
@@ -163,12 +172,24 @@ mod tests {
         assert_eq!(c.extra_slots(rule, slot(1, 12, 0)), 0);
         // Thu 17:00 is not "after 17:00"; 17:30 is, and gets Fri 09:00.
         assert_eq!(c.extra_slots(rule, slot(1, 17, 0)), 0);
-        assert_eq!(c.extra_slots(rule, slot(1, 17, 1)), slot(2, 9, 0) - slot(1, 17, 1));
+        assert_eq!(
+            c.extra_slots(rule, slot(1, 17, 1)),
+            slot(2, 9, 0) - slot(1, 17, 1)
+        );
         // Fri 20:00 gets Saturday 09:00 (the original's quirk).
-        assert_eq!(c.extra_slots(rule, slot(2, 20, 0)), slot(3, 9, 0) - slot(2, 20, 0));
+        assert_eq!(
+            c.extra_slots(rule, slot(2, 20, 0)),
+            slot(3, 9, 0) - slot(2, 20, 0)
+        );
         // Sat 10:00 gets Monday 09:00; Sun 10:00 too.
-        assert_eq!(c.extra_slots(rule, slot(3, 10, 0)), slot(5, 9, 0) - slot(3, 10, 0));
-        assert_eq!(c.extra_slots(rule, slot(4, 10, 0)), slot(5, 9, 0) - slot(4, 10, 0));
+        assert_eq!(
+            c.extra_slots(rule, slot(3, 10, 0)),
+            slot(5, 9, 0) - slot(3, 10, 0)
+        );
+        assert_eq!(
+            c.extra_slots(rule, slot(4, 10, 0)),
+            slot(5, 9, 0) - slot(4, 10, 0)
+        );
         // Mon 06:00 gets Monday 09:00.
         assert_eq!(c.extra_slots(rule, slot(5, 6, 0)), 6);
     }
@@ -179,12 +200,21 @@ mod tests {
         let rule = DeadlineRule::SemiWeekly;
         // Mon 6 Jan 09:00 exactly is due that Monday; 09:30 waits for Thursday.
         assert_eq!(c.extra_slots(rule, slot(5, 9, 0)), 0);
-        assert_eq!(c.extra_slots(rule, slot(5, 9, 1)), slot(8, 9, 0) - slot(5, 9, 1));
+        assert_eq!(
+            c.extra_slots(rule, slot(5, 9, 1)),
+            slot(8, 9, 0) - slot(5, 9, 1)
+        );
         // Thu 09:00 is due then; Thu 10:00 waits for Monday.
         assert_eq!(c.extra_slots(rule, slot(8, 9, 0)), 0);
-        assert_eq!(c.extra_slots(rule, slot(8, 10, 0)), slot(12, 9, 0) - slot(8, 10, 0));
+        assert_eq!(
+            c.extra_slots(rule, slot(8, 10, 0)),
+            slot(12, 9, 0) - slot(8, 10, 0)
+        );
         // Sunday goes to the next day's 09:00.
-        assert_eq!(c.extra_slots(rule, slot(11, 23, 0)), slot(12, 9, 0) - slot(11, 23, 0));
+        assert_eq!(
+            c.extra_slots(rule, slot(11, 23, 0)),
+            slot(12, 9, 0) - slot(11, 23, 0)
+        );
     }
 
     #[test]
@@ -194,7 +224,10 @@ mod tests {
         // PAPER_RESULTS.md: 155,626 job-hours in total.
         let half_hours: usize = jobs.iter().map(|j| j.duration_slots).sum();
         assert_eq!(half_hours, 2 * 155_626);
-        assert!(jobs.windows(2).all(|w| w[0].arrival_slot <= w[1].arrival_slot));
+        assert!(
+            jobs.windows(2)
+                .all(|w| w[0].arrival_slot <= w[1].arrival_slot)
+        );
         assert!(jobs.iter().all(|j| YEAR_2020.weekday(j.arrival_slot) < 5));
         // First job: 1 Jan 09:30 (numpy's first sorted draw was 570 minutes).
         assert_eq!(jobs[0].arrival_slot, 19);
@@ -202,11 +235,23 @@ mod tests {
 
     #[test]
     fn interrupting_jobs_take_the_cheapest_slots_and_others_the_cheapest_run() {
-        let job = MlJob { arrival_slot: 0, duration_slots: 2 };
+        let job = MlJob {
+            arrival_slot: 0,
+            duration_slots: 2,
+        };
         let forecast = [5.0, 1.0, 9.0, 1.0, 2.0, 0.0];
         // Window = 2 + 1 slots for the baseline: starts 0 or 1; 1+9 > 5+1, so start 0.
-        let c = Calendar { first_weekday: 0, days: 1 };
-        assert_eq!(activity(&[job], &forecast, c, DeadlineRule::None, false)[..3], [1.0, 1.0, 0.0]);
-        assert_eq!(activity(&[job], &forecast, c, DeadlineRule::None, true)[..3], [1.0, 1.0, 0.0]);
+        let c = Calendar {
+            first_weekday: 0,
+            days: 1,
+        };
+        assert_eq!(
+            activity(&[job], &forecast, c, DeadlineRule::None, false)[..3],
+            [1.0, 1.0, 0.0]
+        );
+        assert_eq!(
+            activity(&[job], &forecast, c, DeadlineRule::None, true)[..3],
+            [1.0, 1.0, 0.0]
+        );
     }
 }

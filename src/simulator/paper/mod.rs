@@ -84,7 +84,13 @@ pub fn nightly_mean_ci(series: &Series, window_slots: usize, error: f64) -> f64 
 }
 
 /// Scenario II for one rule and mode: % emissions saved against the baseline.
-pub fn ml_savings_pct(series: &Series, jobs: &[MlJob], rule: DeadlineRule, interrupting: bool, error: f64) -> f64 {
+pub fn ml_savings_pct(
+    series: &Series,
+    jobs: &[MlJob],
+    rule: DeadlineRule,
+    interrupting: bool,
+    error: f64,
+) -> f64 {
     let truth = &series.grams_per_kwh;
     let cal = calendar(series);
     let emissions = |active: &[f64]| truth.iter().zip(active).map(|(ci, a)| ci * a).sum::<f64>();
@@ -94,7 +100,10 @@ pub fn ml_savings_pct(series: &Series, jobs: &[MlJob], rule: DeadlineRule, inter
     let mut mean_active = vec![0.0; truth.len()];
     for seed in runs {
         let active = ml::activity(jobs, &noisy(truth, error, seed), cal, rule, interrupting);
-        mean_active.iter_mut().zip(active).for_each(|(m, a)| *m += a);
+        mean_active
+            .iter_mut()
+            .zip(active)
+            .for_each(|(m, a)| *m += a);
     }
     mean_active.iter_mut().for_each(|m| *m /= n);
     (1.0 - emissions(&mean_active) / baseline) * 100.0
@@ -140,7 +149,11 @@ pub fn reproduce_zone(series: &Series) -> Result<Vec<PaperRow>, SimError> {
                     zone: zone.clone(),
                     window_or_deadline: rule.name().to_string(),
                     error,
-                    mode: if interrupting { "interrupting" } else { "non_interrupting" },
+                    mode: if interrupting {
+                        "interrupting"
+                    } else {
+                        "non_interrupting"
+                    },
                     mean_ci: None,
                     savings_pct: ml_savings_pct(series, &jobs, rule, interrupting, error),
                 });
@@ -153,10 +166,17 @@ pub fn reproduce_zone(series: &Series) -> Result<Vec<PaperRow>, SimError> {
 /// Both scenarios for every zone, one thread per zone.
 pub fn reproduce(series: &[Series]) -> Result<Vec<PaperRow>, SimError> {
     let results: Vec<Result<Vec<PaperRow>, SimError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = series.iter().map(|s| scope.spawn(move || reproduce_zone(s))).collect();
+        let handles: Vec<_> = series
+            .iter()
+            .map(|s| scope.spawn(move || reproduce_zone(s)))
+            .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(SimError::Invalid("a reproduction thread panicked".into()))))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SimError::Invalid("a reproduction thread panicked".into()))
+                })
+            })
             .collect()
     });
     let mut rows = Vec::new();

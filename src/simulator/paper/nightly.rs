@@ -16,7 +16,9 @@ pub fn mean_ci_of_used_slots(truth: &[f64], forecast: &[f64], window_slots: usiz
     let mut sum = 0.0;
     for day in 0..JOBS {
         let nominal = day * SLOTS_PER_DAY + NOMINAL_SLOT;
-        let Some(first) = nominal.checked_sub(window_slots) else { continue };
+        let Some(first) = nominal.checked_sub(window_slots) else {
+            continue;
+        };
         let last = (nominal + window_slots).min(forecast.len() - 1);
         sum += truth[first + first_min_index(&forecast[first..=last])];
     }

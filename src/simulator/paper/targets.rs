@@ -33,7 +33,8 @@ impl Comparison {
     }
 
     pub fn matches(&self) -> bool {
-        self.difference_pp().is_some_and(|d| d.abs() <= TOLERANCE_PP)
+        self.difference_pp()
+            .is_some_and(|d| d.abs() <= TOLERANCE_PP)
     }
 }
 
@@ -53,7 +54,11 @@ fn fields(line: &str) -> Vec<String> {
 
 pub fn load(path: &Path) -> Result<Vec<Target>, SimError> {
     let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-    let bad = |line: usize, why: String| SimError::Trace { path: path.to_path_buf(), line, why };
+    let bad = |line: usize, why: String| SimError::Trace {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
     let mut lines = text.lines().enumerate();
     let header = lines.next().map(|(_, h)| fields(h)).unwrap_or_default();
     let column = |name: &str| {
@@ -74,7 +79,11 @@ pub fn load(path: &Path) -> Result<Vec<Target>, SimError> {
     let mut targets = Vec::new();
     for (index, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
         let row = fields(line);
-        let get = |i: usize| row.get(i).cloned().ok_or_else(|| bad(index + 1, format!("missing column {i}")));
+        let get = |i: usize| {
+            row.get(i)
+                .cloned()
+                .ok_or_else(|| bad(index + 1, format!("missing column {i}")))
+        };
         let number = |i: usize| {
             get(i)?
                 .parse::<f64>()
@@ -119,7 +128,10 @@ mod tests {
 
     #[test]
     fn quoted_fields_keep_their_commas() {
-        assert_eq!(fields(r#"II,DE,5.91,"cell 11, rounded""#), ["II", "DE", "5.91", "cell 11, rounded"]);
+        assert_eq!(
+            fields(r#"II,DE,5.91,"cell 11, rounded""#),
+            ["II", "DE", "5.91", "cell 11, rounded"]
+        );
         assert_eq!(fields("I,DE,,x"), ["I", "DE", "", "x"]);
     }
 
@@ -146,7 +158,13 @@ mod tests {
         let c = compare(std::slice::from_ref(&target), &[row]);
         assert!(c[0].matches());
         assert!((c[0].difference_pp().unwrap() - 0.061).abs() < 1e-12);
-        let missing = compare(&[Target { zone: "US-CAL-CISO".into(), ..target }], &[]);
+        let missing = compare(
+            &[Target {
+                zone: "US-CAL-CISO".into(),
+                ..target
+            }],
+            &[],
+        );
         assert!(!missing[0].matches() && missing[0].ours.is_none());
     }
 }

@@ -1,0 +1,424 @@
+//! `carbon-kube simulate`: the replay experiments, their flags and their files.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use super::SimError;
+use super::agent::AgentSettings;
+use super::experiment::{ClusterConfig, hourly_year, replay};
+use super::paper::{self, targets};
+use super::trace::{self, Series};
+use super::workload::WorkloadParams;
+use super::{report, svg, tune};
+use crate::config::parse_duration;
+use crate::decision::DecisionParams;
+use crate::power::PowerCoefficients;
+use crate::tuner::{TunerParams, TunerState};
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(subcommand)]
+    pub experiment: Experiment,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Experiment {
+    /// Replay every policy on one year of traces; write the table (text, CSV) and SVG plots.
+    Run(Box<RunArgs>),
+    /// Reproduce Let's Wait Awhile (Middleware '21) and compare with the published numbers.
+    Reproduce(ReproduceArgs),
+    /// Train the tuner on one year, evaluate on another, against the best static threshold.
+    Tune(Box<TuneArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of normalised traces (`zone,timestamp_utc,g_co2_per_kwh`), one zone per file.
+    #[arg(long, default_value = "benches/data/eia930-sustaindc_2022")]
+    pub traces: PathBuf,
+    /// Calendar year to replay (hourly).
+    #[arg(long, default_value_t = 2022)]
+    pub year: i16,
+    /// Train the tuner on this year first (same zones), instead of learning from scratch.
+    #[arg(long)]
+    pub train_year: Option<i16>,
+    /// Day of the year where the intensity plot starts.
+    #[arg(long, default_value_t = 14)]
+    pub plot_from_day: usize,
+    /// Days shown in the intensity plot.
+    #[arg(long, default_value_t = 14)]
+    pub plot_days: usize,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Folder for table.txt, table.csv, savings_by_zone.svg, intensity_taints.svg, tuner_state.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Folder of normalised traces covering both years.
+    #[arg(long, default_value = "benches/data/electricitymaps")]
+    pub traces: PathBuf,
+    #[arg(long, default_value_t = 2021)]
+    pub train_year: i16,
+    #[arg(long, default_value_t = 2022)]
+    pub eval_year: i16,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Folder for tune.txt, tune.csv and tune_grid.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReproduceArgs {
+    /// Folder with the DE, GB and FR 2020 series of Let's Wait Awhile.
+    #[arg(long, default_value = "benches/data/lets-wait-awhile_2020")]
+    pub traces: PathBuf,
+    /// The numbers to match.
+    #[arg(long, default_value = "benches/data/lets_wait_awhile_targets.csv")]
+    pub targets: PathBuf,
+    /// Folder for reproduction.csv and reproduction.txt.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The cluster, the workload, the agent and the tuner of a replay.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Nodes in the cluster, spread evenly over the zones.
+    #[arg(long, default_value_t = 32)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 16)]
+    pub vcpus_per_node: u32,
+    /// Jobs in the year.
+    #[arg(long, default_value_t = 60_000)]
+    pub jobs: usize,
+    /// Seed of the synthetic workload.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8.0)]
+    pub mean_duration_hours: f64,
+    /// Share of jobs that opt in to waiting for greener power.
+    #[arg(long, default_value_t = 0.5)]
+    pub flexible_share: f64,
+    /// A flexible job's slack is uniform in 1..=this many hours.
+    #[arg(long, default_value_t = 24)]
+    pub max_slack_hours: usize,
+    /// Share of jobs that must run in their home zone.
+    #[arg(long, default_value_t = 0.3)]
+    pub pinned_share: f64,
+    /// Static taint threshold (gCO2/kWh), and the tuner's starting point.
+    #[arg(long, default_value_t = 300.0)]
+    pub threshold: f64,
+    #[arg(long, default_value_t = 20.0)]
+    pub hysteresis: f64,
+    #[arg(long, default_value = "10m")]
+    pub dwell: String,
+    #[arg(long, default_value_t = 0.5)]
+    pub max_tainted_fraction: f64,
+    /// Forecast error σ as a fraction of each zone's mean (0 = perfect forecast).
+    #[arg(long, default_value_t = 0.05)]
+    pub forecast_error: f64,
+    #[arg(long, default_value_t = 0)]
+    pub forecast_seed: u64,
+    /// Grams of CO2 one vCPU-hour of delay is worth (the tuner's latency penalty).
+    #[arg(long, default_value_t = 0.05)]
+    pub delay_cost: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub exploration: f64,
+    #[arg(long, default_value_t = 1)]
+    pub tuner_seed: u64,
+}
+
+impl ClusterArgs {
+    pub fn config(&self) -> Result<ClusterConfig, SimError> {
+        let invalid = |m: String| SimError::Invalid(m);
+        if self.nodes == 0 || self.vcpus_per_node == 0 {
+            return Err(invalid(
+                "--nodes and --vcpus-per-node must be at least 1".into(),
+            ));
+        }
+        for (name, share) in [
+            ("--flexible-share", self.flexible_share),
+            ("--pinned-share", self.pinned_share),
+            ("--max-tainted-fraction", self.max_tainted_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(invalid(format!("{name} must be between 0 and 1")));
+            }
+        }
+        if !(self.forecast_error >= 0.0 && self.threshold > 0.0 && self.mean_duration_hours >= 1.0)
+        {
+            return Err(invalid(
+                "--forecast-error must be ≥ 0, --threshold > 0, --mean-duration-hours ≥ 1".into(),
+            ));
+        }
+        let dwell = parse_duration("dwell", &self.dwell).map_err(|e| invalid(e.to_string()))?;
+        Ok(ClusterConfig {
+            nodes: self.nodes,
+            vcpus_per_node: self.vcpus_per_node,
+            workload: WorkloadParams {
+                jobs: self.jobs,
+                seed: self.seed,
+                mean_duration_steps: self.mean_duration_hours,
+                max_duration_steps: 72,
+                flexible_share: self.flexible_share,
+                max_slack_steps: self.max_slack_hours,
+                pinned_share: self.pinned_share,
+            },
+            agent: AgentSettings {
+                decision: DecisionParams {
+                    hysteresis_grams_per_kwh: self.hysteresis,
+                    dwell,
+                    // Replayed data is always fresh: staleness never triggers.
+                    max_age: std::time::Duration::from_secs(90 * 60),
+                },
+                max_tainted_fraction: self.max_tainted_fraction,
+            },
+            threshold_grams_per_kwh: self.threshold,
+            tuner: TunerParams {
+                initial_threshold_grams_per_kwh: self.threshold,
+                learning_rate: self.learning_rate,
+                exploration: self.exploration,
+                delay_cost_grams_per_vcpu_hour: self.delay_cost,
+                seed: self.tuner_seed,
+                ..TunerParams::default()
+            },
+            forecast_error: self.forecast_error,
+            forecast_seed: self.forecast_seed,
+            coefficients: PowerCoefficients::for_architecture("unknown"),
+        })
+    }
+}
+
+pub fn run(args: &SimulateArgs) -> Result<(), SimError> {
+    match &args.experiment {
+        Experiment::Run(a) => run_policies(a),
+        Experiment::Reproduce(a) => reproduce(a),
+        Experiment::Tune(a) => run_tune(a),
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> Result<(), SimError> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).map_err(|e| SimError::io(&path, e))
+}
+
+fn prepare(out: &Path) -> Result<(), SimError> {
+    std::fs::create_dir_all(out).map_err(|e| SimError::io(out, e))
+}
+
+fn describe(series: &[Series], config: &ClusterConfig) -> String {
+    let zones: Vec<String> = series
+        .iter()
+        .map(|s| {
+            if s.filled > 0 {
+                format!("{} ({} h filled)", s.zone, s.filled)
+            } else {
+                s.zone.to_string()
+            }
+        })
+        .collect();
+    format!(
+        "zones: {}\nnodes: {} × {} vCPU; jobs: {}; forecast error σ = {} × mean; static threshold {} g/kWh\n",
+        zones.join(", "),
+        config.nodes,
+        config.vcpus_per_node,
+        config.workload.jobs,
+        config.forecast_error,
+        config.threshold_grams_per_kwh
+    )
+}
+
+fn run_policies(args: &RunArgs) -> Result<(), SimError> {
+    let config = args.cluster.config()?;
+    prepare(&args.out)?;
+    let traces = trace::load_dir(&args.traces)?;
+    let series = hourly_year(&traces, args.year)?;
+    let trained: Option<Vec<TunerState>> = match args.train_year {
+        Some(year) => Some(super::experiment::train_tuners(
+            &config,
+            &hourly_year(&traces, year)?,
+        )?),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let replay = replay(&config, series, trained.as_deref())?;
+    let rows = report::rows(&replay);
+    let mut text = format!(
+        "{} {}\n{}",
+        args.traces.display(),
+        args.year,
+        describe(&replay.series, &config)
+    );
+    let busy: f64 = replay
+        .jobs
+        .iter()
+        .map(|j| f64::from(j.vcpus) * j.duration as f64)
+        .sum();
+    let capacity = (config.nodes as u64 * u64::from(config.vcpus_per_node)) as f64
+        * replay.series.first().map_or(1, |s| s.grams_per_kwh.len()) as f64;
+    text += &format!(
+        "mean utilisation {:.1} %; tuner {}; replayed in {:.2} s\n\n",
+        100.0 * busy / capacity,
+        if trained.is_some() {
+            "trained on the training year"
+        } else {
+            "learning from scratch"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    text += &report::text(&rows);
+    print!("{text}");
+    write(&args.out, "table.txt", &text)?;
+    write(&args.out, "table.csv", &report::csv(&rows))?;
+    let title = format!(
+        "CO2 saved vs carbon-agnostic baseline, by home zone ({} {})",
+        args.traces.display(),
+        args.year
+    );
+    write(
+        &args.out,
+        "savings_by_zone.svg",
+        &svg::savings_by_zone(&replay, &title),
+    )?;
+    write(
+        &args.out,
+        "intensity_taints.svg",
+        &svg::intensity_and_taints(&replay, args.plot_from_day, args.plot_days),
+    )?;
+    let states: Vec<(String, &TunerState)> = replay
+        .series
+        .iter()
+        .map(|s| s.zone.to_string())
+        .zip(&replay.tuners)
+        .collect();
+    let json =
+        serde_json::to_string_pretty(&states).map_err(|e| SimError::Invalid(e.to_string()))?;
+    write(&args.out, "tuner_state.json", &json)
+}
+
+fn reproduce(args: &ReproduceArgs) -> Result<(), SimError> {
+    prepare(&args.out)?;
+    let series = trace::load_dir(&args.traces)?
+        .iter()
+        .map(paper::paper_series)
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = paper::reproduce(&series)?;
+    let comparisons = targets::compare(&targets::load(&args.targets)?, &rows);
+    let mut csv = String::from(
+        "scenario,zone,window_or_deadline,error,mode,target_pct,ours_pct,difference_pp,within_0.1pp,source\n",
+    );
+    let mut text = String::new();
+    for c in &comparisons {
+        let t = &c.target;
+        let ours = c
+            .ours
+            .map_or_else(|| "no data".into(), |o| format!("{o:.4}"));
+        let diff = c
+            .difference_pp()
+            .map_or_else(String::new, |d| format!("{d:+.4}"));
+        csv += &format!(
+            "{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            t.scenario,
+            t.zone,
+            t.window_or_deadline,
+            t.error,
+            t.mode,
+            t.savings_pct,
+            ours,
+            diff,
+            c.matches(),
+            t.source
+        );
+        text += &format!(
+            "{:<3}{:<12}{:<13}{:<5}{:<17}{:>9.4}{:>10}{:>9}  {}\n",
+            t.scenario,
+            t.zone,
+            t.window_or_deadline,
+            t.error,
+            t.mode,
+            t.savings_pct,
+            ours,
+            diff,
+            t.source
+        );
+    }
+    let comparable: Vec<_> = comparisons.iter().filter(|c| c.ours.is_some()).collect();
+    let worst = comparable
+        .iter()
+        .filter_map(|c| c.difference_pp())
+        .fold(0.0f64, |m, d| m.max(d.abs()));
+    let summary = format!(
+        "{} of {} targets with data match within {} pp (largest difference {worst:.4} pp); {} targets have no shipped series (California 2020)\n",
+        comparable.iter().filter(|c| c.matches()).count(),
+        comparable.len(),
+        targets::TOLERANCE_PP,
+        comparisons.len() - comparable.len()
+    );
+    text += &summary;
+    print!("{text}");
+    write(&args.out, "reproduction.txt", &text)?;
+    write(&args.out, "reproduction.csv", &csv)?;
+    if comparable.iter().all(|c| c.matches()) {
+        Ok(())
+    } else {
+        Err(SimError::Invalid(summary))
+    }
+}
+
+fn run_tune(args: &TuneArgs) -> Result<(), SimError> {
+    let config = args.cluster.config()?;
+    prepare(&args.out)?;
+    let traces = trace::load_dir(&args.traces)?;
+    let eval = hourly_year(&traces, args.eval_year)?;
+    let train = hourly_year(&traces, args.train_year)?;
+    // Only zones present in both years take part.
+    let keep = |series: Vec<Series>, other: &[Series]| -> Vec<Series> {
+        series
+            .into_iter()
+            .filter(|s| other.iter().any(|o| o.zone == s.zone))
+            .collect()
+    };
+    let (train, eval) = (keep(train.clone(), &eval), keep(eval, &train));
+    let result = tune::tune(&config, &train, &eval)?;
+    let mut text = format!(
+        "train {} → evaluate {}; {}objective = grams CO2 + {} g per vCPU-hour of delay\n\
+         best static threshold on the training year: {:.0} g/kWh; on the evaluation year itself: {:.0} g/kWh\n\n",
+        args.train_year,
+        args.eval_year,
+        describe(&eval, &config),
+        config.tuner.delay_cost_grams_per_vcpu_hour,
+        result.best_on_train,
+        result.best_on_eval
+    );
+    let rows: Vec<report::Row> = result.rows.iter().map(|(r, _)| r.clone()).collect();
+    let table = report::text(&rows);
+    for (line, cost) in table
+        .lines()
+        .zip(std::iter::once(None).chain(result.rows.iter().map(|(_, c)| Some(c))))
+    {
+        text += &match cost {
+            Some(c) => format!("{line}  {:>12.1}\n", c / 1000.0),
+            None => format!("{line}  {:>12}\n", "objective_kg"),
+        };
+    }
+    print!("{text}");
+    write(&args.out, "tune.txt", &text)?;
+    write(&args.out, "tune.csv", &report::csv(&rows))?;
+    let mut grid = String::from("threshold_g_per_kwh,train_objective_kg,eval_objective_kg\n");
+    for p in &result.grid {
+        grid += &format!(
+            "{},{:.3},{:.3}\n",
+            p.threshold,
+            p.train_cost / 1000.0,
+            p.eval_cost / 1000.0
+        );
+    }
+    write(&args.out, "tune_grid.csv", &grid)
+}
