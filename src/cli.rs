@@ -45,6 +45,23 @@ pub enum Command {
     Intensity(Box<IntensityArgs>),
     /// Replay real intensity traces against a workload and compare policies (no cluster needed).
     Simulate(Box<crate::simulator::cli::SimulateArgs>),
+    /// Remove carbon-kube's taint, label and condition from every node (the uninstall hook).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Kubeconfig file; without it, in-cluster configuration (or ~/.kube/config) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Give up (exit 1) if marks remain after this long.
+    #[arg(long, default_value = "2m")]
+    pub timeout: String,
+
+    /// Wait this long after a pass that cleaned something, then check again.
+    #[arg(long, default_value = "5s")]
+    pub settle: String,
 }
 
 #[derive(Debug, Args)]

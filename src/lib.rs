@@ -7,6 +7,7 @@
 pub mod attribution;
 pub mod budget;
 pub mod carbon;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod crd;

@@ -8,7 +8,7 @@
 //! ```
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +20,7 @@ use tracing::{error, info};
 
 use carbon_kube::attribution;
 use carbon_kube::carbon::GridZone;
-use carbon_kube::cli::{Cli, Command, IntensityArgs, LogFormat};
+use carbon_kube::cli::{CleanupArgs, Cli, Command, IntensityArgs, LogFormat};
 use carbon_kube::config::{self, AgentConfig};
 use carbon_kube::crd::{self, CarbonScore};
 use carbon_kube::election::{Elector, Timing};
@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),
         Command::Simulate(args) => Ok(carbon_kube::simulator::cli::run(&args)?),
+        Command::Cleanup(args) => runtime.block_on(cleanup(args)),
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
             runtime.block_on(agent(config, args.cgroup_root))
@@ -96,8 +97,16 @@ async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
     Ok(())
 }
 
-async fn kube_client(config: &AgentConfig) -> Result<Client> {
-    let kube_config = match &config.kubeconfig {
+/// `carbon-kube cleanup`: what the uninstall hook runs once the agents are gone.
+async fn cleanup(args: CleanupArgs) -> Result<()> {
+    let timeout = config::parse_period("timeout", &args.timeout)?;
+    let settle = config::parse_duration("settle", &args.settle)?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    carbon_kube::cleanup::run(Api::all(client), timeout, settle).await
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let kube_config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -111,7 +120,7 @@ async fn kube_client(config: &AgentConfig) -> Result<Client> {
 }
 
 async fn agent(config: AgentConfig, cgroup_root: PathBuf) -> Result<()> {
-    let client = kube_client(&config).await?;
+    let client = kube_client(config.kubeconfig.as_deref()).await?;
     let scores: Api<CarbonScore> = Api::all(client.clone());
     if let Err(e) = scores
         .list(&kube::api::ListParams::default().limit(1))
