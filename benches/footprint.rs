@@ -21,7 +21,11 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -32,7 +36,10 @@ fn cpu_seconds(pid: u32) -> f64 {
             // Fields after the parenthesised command name; utime and stime are 14 and 15.
             let rest = s.rsplit_once(") ")?.1;
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / CLOCK_TICKS_PER_SECOND)
+            Some(
+                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                    / CLOCK_TICKS_PER_SECOND,
+            )
         })
         .unwrap_or(0.0)
 }
@@ -76,11 +83,21 @@ struct Wrk {
 
 fn wrk(addr: &str, seconds: u64) -> Wrk {
     let out = Command::new("wrk")
-        .args(["-t1", "-c4", &format!("-d{seconds}s"), "--latency", &format!("http://{addr}/metrics")])
+        .args([
+            "-t1",
+            "-c4",
+            &format!("-d{seconds}s"),
+            "--latency",
+            &format!("http://{addr}/metrics"),
+        ])
         .output()
         .expect("running wrk");
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| text.lines().find(|l| l.trim_start().starts_with(prefix)).map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string());
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+    };
     let ms = |v: String| {
         if let Some(us) = v.strip_suffix("us") {
             us.parse::<f64>().unwrap_or(0.0) / 1000.0
@@ -91,20 +108,33 @@ fn wrk(addr: &str, seconds: u64) -> Wrk {
         }
     };
     Wrk {
-        requests_per_second: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        requests_per_second: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
         p99_ms: field("99%").map(ms).unwrap_or(0.0),
     }
 }
 
 fn size_mib(path: &Path) -> f64 {
-    std::fs::metadata(path).map(|m| m.len() as f64 / (1024.0 * 1024.0)).unwrap_or(0.0)
+    std::fs::metadata(path)
+        .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+        .unwrap_or(0.0)
 }
 
 fn main() {
     require_tool("wrk", "apt-get install wrk");
-    require_tool("prometheus-node-exporter", "apt-get install prometheus-node-exporter");
-    let seconds: u64 = std::env::var("FOOTPRINT_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let wrk_seconds: u64 = std::env::var("WRK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    require_tool(
+        "prometheus-node-exporter",
+        "apt-get install prometheus-node-exporter",
+    );
+    let seconds: u64 = std::env::var("FOOTPRINT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let wrk_seconds: u64 = std::env::var("WRK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let api = runtime.block_on(CarbonApi::start());
     api.set_intensity("DE", 420.0);
@@ -114,9 +144,19 @@ fn main() {
         "--providers=electricity-maps".to_string(),
         format!("--electricity-maps-url={}", api.electricity_maps_url()),
     ];
-    let agent = Agent::spawn(&cp, "bench-node", &args, &[("ELECTRICITY_MAPS_TOKEN", EM_TOKEN), ("CARBON_KUBE_LOG", "warn")]);
+    let agent = Agent::spawn(
+        &cp,
+        "bench-node",
+        &args,
+        &[
+            ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
+            ("CARBON_KUBE_LOG", "warn"),
+        ],
+    );
     let agent_addr = format!("127.0.0.1:{}", agent.metrics_port);
-    wait_for("the agent's metrics", Duration::from_secs(30), || http_get(&agent_addr, "/metrics"));
+    wait_for("the agent's metrics", Duration::from_secs(30), || {
+        http_get(&agent_addr, "/metrics")
+    });
 
     let exporter_addr = format!("127.0.0.1:{}", free_port());
     let mut exporter: Child = Command::new("prometheus-node-exporter")
@@ -125,31 +165,67 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting prometheus-node-exporter");
-    wait_for("node_exporter's metrics", Duration::from_secs(30), || http_get(&exporter_addr, "/metrics"));
+    wait_for("node_exporter's metrics", Duration::from_secs(30), || {
+        http_get(&exporter_addr, "/metrics")
+    });
 
     let agent_pid = agent.pid();
-    let targets = [(agent_pid, agent_addr.clone()), (exporter.id(), exporter_addr.clone())];
+    let targets = [
+        (agent_pid, agent_addr.clone()),
+        (exporter.id(), exporter_addr.clone()),
+    ];
     println!("measuring {seconds} s idle, then {seconds} s scraped every second…");
     let idle = measure(&targets, seconds, false);
     let scraped = measure(&targets, seconds, true);
     let agent_wrk = wrk(&agent_addr, wrk_seconds);
     let exporter_wrk = wrk(&exporter_addr, wrk_seconds);
-    let series = |addr: &str| http_get(addr, "/metrics").map_or(0, |m| m.lines().filter(|l| !l.starts_with('#')).count());
+    let series = |addr: &str| {
+        http_get(addr, "/metrics").map_or(0, |m| m.lines().filter(|l| !l.starts_with('#')).count())
+    };
 
     let exporter_path = Path::new("/usr/bin/prometheus-node-exporter");
-    let static_agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-gnu/release/carbon-kube");
+    let static_agent = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-gnu/release/carbon-kube");
     println!("\n| measure | carbon-kube agent | node_exporter | ratio |\n|---|---|---|---|");
     let row = |name: &str, ours: f64, peer: f64, unit: &str| {
-        println!("| {name} | {ours:.2} {unit} | {peer:.2} {unit} | {:.2} |", ours / peer.max(f64::MIN_POSITIVE));
+        println!(
+            "| {name} | {ours:.2} {unit} | {peer:.2} {unit} | {:.2} |",
+            ours / peer.max(f64::MIN_POSITIVE)
+        );
     };
-    row("RSS idle (mean)", idle[0].rss_sum / idle[0].samples / 1024.0, idle[1].rss_sum / idle[1].samples / 1024.0, "MiB");
-    row("RSS scraped 1/s (max)", scraped[0].rss_max / 1024.0, scraped[1].rss_max / 1024.0, "MiB");
+    row(
+        "RSS idle (mean)",
+        idle[0].rss_sum / idle[0].samples / 1024.0,
+        idle[1].rss_sum / idle[1].samples / 1024.0,
+        "MiB",
+    );
+    row(
+        "RSS scraped 1/s (max)",
+        scraped[0].rss_max / 1024.0,
+        scraped[1].rss_max / 1024.0,
+        "MiB",
+    );
     row("CPU idle", idle[0].cpu, idle[1].cpu, "%");
     row("CPU scraped 1/s", scraped[0].cpu, scraped[1].cpu, "%");
-    row("wrk /metrics (4 conns)", agent_wrk.requests_per_second, exporter_wrk.requests_per_second, "req/s");
+    row(
+        "wrk /metrics (4 conns)",
+        agent_wrk.requests_per_second,
+        exporter_wrk.requests_per_second,
+        "req/s",
+    );
     row("wrk p99", agent_wrk.p99_ms, exporter_wrk.p99_ms, "ms");
-    row("series per scrape", series(&agent_addr) as f64, series(&exporter_addr) as f64, "");
-    row("binary size", size_mib(&static_agent), size_mib(exporter_path), "MiB");
+    row(
+        "series per scrape",
+        series(&agent_addr) as f64,
+        series(&exporter_addr) as f64,
+        "",
+    );
+    row(
+        "binary size",
+        size_mib(&static_agent),
+        size_mib(exporter_path),
+        "MiB",
+    );
     let _ = exporter.kill();
     let _ = exporter.wait();
 }
