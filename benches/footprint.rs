@@ -188,10 +188,9 @@ fn main() {
         .join("target/x86_64-unknown-linux-gnu/release/carbon-kube");
     println!("\n| measure | carbon-kube agent | node_exporter | ratio |\n|---|---|---|---|");
     let row = |name: &str, ours: f64, peer: f64, unit: &str| {
-        println!(
-            "| {name} | {ours:.2} {unit} | {peer:.2} {unit} | {:.2} |",
-            ours / peer.max(f64::MIN_POSITIVE)
-        );
+        // Below the sampling resolution a ratio means nothing.
+        let ratio = if peer > 1e-6 { format!("{:.2}", ours / peer) } else { "–".into() };
+        println!("| {name} | {ours:.2} {unit} | {peer:.2} {unit} | {ratio} |");
     };
     row(
         "RSS idle (mean)",
