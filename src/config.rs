@@ -48,6 +48,7 @@ pub struct AgentConfig {
     pub metrics_addr: std::net::SocketAddr,
     pub providers: ProvidersConfig,
     pub power: crate::power::PowerOverrides,
+    pub cgroup_root: std::path::PathBuf,
 }
 
 /// Parses the command line, folding in `--config FILE` below flags and environment.
@@ -250,6 +251,7 @@ impl AgentConfig {
             sample_interval: parse_period("sample-interval", &args.sample_interval)?,
             metrics_addr: args.metrics_addr,
             providers,
+            cgroup_root: args.cgroup_root.clone(),
             power: crate::power::PowerOverrides {
                 min_watts_per_vcpu: args.power.min_watts_per_vcpu,
                 max_watts_per_vcpu: args.power.max_watts_per_vcpu,

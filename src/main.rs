@@ -8,7 +8,7 @@
 //! ```
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         Command::Cleanup(args) => runtime.block_on(cleanup(args)),
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
-            runtime.block_on(agent(config, args.cgroup_root))
+            runtime.block_on(agent(config))
         }
     }
 }
@@ -119,7 +119,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
     Ok(Client::try_from(kube_config)?)
 }
 
-async fn agent(config: AgentConfig, cgroup_root: PathBuf) -> Result<()> {
+async fn agent(config: AgentConfig) -> Result<()> {
     let client = kube_client(config.kubeconfig.as_deref()).await?;
     let scores: Api<CarbonScore> = Api::all(client.clone());
     if let Err(e) = scores
@@ -189,7 +189,7 @@ async fn agent(config: AgentConfig, cgroup_root: PathBuf) -> Result<()> {
     let mut emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
     // Per-pod power and CO2, where the host's pod cgroups are visible.
     let pods = attribution::start(
-        &cgroup_root,
+        &config.cgroup_root,
         client.clone(),
         &config.node_name,
         metrics.clone(),
