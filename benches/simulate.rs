@@ -27,22 +27,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loaded = started.elapsed();
     let config = ClusterConfig {
         nodes: 1_000,
-        workload: WorkloadParams { jobs: 10_000, ..WorkloadParams::default() },
+        workload: WorkloadParams {
+            jobs: 10_000,
+            ..WorkloadParams::default()
+        },
         ..ClusterConfig::default()
     };
     let zones = series.len();
     let hours = series.first().map_or(0, |s| s.grams_per_kwh.len());
 
     let started = Instant::now();
-    let r = replay(&config, series.clone(), None)?;
+    let r = replay(&config, series.clone(), &[])?;
     let all_policies = started.elapsed();
     print!("{}", report::text(&report::rows(&r)));
 
     let started = Instant::now();
     let grid = threshold_grid();
     for &threshold in &grid {
-        let config = ClusterConfig { threshold_grams_per_kwh: threshold, ..config.clone() };
-        replay(&config, series.clone(), None)?;
+        let config = ClusterConfig {
+            threshold_grams_per_kwh: threshold,
+            ..config.clone()
+        };
+        replay(&config, series.clone(), &[])?;
     }
     let sweep = started.elapsed();
 
@@ -50,8 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\nsimulate: {hours} h × {zones} zones × {} nodes × {} jobs",
         config.nodes, config.workload.jobs
     );
-    println!("  load traces                      {:>8.3} s", loaded.as_secs_f64());
-    println!("  all 5 policies, one year         {:>8.3} s", all_policies.as_secs_f64());
+    println!(
+        "  load traces                      {:>8.3} s",
+        loaded.as_secs_f64()
+    );
+    println!(
+        "  all 5 policies, one year         {:>8.3} s",
+        all_policies.as_secs_f64()
+    );
     println!(
         "  sweep: {} thresholds × 5 policies {:>8.3} s ({:.3} s per replay)",
         grid.len(),
@@ -59,7 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sweep.as_secs_f64() / grid.len() as f64
     );
     match peak_rss_kb() {
-        Some(kb) => println!("  peak RSS (VmHWM)                 {:>8.1} MiB", kb as f64 / 1024.0),
+        Some(kb) => println!(
+            "  peak RSS (VmHWM)                 {:>8.1} MiB",
+            kb as f64 / 1024.0
+        ),
         None => println!("  peak RSS: /proc/self/status not readable"),
     }
     Ok(())

@@ -11,7 +11,9 @@ use carbon_kube::simulator::trace::{self, Series};
 use carbon_kube::simulator::workload::WorkloadParams;
 
 fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/data")
+        .join(path)
 }
 
 fn series(zone: &str) -> Series {
@@ -45,7 +47,11 @@ fn assert_close(what: &str, ours: f64, target: &Target) {
     );
     // The no-error rows are deterministic: they match to the printed four decimals.
     if target.error == 0.0 {
-        assert!(diff.abs() < 1e-4, "{what}: ours {ours:.6} vs {:.4}", target.savings_pct);
+        assert!(
+            diff.abs() < 1e-4,
+            "{what}: ours {ours:.6} vs {:.4}",
+            target.savings_pct
+        );
     }
 }
 
@@ -57,7 +63,11 @@ fn scenario_one_nightly_job_matches_the_paper() {
             let at_nominal = paper::nightly_mean_ci(&s, 0, error);
             let ours = (1.0 - paper::nightly_mean_ci(&s, window, error) / at_nominal) * 100.0;
             let t = target(zone, "I", &window_label(window), error, "");
-            assert_close(&format!("{zone} nightly {} error {error}", window_label(window)), ours, &t);
+            assert_close(
+                &format!("{zone} nightly {} error {error}", window_label(window)),
+                ours,
+                &t,
+            );
         }
     }
 }
@@ -75,10 +85,18 @@ fn scenario_two_ml_jobs_match_the_paper() {
             (DeadlineRule::NextWorkday, true, 0.05),
         ];
         for (rule, interrupting, error) in cases {
-            let mode = if interrupting { "interrupting" } else { "non_interrupting" };
+            let mode = if interrupting {
+                "interrupting"
+            } else {
+                "non_interrupting"
+            };
             let ours = paper::ml_savings_pct(&s, &jobs, rule, interrupting, error);
             let t = target(zone, "II", rule.name(), error, mode);
-            assert_close(&format!("{zone} {} {mode} error {error}", rule.name()), ours, &t);
+            assert_close(
+                &format!("{zone} {} {mode} error {error}", rule.name()),
+                ours,
+                &t,
+            );
         }
     }
 }
@@ -90,13 +108,20 @@ fn the_policies_keep_their_order_on_a_shipped_year() {
     assert_eq!(series.len(), 8);
     let config = ClusterConfig {
         nodes: 16,
-        workload: WorkloadParams { jobs: 20_000, ..WorkloadParams::default() },
+        workload: WorkloadParams {
+            jobs: 20_000,
+            ..WorkloadParams::default()
+        },
         ..ClusterConfig::default()
     };
-    let r = replay(&config, series, None).unwrap();
+    let r = replay(&config, series, &[]).unwrap();
     let grams = |p| r.outcome(p).unwrap().grams;
     for p in PolicyName::ALL {
-        assert!(grams(PolicyName::Oracle) <= grams(p) + 1e-6, "{} below the oracle", p.as_str());
+        assert!(
+            grams(PolicyName::Oracle) <= grams(p) + 1e-6,
+            "{} below the oracle",
+            p.as_str()
+        );
     }
     assert!(grams(PolicyName::Static) < grams(PolicyName::Baseline));
     assert!(grams(PolicyName::Deferral) < grams(PolicyName::Baseline));

@@ -14,7 +14,7 @@ use super::{report, svg, tune};
 use crate::config::parse_duration;
 use crate::decision::DecisionParams;
 use crate::power::PowerCoefficients;
-use crate::tuner::{TunerParams, TunerState};
+use crate::tuner::TunerParams;
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -240,15 +240,12 @@ fn run_policies(args: &RunArgs) -> Result<(), SimError> {
     prepare(&args.out)?;
     let traces = trace::load_dir(&args.traces)?;
     let series = hourly_year(&traces, args.year)?;
-    let trained: Option<Vec<TunerState>> = match args.train_year {
-        Some(year) => Some(super::experiment::train_tuners(
-            &config,
-            &hourly_year(&traces, year)?,
-        )?),
-        None => None,
+    let trained = match args.train_year {
+        Some(year) => super::experiment::train_tuners(&config, &hourly_year(&traces, year)?)?,
+        None => Vec::new(),
     };
     let started = std::time::Instant::now();
-    let replay = replay(&config, series, trained.as_deref())?;
+    let replay = replay(&config, series, &trained)?;
     let rows = report::rows(&replay);
     let mut text = format!(
         "{} {}\n{}",
@@ -266,10 +263,10 @@ fn run_policies(args: &RunArgs) -> Result<(), SimError> {
     text += &format!(
         "mean utilisation {:.1} %; tuner {}; replayed in {:.2} s\n\n",
         100.0 * busy / capacity,
-        if trained.is_some() {
-            "trained on the training year"
-        } else {
-            "learning from scratch"
+        match (args.train_year, trained.len()) {
+            (Some(year), n) if n > 0 =>
+                format!("trained on {year} for {n} zones, the others from scratch"),
+            _ => "learning from scratch".to_string(),
         },
         started.elapsed().as_secs_f64()
     );
@@ -292,14 +289,8 @@ fn run_policies(args: &RunArgs) -> Result<(), SimError> {
         "intensity_taints.svg",
         &svg::intensity_and_taints(&replay, args.plot_from_day, args.plot_days),
     )?;
-    let states: Vec<(String, &TunerState)> = replay
-        .series
-        .iter()
-        .map(|s| s.zone.to_string())
-        .zip(&replay.tuners)
-        .collect();
-    let json =
-        serde_json::to_string_pretty(&states).map_err(|e| SimError::Invalid(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&replay.tuners)
+        .map_err(|e| SimError::Invalid(e.to_string()))?;
     write(&args.out, "tuner_state.json", &json)
 }
 

@@ -11,6 +11,7 @@ use super::forecast::noisy;
 use super::plan::{Prefix, oracle};
 use super::trace::{Series, Trace};
 use super::workload::{Job, WorkloadParams, generate};
+use crate::carbon::GridZone;
 use crate::power::PowerCoefficients;
 use crate::tuner::{Tuner, TunerParams, TunerState};
 
@@ -83,7 +84,7 @@ pub struct Replay {
     pub nodes: Vec<usize>,
     pub jobs: Vec<Job>,
     pub outcomes: Vec<(PolicyName, Outcome)>,
-    pub tuners: Vec<TunerState>,
+    pub tuners: Vec<(GridZone, TunerState)>,
 }
 
 impl Replay {
@@ -152,20 +153,22 @@ pub fn scenario<'a>(
     }
 }
 
-/// Tuners for these zones: continued from `states` where given, else fresh.
+/// One tuner per zone of `series`: continued from the zone's entry in `states`, else fresh.
 pub fn tuners(
     config: &ClusterConfig,
-    zones: usize,
-    states: Option<&[TunerState]>,
+    series: &[Series],
+    states: &[(GridZone, TunerState)],
 ) -> Result<Vec<Tuner>, SimError> {
-    (0..zones)
-        .map(|z| {
+    series
+        .iter()
+        .enumerate()
+        .map(|(z, s)| {
             let params = TunerParams {
                 seed: config.tuner.seed + z as u64,
                 ..config.tuner.clone()
             };
-            match states.and_then(|s| s.get(z)) {
-                Some(state) => Tuner::from_state(params, state.clone())
+            match states.iter().find(|(zone, _)| *zone == s.zone) {
+                Some((_, state)) => Tuner::from_state(params, state.clone())
                     .map_err(|e| SimError::Invalid(e.to_string())),
                 None => Ok(Tuner::new(params)),
             }
@@ -173,30 +176,38 @@ pub fn tuners(
         .collect()
 }
 
-/// Runs the tuned policy alone and returns what the tuners learned.
+fn states(series: &[Series], tuners: &[Tuner]) -> Vec<(GridZone, TunerState)> {
+    series
+        .iter()
+        .map(|s| s.zone.clone())
+        .zip(tuners.iter().map(|t| t.state().clone()))
+        .collect()
+}
+
+/// Runs the tuned policy alone and returns what each zone's tuner learned.
 pub fn train_tuners(
     config: &ClusterConfig,
     series: &[Series],
-) -> Result<Vec<TunerState>, SimError> {
+) -> Result<Vec<(GridZone, TunerState)>, SimError> {
     let nodes = nodes_per_zone(config.nodes, series.len());
     let jobs = jobs_for(config, series, &nodes);
     let sc = scenario(config, series, nodes, &jobs);
-    let mut learners = tuners(config, series.len(), None)?;
+    let mut learners = tuners(config, series, &[])?;
     run(
         &sc,
         Policy::Tuned {
             tuners: &mut learners,
         },
     );
-    Ok(learners.iter().map(|t| t.state().clone()).collect())
+    Ok(states(series, &learners))
 }
 
-/// Every policy on one year. The tuned policy starts from `tuner_states` if
-/// given (trained on another year), else learns from scratch as it goes.
+/// Every policy on one year. The tuned policy continues from `tuner_states`
+/// where they have the zone (trained on another year), else learns from scratch.
 pub fn replay(
     config: &ClusterConfig,
     series: Vec<Series>,
-    tuner_states: Option<&[TunerState]>,
+    tuner_states: &[(GridZone, TunerState)],
 ) -> Result<Replay, SimError> {
     let nodes = nodes_per_zone(config.nodes, series.len());
     let jobs = jobs_for(config, &series, &nodes);
@@ -216,7 +227,7 @@ pub fn replay(
             ))
         })
         .collect();
-    let mut learners = tuners(config, series.len(), tuner_states)?;
+    let mut learners = tuners(config, &series, tuner_states)?;
     let outcomes = vec![
         (PolicyName::Baseline, run(&sc, Policy::Baseline)),
         (
@@ -248,7 +259,7 @@ pub fn replay(
         ),
         (PolicyName::Oracle, oracle(&sc, &truth)),
     ];
-    let tuners = learners.iter().map(|t| t.state().clone()).collect();
+    let tuners = states(&series, &learners);
     Ok(Replay {
         series,
         nodes,
@@ -310,7 +321,7 @@ mod tests {
             threshold_grams_per_kwh: 250.0,
             ..ClusterConfig::default()
         };
-        let replay = replay(&config, series, None).unwrap();
+        let replay = replay(&config, series, &[]).unwrap();
         let grams = |n| replay.outcome(n).unwrap().grams;
         for name in PolicyName::ALL {
             assert!(

@@ -119,11 +119,12 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
         while tick <= max {
             let _ = writeln!(
                 body,
-                "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                y(tick),
-                LEFT - 4.0,
-                y(tick) + 4.0,
-                tick_label(tick, step),
+                "<line x1=\"{LEFT}\" x2=\"{right:.1}\" y1=\"{at:.1}\" y2=\"{at:.1}\" stroke=\"#ddd\"/><text x=\"{label_x:.1}\" y=\"{label_y:.1}\" text-anchor=\"end\">{label}</text>",
+                right = WIDTH - RIGHT,
+                at = y(tick),
+                label_x = LEFT - 4.0,
+                label_y = y(tick) + 4.0,
+                label = tick_label(tick, step),
             );
             tick += step;
         }

@@ -103,8 +103,8 @@ pub fn tune(
     let nodes = nodes_per_zone(config.nodes, eval.len());
     let jobs = jobs_for(config, eval, &nodes);
     let sc = scenario(config, eval, nodes, &jobs);
-    let mut continued = tuners(config, eval.len(), Some(&trained))?;
-    let mut fresh = tuners(config, eval.len(), None)?;
+    let mut continued = tuners(config, eval, &trained)?;
+    let mut fresh = tuners(config, eval, &[])?;
     let truth: Vec<Prefix> = eval.iter().map(|s| Prefix::new(&s.grams_per_kwh)).collect();
     let runs: Vec<(String, Outcome)> = vec![
         ("baseline".into(), run(&sc, Policy::Baseline)),
