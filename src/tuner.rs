@@ -8,8 +8,13 @@
 //! it by 10 %, within bounds. Reward: minus the zone's emissions minus a price
 //! on the delay the taint caused, divided by a running scale (about a week
 //! long) so that zones of very different intensity learn at the same pace.
-//! An earlier state — intensity and threshold against the zone's own recent
-//! distribution — learned less in the simulator (see `carbon-kube simulate tune`).
+//! In the simulator (`carbon-kube simulate tune`) this learns, but does not
+//! beat the best static threshold: see `benches/results/tune-2021-2022/`.
+//! Tried and dropped there: intensity and threshold against the zone's own
+//! recent distribution, a cluster-wide reward, and charging each zone for the
+//! work submitted to it; each learned less. The kept per-zone reward has a
+//! known flaw: a green zone lowers its own emissions by tainting itself when
+//! the budget lets it, pushing work to dirtier zones.
 //!
 //! Pure and deterministic given the seed: the exploration generator lives in
 //! [`TunerState`], so a new leader that loads the persisted state continues
