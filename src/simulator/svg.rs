@@ -31,6 +31,12 @@ fn document(height: f64, body: &str) -> String {
 /// A tick value with as many decimals as its step needs.
 fn tick_label(value: f64, step: f64) -> String {
     let decimals = (-step.log10().floor()).max(0.0) as usize;
+    // A zero reached by adding steps can come out as -0.0 or 1e-17.
+    let value = if value.abs() < step * 1e-6 {
+        0.0
+    } else {
+        value
+    };
     format!("{value:.decimals$}")
 }
 
@@ -278,6 +284,7 @@ mod tests {
     fn tick_labels_have_the_decimals_their_step_needs() {
         assert_eq!(tick_label(0.30000000000000004, 0.1), "0.3");
         assert_eq!(tick_label(200.0, 100.0), "200");
+        assert_eq!(tick_label(-1e-17, 20.0), "0");
     }
 
     #[test]
