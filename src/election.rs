@@ -136,6 +136,14 @@ impl Elector {
                 latest = Some(lease);
             }
             let now = Instant::now();
+            // A leader that has gone its renew deadline without a successful
+            // renewal (the process was paused or frozen, the apiserver hung)
+            // stops leader work first, before any other await: others may
+            // take over once the Lease expires.
+            if last_renewed.is_some_and(|at| self.timing.must_step_down(at, now)) {
+                self.set_leader(false);
+                last_renewed = None;
+            }
             let renew_due = last_renewed.map(|at| at + self.timing.renew_every);
             let wake_at = match evaluate(
                 observed.as_ref(),
@@ -147,13 +155,27 @@ impl Elector {
                 Action::Renew if renew_due.is_some_and(|due| now < due) => renew_due.unwrap_or(now),
                 Action::Renew | Action::Acquire => {
                     let renewing = last_renewed.is_some() && *self.is_leader.borrow();
-                    match self.try_write(latest.clone(), renewing).await {
+                    // The Lease may have been written as early as when the
+                    // request went out, and followers count from then: so
+                    // does the leader.
+                    let started = Instant::now();
+                    // A write can hang (a frozen apiserver keeps connections
+                    // open): a leader waits no longer than its renew deadline.
+                    let deadline = match last_renewed {
+                        Some(at) if renewing => at + self.timing.renew_deadline,
+                        _ => started + self.timing.renew_deadline,
+                    };
+                    let written =
+                        tokio::time::timeout_at(deadline, self.try_write(latest.clone(), renewing))
+                            .await
+                            .unwrap_or(Err(WriteError::TimedOut));
+                    match written {
                         Ok(lease) => {
                             observed = Some(observe(observed.take(), &lease));
                             latest = Some(lease);
-                            last_renewed = Some(Instant::now());
+                            last_renewed = Some(started);
                             self.set_leader(true);
-                            Instant::now() + self.timing.renew_every
+                            started + self.timing.renew_every
                         }
                         Err(WriteError::Lost) => {
                             // Someone wrote first; the watch brings their version.
@@ -161,8 +183,13 @@ impl Elector {
                             self.set_leader(false);
                             Instant::now() + self.timing.renew_every
                         }
-                        Err(WriteError::Api(e)) => {
-                            warn!(error = %e, lease = %self.name, "lease write failed");
+                        Err(error @ (WriteError::Api(_) | WriteError::TimedOut)) => {
+                            match error {
+                                WriteError::Api(e) => {
+                                    warn!(error = %e, lease = %self.name, "lease write failed")
+                                }
+                                _ => warn!(lease = %self.name, "lease write timed out"),
+                            }
                             if let Some(at) = last_renewed {
                                 if self.timing.must_step_down(at, Instant::now()) {
                                     self.set_leader(false);
@@ -273,6 +300,8 @@ enum WriteError {
     /// Someone else changed the Lease first (HTTP 409).
     Lost,
     Api(kube::Error),
+    /// No answer within the deadline; the write may still land.
+    TimedOut,
 }
 
 fn classify(error: kube::Error) -> WriteError {

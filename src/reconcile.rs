@@ -67,6 +67,14 @@ pub fn condition_message(
     format!("{facts} {verdict}")
 }
 
+/// Whether the CarbonScore cache holds the result of a complete list.
+fn store_ready(store: &Store<CarbonScore>) -> bool {
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 impl Reconciler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let nodes: Api<Node> = Api::all(self.client.clone());
@@ -105,6 +113,7 @@ impl Reconciler {
 
         let mut dwell = DwellState::default();
         let mut last_zone: Option<GridZone> = None;
+        let started = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -116,6 +125,14 @@ impl Reconciler {
             let Some(node) = node_rx.borrow_and_update().clone() else {
                 continue;
             };
+            // Until the first list of CarbonScores is in, a missing score means
+            // "not read yet", not "no data": deciding on it would strip the
+            // taint a restarted agent finds on its node and put it back a
+            // moment later. Data older than max-age would be stale anyway, so
+            // an agent that cannot read CarbonScores stops waiting then.
+            if !store_ready(&store) && started.elapsed() < self.params.max_age {
+                continue;
+            }
             dwell = self.reconcile(&node, &store, dwell, &mut last_zone).await;
         }
         node_task.abort();
@@ -140,11 +157,7 @@ impl Reconciler {
         let zone = resolution.zone.as_ref();
         let object = zone.and_then(|z| store.get(&reflector::ObjectRef::new(&z.object_name())));
         // Ready once the first list of CarbonScores is in: we then know whether ours exists.
-        if store
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|r| r.is_ok())
-        {
+        if store_ready(store) {
             self.metrics.ready.store(true, Ordering::Relaxed);
         }
         let score = object.as_ref().and_then(|o| o.zone_score());

