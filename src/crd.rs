@@ -100,6 +100,9 @@ pub struct CarbonScoreStatus {
     pub nodes: u32,
     /// The last fetch error, when the data shown is older than the last poll.
     pub last_error: Option<String>,
+    /// The threshold tuner's learned state for this zone (JSON), so that a new
+    /// leader continues learning; absent while the tuner is off.
+    pub tuner_state: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -155,6 +158,7 @@ impl CarbonScoreStatus {
             taint_allowed,
             nodes,
             last_error: None,
+            tuner_state: None,
         }
     }
 }

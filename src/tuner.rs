@@ -89,6 +89,9 @@ pub struct TunerState {
     pub cost_scale: Option<f64>,
     pub steps: u64,
     pub rng: u64,
+    /// Reward of the last step, for the leader's metrics.
+    #[serde(default)]
+    pub last_reward: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -118,6 +121,7 @@ impl Tuner {
             cost_scale: None,
             steps: 0,
             rng: params.seed,
+            last_reward: None,
         };
         Self { params, state }
     }
@@ -151,6 +155,13 @@ impl Tuner {
         self.state.threshold_grams_per_kwh
     }
 
+    /// The action of the last step (`raise`, `hold` or `lower`), for metrics.
+    pub fn last_action(&self) -> Option<&'static str> {
+        self.state
+            .last
+            .map(|(_, action)| ["raise", "hold", "lower"][action])
+    }
+
     /// Learns from what followed the previous action and returns the threshold to apply now.
     pub fn step(&mut self, observation: &Observation) -> f64 {
         let p = &self.params;
@@ -162,6 +173,7 @@ impl Tuner {
             .map_or(cost, |scale| scale + SCALE_WEIGHT * (cost - scale));
         s.cost_scale = Some(scale);
         let reward = if scale > 0.0 { -cost / scale } else { 0.0 };
+        s.last_reward = Some(reward);
         let now = state_index(s, observation);
         if let Some((before, action)) = s.last {
             let best_next = s.q[now].iter().copied().fold(f64::NEG_INFINITY, f64::max);
