@@ -134,6 +134,9 @@ fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
     }
 }
 
+/// The longest duration any setting accepts: a year.
+const MAX_DURATION_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let text = text.trim();
@@ -161,6 +164,11 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(invalid(field, format!("{text:?} must not be negative")));
+    }
+    // No setting needs more, and larger values overflow: `Duration` panics
+    // past u64 seconds, deadlines (`Instant + d`) overflow long before.
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(invalid(field, format!("{text:?} is longer than a year")));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -407,6 +415,20 @@ mod tests {
                 .contains("--x")
         );
         assert!(parse_duration("x", "-1s").is_err());
+        // Found by tests/fuzz_parsers.rs: these panicked in Duration::from_secs_f64
+        // or overflowed the lease deadline.
+        for huge in [
+            "99999999999999999999",
+            "1e30",
+            "9999999999999999999h",
+            "8761h",
+        ] {
+            assert!(parse_duration("x", huge).is_err(), "{huge}");
+        }
+        assert_eq!(
+            parse_duration("x", "8760h").unwrap(),
+            Duration::from_secs(365 * 24 * 3600)
+        );
         assert!(
             parse_period("x", "0s")
                 .unwrap_err()

@@ -57,6 +57,10 @@ pub enum Reason {
     Dwelling,
     /// Above the threshold, but the cluster's taint budget is spent on dirtier zones.
     BudgetExhausted,
+    /// Above the threshold on a static yearly average, which is shown, never
+    /// acted on (the leader withholds the taint; set by the reconciler, which
+    /// knows the source).
+    StaticOnly,
     /// Between `threshold - hysteresis` and the threshold: the state is kept.
     WithinHysteresis,
     BelowThreshold,
@@ -71,6 +75,7 @@ impl Reason {
             Self::AboveThreshold => "IntensityAboveThreshold",
             Self::Dwelling => "IntensityAboveThresholdDwelling",
             Self::BudgetExhausted => "TaintBudgetExhausted",
+            Self::StaticOnly => "StaticAverageNotActedOn",
             Self::WithinHysteresis => "IntensityWithinHysteresis",
             Self::BelowThreshold => "IntensityBelowThreshold",
         }

@@ -16,9 +16,10 @@ use tracing::{info, warn};
 
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
-use crate::decision::{DecisionParams, DwellState, TaintDecision, ZoneScore, decide};
+use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
+use crate::providers::static_table;
 use crate::zones;
 
 /// Re-decide at least this often, so dwell and staleness take effect without events.
@@ -53,7 +54,7 @@ pub fn condition_message(
     };
     let age_minutes = now.duration_since(score.observed_at).as_secs() / 60;
     let facts = format!(
-        "Grid zone {zone}: {:.0} gCO2/kWh, threshold {:.0} gCO2/kWh (source {source}, observed {} , {age_minutes} min before this update).",
+        "Grid zone {zone}: {:.0} gCO2/kWh, threshold {:.0} gCO2/kWh (source {source}, observed {}, {age_minutes} min before this update).",
         score.grams_per_kwh, score.threshold_grams_per_kwh, score.observed_at
     );
     use crate::decision::Reason::*;
@@ -62,6 +63,7 @@ pub fn condition_message(
         AboveThreshold | WithinHysteresis if decision.tainted => format!("Node tainted {TAINT_KEY}:{effect}; pods that tolerate it may still land here."),
         Dwelling => "Above the threshold; the node is tainted if it stays above for the dwell time.".into(),
         BudgetExhausted => "Above the threshold, but the cluster's taint budget is spent on dirtier zones; the node stays schedulable.".into(),
+        StaticOnly => "No live provider answers; a static yearly average is shown but never acted on, so the node stays schedulable.".into(),
         _ => "Below the threshold; the node is schedulable without carbon preference.".into(),
     };
     format!("{facts} {verdict}")
@@ -168,7 +170,12 @@ impl Reconciler {
             .unwrap_or_default();
         let now = Timestamp::now();
         let found = OwnedState::of_node(node);
-        let decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
+        let mut decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
+        // The leader withholds the taint on static data; say so rather than
+        // blame the taint budget.
+        if decision.reason == Reason::BudgetExhausted && source == static_table::NAME {
+            decision.reason = Reason::StaticOnly;
+        }
 
         self.publish(zone, score.as_ref(), &source, &decision, now);
         let message =
@@ -202,5 +209,51 @@ impl Reconciler {
                 .data_age_seconds
                 .set(now.duration_since(score.observed_at).as_secs_f64().max(0.0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::IntensityClass;
+
+    fn decision(reason: Reason, tainted: bool) -> TaintDecision {
+        TaintDecision {
+            tainted,
+            class: Some(IntensityClass::Amber),
+            reason,
+            dwell: DwellState::default(),
+        }
+    }
+
+    #[test]
+    fn messages_say_why_the_node_is_left_alone() {
+        let zone = GridZone::parse("DE").unwrap();
+        let now: Timestamp = "2024-05-01T10:30:00Z".parse().unwrap();
+        let score = ZoneScore {
+            grams_per_kwh: 314.0,
+            threshold_grams_per_kwh: 300.0,
+            observed_at: "2024-05-01T10:00:00Z".parse().unwrap(),
+            taint_allowed: false,
+        };
+        let message = |source, reason| {
+            condition_message(
+                Some(&zone),
+                Some(&score),
+                source,
+                &decision(reason, false),
+                "PreferNoSchedule",
+                now,
+            )
+        };
+        let static_only = message("static", Reason::StaticOnly);
+        assert!(
+            static_only.contains("(source static, observed 2024-05-01T10:00:00Z, 30 min before")
+                && static_only.contains("static yearly average is shown but never acted on"),
+            "{static_only}"
+        );
+        let budget = message("electricity-maps", Reason::BudgetExhausted);
+        assert!(budget.contains("taint budget"), "{budget}");
+        assert_eq!(Reason::StaticOnly.as_str(), "StaticAverageNotActedOn");
     }
 }

@@ -890,8 +890,12 @@ async fn all_live_providers_down_falls_back_to_static_which_never_taints() {
         let node = c.cp.node("s1");
         let cond = condition(&node).expect("condition");
         assert_eq!(cond["status"], "False", "{cond}");
+        assert_eq!(cond["reason"], "StaticAverageNotActedOn", "{cond}");
         assert!(
-            cond["message"].as_str().unwrap_or("").contains("static"),
+            cond["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("never acted on"),
             "the condition says why: {cond}"
         );
         let errors = counter(

@@ -35,11 +35,25 @@ impl Secret {
     /// Reads a secret mounted as a file (Kubernetes Secret volume). The
     /// trailing newline editors and `echo` add is not part of the key.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, SecretError> {
+        use std::io::Read;
         let path = path.as_ref();
-        let raw = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        let read_error = |source| SecretError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Bounded: a path that is not a small file (a device, a log file
+        // mounted by mistake) must not hang or exhaust the agent at start.
+        let mut raw = String::new();
+        std::fs::File::open(path)
+            .map_err(read_error)?
+            .take(MAX_SECRET_BYTES + 1)
+            .read_to_string(&mut raw)
+            .map_err(read_error)?;
+        if raw.len() as u64 > MAX_SECRET_BYTES {
+            return Err(SecretError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
         let value = raw.trim_end();
         if value.is_empty() {
             return Err(SecretError::Empty {
@@ -77,7 +91,12 @@ pub enum SecretError {
     },
     #[error("secret file {} is empty", path.display())]
     Empty { path: PathBuf },
+    #[error("secret file {} is larger than {MAX_SECRET_BYTES} bytes; is it the right file?", path.display())]
+    TooLarge { path: PathBuf },
 }
+
+/// API keys and passwords are a few hundred bytes at most.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 /// How a request authenticates. Every variant marks its header sensitive so
 /// that hyper never logs it.
@@ -377,6 +396,10 @@ mod tests {
 
         let missing = Secret::from_file(dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
+
+        // A device or a huge file is refused after a bounded read, not read forever.
+        let endless = Secret::from_file("/dev/zero").unwrap_err().to_string();
+        assert!(endless.contains("larger than"), "{endless}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -109,23 +109,35 @@ impl Noaa {
         }
         let points = endpoint(&self.base, &format!("points/{lat:.4},{lon:.4}"), &[])?;
         let body: PointsBody = self.http.get_json(points, Auth::None).await?;
-        let link = body.properties.forecast_grid_data.ok_or_else(|| {
-            ProviderError::Malformed(format!("no forecastGridData for {lat:.4},{lon:.4}"))
+        let url = grid_link(&self.base, body).map_err(|e| match e {
+            ProviderError::Malformed(m) => {
+                ProviderError::Malformed(format!("{m} (point {lat:.4},{lon:.4})"))
+            }
+            other => other,
         })?;
-        let url = Url::parse(&link)
-            .map_err(|e| ProviderError::Malformed(format!("forecastGridData {link:?}: {e}")))?;
-        let base = Url::parse(&self.base)
-            .map_err(|e| ProviderError::Transport(format!("invalid URL {:?}: {e}", self.base)))?;
-        // The link comes from a response; never let it send us elsewhere.
-        if !same_origin(&base, &url) {
-            return Err(ProviderError::Malformed(format!(
-                "forecastGridData points outside {}",
-                base.origin().ascii_serialization()
-            )));
-        }
         self.cached_grid_urls().insert(zone.clone(), url.clone());
         Ok(url)
     }
+}
+
+/// The grid-data link of a `/points` answer, which must stay on `base`'s origin.
+pub fn grid_link(base: &str, body: PointsBody) -> Result<Url, ProviderError> {
+    let link = body
+        .properties
+        .forecast_grid_data
+        .ok_or_else(|| ProviderError::Malformed("no forecastGridData".into()))?;
+    let url = Url::parse(&link)
+        .map_err(|e| ProviderError::Malformed(format!("forecastGridData {link:?}: {e}")))?;
+    let base = Url::parse(base)
+        .map_err(|e| ProviderError::Transport(format!("invalid URL {base:?}: {e}")))?;
+    // The link comes from a response; never let it send us elsewhere.
+    if !same_origin(&base, &url) {
+        return Err(ProviderError::Malformed(format!(
+            "forecastGridData points outside {}",
+            base.origin().ascii_serialization()
+        )));
+    }
+    Ok(url)
 }
 
 #[async_trait]

@@ -57,7 +57,7 @@ impl Provider for UkCarbonIntensity {
                 .http
                 .get_json(endpoint(&self.base, &path, &[])?, Auth::None)
                 .await?;
-            return reading(zone, &body.slots(*id)?, now);
+            return parse_regional(zone, *id, body, now);
         }
         if zone.as_str() != NATIONAL_ZONE {
             return Err(ProviderError::UnsupportedZone(zone.clone()));
@@ -67,8 +67,27 @@ impl Provider for UkCarbonIntensity {
             .http
             .get_json(endpoint(&self.base, &path, &[])?, Auth::None)
             .await?;
-        reading(zone, &body.data, now)
+        parse_national(zone, body, now)
     }
+}
+
+/// The reading at `now` from a national answer.
+pub fn parse_national(
+    zone: &GridZone,
+    body: NationalBody,
+    now: Timestamp,
+) -> Result<Reading, ProviderError> {
+    reading(zone, &body.data, now)
+}
+
+/// The reading at `now` from a regional answer for region `id`.
+pub fn parse_regional(
+    zone: &GridZone,
+    id: u32,
+    body: RegionalBody,
+    now: Timestamp,
+) -> Result<Reading, ProviderError> {
+    reading(zone, &body.slots(id)?, now)
 }
 
 /// Start of the half-hour slot containing `at`.
