@@ -141,6 +141,27 @@ pub struct AgentArgs {
     )]
     pub cgroup_root: PathBuf,
 
+    /// Leader: hold pods gated by `carbon-kube.io/defer` until the forecast's greenest start
+    /// before their `carbon-kube.io/latest-start` annotation (needs pods get/list/watch/patch).
+    #[arg(long, env = "CARBON_KUBE_DEFERRAL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub deferral: bool,
+
+    /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
+    /// has carried the carbon taint for --migrate-after and a greener untainted zone exists
+    /// (needs pods list/watch and pods/eviction create).
+    #[arg(long, env = "CARBON_KUBE_MIGRATION", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub migration: bool,
+
+    /// How long a node must have carried the carbon taint before its opted-in pods are moved.
+    #[arg(long, env = "CARBON_KUBE_MIGRATE_AFTER", default_value = "30m")]
+    pub migrate_after: String,
+
+    /// Most evictions one agent makes in any hour (PDB-refused attempts do not count).
+    #[arg(long, env = "CARBON_KUBE_MAX_EVICTIONS_PER_HOUR", default_value_t = 6)]
+    pub max_evictions_per_hour: u32,
+
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "CARBON_KUBE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,

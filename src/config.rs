@@ -49,6 +49,12 @@ pub struct AgentConfig {
     pub providers: ProvidersConfig,
     pub power: crate::power::PowerOverrides,
     pub cgroup_root: std::path::PathBuf,
+    /// The leader releases gated pods at their greenest start (`--deferral`).
+    pub deferral: bool,
+    /// Every agent moves opted-in pods off its tainted node (`--migration`).
+    pub migration: bool,
+    pub migrate_after: Duration,
+    pub max_evictions_per_hour: u32,
 }
 
 /// Parses the command line, folding in `--config FILE` below flags and environment.
@@ -236,6 +242,12 @@ impl AgentConfig {
             ));
         }
         let poll_interval = parse_period("poll-interval", &args.poll_interval)?;
+        if args.max_evictions_per_hour == 0 {
+            return Err(invalid(
+                "max-evictions-per-hour",
+                "must be at least 1 (turn --migration off to evict nothing)",
+            ));
+        }
         let mut providers = providers_config(&args.providers)?;
         // A cached reading must never outlive a poll, or the leader would write it twice.
         providers.cache_ttl = providers.cache_ttl.min(poll_interval / 2);
@@ -260,6 +272,10 @@ impl AgentConfig {
             metrics_addr: args.metrics_addr,
             providers,
             cgroup_root: args.cgroup_root.clone(),
+            deferral: args.deferral,
+            migration: args.migration,
+            migrate_after: parse_duration("migrate-after", &args.migrate_after)?,
+            max_evictions_per_hour: args.max_evictions_per_hour,
             power: crate::power::PowerOverrides {
                 min_watts_per_vcpu: args.power.min_watts_per_vcpu,
                 max_watts_per_vcpu: args.power.max_watts_per_vcpu,
@@ -459,6 +475,28 @@ mod tests {
             let err = agent(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn shifting_flags_default_and_validate() {
+        let cfg = agent(&[]).unwrap();
+        assert!(cfg.deferral && !cfg.migration);
+        assert_eq!(cfg.migrate_after, Duration::from_secs(1800));
+        assert_eq!(cfg.max_evictions_per_hour, 6);
+        let cfg = agent(&[
+            "--deferral=false",
+            "--migration",
+            "--migrate-after=5m",
+            "--max-evictions-per-hour=2",
+        ])
+        .unwrap();
+        assert!(!cfg.deferral && cfg.migration);
+        assert_eq!(cfg.migrate_after, Duration::from_secs(300));
+        assert_eq!(cfg.max_evictions_per_hour, 2);
+        let err = agent(&["--max-evictions-per-hour=0"]).unwrap_err();
+        assert!(err.contains("--max-evictions-per-hour"), "{err}");
+        let err = agent(&["--migrate-after=soon"]).unwrap_err();
+        assert!(err.contains("--migrate-after"), "{err}");
     }
 
     #[test]

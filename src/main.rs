@@ -23,11 +23,14 @@ use carbon_kube::carbon::GridZone;
 use carbon_kube::cli::{CleanupArgs, Cli, Command, IntensityArgs, LogFormat};
 use carbon_kube::config::{self, AgentConfig};
 use carbon_kube::crd::{self, CarbonScore};
+use carbon_kube::deferral::controller::{Deferral, DeferralSettings};
 use carbon_kube::election::{Elector, Timing};
 use carbon_kube::emissions::EmissionsLoop;
 use carbon_kube::metrics::{self, Metrics};
+use carbon_kube::migration::controller::{MigrationSettings, Migrator};
 use carbon_kube::node::NodeWriter;
 use carbon_kube::poller::{Poller, PollerSettings};
+use carbon_kube::power::PowerCoefficients;
 use carbon_kube::providers::build_chain;
 use carbon_kube::reconcile::Reconciler;
 
@@ -106,7 +109,11 @@ async fn cleanup(args: CleanupArgs) -> Result<()> {
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let kube_config = match kubeconfig {
+    Ok(Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -115,12 +122,12 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
         None => kube::Config::infer()
             .await
             .context("no in-cluster config and no kubeconfig")?,
-    };
-    Ok(Client::try_from(kube_config)?)
+    })
 }
 
 async fn agent(config: AgentConfig) -> Result<()> {
-    let client = kube_client(config.kubeconfig.as_deref()).await?;
+    let kube_config = kube_config(config.kubeconfig.as_deref()).await?;
+    let client = Client::try_from(kube_config.clone())?;
     let scores: Api<CarbonScore> = Api::all(client.clone());
     if let Err(e) = scores
         .list(&kube::api::ListParams::default().limit(1))
@@ -167,7 +174,19 @@ async fn agent(config: AgentConfig) -> Result<()> {
             )
         }
     };
-    tasks.spawn(leader_work(is_leader, metrics.clone(), poller));
+    // Leader, opt-in per pod: release pods gated by carbon-kube.io/defer at their greenest start.
+    let deferral = config.deferral.then(|| {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        let settings = DeferralSettings {
+            max_age: config.decision.max_age,
+            coefficients: PowerCoefficients::for_architecture(std::env::consts::ARCH)
+                .with_overrides(&config.power)
+                .unwrap_or_else(|_| PowerCoefficients::for_architecture("")),
+            identity: config.identity.clone(),
+        };
+        move || Deferral::new(client.clone(), metrics.clone(), settings.clone())
+    });
+    tasks.spawn(leader_work(is_leader, metrics.clone(), poller, deferral));
 
     // Every agent: its own node, and its own emissions.
     let (intensity_tx, intensity_rx) = watch::channel(None);
@@ -199,6 +218,19 @@ async fn agent(config: AgentConfig) -> Result<()> {
         emissions = emissions.with_attribution(attribution);
     }
     tasks.spawn(emissions.run(intensity_rx, shutdown.clone()));
+    // Every agent, opt-in per pod: move labelled pods off its node while it stays tainted.
+    if config.migration {
+        let settings = MigrationSettings {
+            migrate_after: config.migrate_after,
+            max_evictions_per_hour: config.max_evictions_per_hour,
+            hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
+            max_age: config.decision.max_age,
+            default_zone: config.default_zone.clone(),
+            identity: config.identity.clone(),
+        };
+        let migrator = Migrator::new(&kube_config, &config.node_name, metrics.clone(), settings)?;
+        tasks.spawn(migrator.run(shutdown.clone()));
+    }
 
     info!(node = %config.node_name, identity = %config.identity, "agent started");
     shutdown_signal().await;
@@ -212,19 +244,28 @@ async fn agent(config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
-/// Runs the poller while this agent leads, and stops it the moment it does not.
+/// Runs the poller (and deferral, when on) while this agent leads, and stops
+/// them the moment it does not.
 async fn leader_work(
     mut is_leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     poller: impl Fn() -> Poller,
+    deferral: Option<impl Fn() -> Deferral>,
 ) {
     loop {
         if is_leader.wait_for(|leader| *leader).await.is_err() {
             return;
         }
         metrics.set_leader(true);
+        let deferral = async {
+            match &deferral {
+                Some(deferral) => deferral().run().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = poller().run() => {}
+            _ = deferral => {}
             _ = is_leader.wait_for(|leader| !*leader) => {}
         }
         metrics.set_leader(false);

@@ -71,6 +71,12 @@ pub struct Metrics {
     pod_emissions_rate: GaugeVec,
     pod_emitted_grams: CounterVec,
     pub attributed_pods: IntGauge,
+    // Deferral (leader) and migration (every agent with --migration).
+    pub pods_deferred: IntGauge,
+    pub deferral_seconds: Histogram,
+    pub deferral_saved_grams: Counter,
+    deferral_releases: IntCounterVec,
+    evictions: IntCounterVec,
     pub ready: AtomicBool,
 }
 
@@ -115,6 +121,10 @@ impl Catalogue<'_> {
 const PROVIDER_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const POLL_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const POD_LABELS: &[&str] = &["namespace", "pod"];
+/// A minute to two days: deferral windows are hours long.
+const DEFERRAL_BUCKETS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+];
 
 impl Metrics {
     pub fn new(node: &str) -> Arc<Self> {
@@ -239,6 +249,35 @@ impl Metrics {
                 "attributed_pods",
                 "Pods on this node whose CPU use was attributed in the last sample.",
             ),
+            pods_deferred: c.int_gauge(
+                "pods_deferred",
+                "Pods the leader holds behind the carbon-kube.io/defer scheduling gate (leader only).",
+            ),
+            deferral_seconds: c.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "deferral_seconds",
+                    "Time from a gated pod's creation to its release by the leader.",
+                )
+                .buckets(DEFERRAL_BUCKETS.to_vec()),
+            )),
+            deferral_saved_grams: c.add(Counter::new(
+                "deferral_saved_grams_total",
+                "Estimated CO2eq saved by deferral, in grams: each released pod's run as forecast when first held minus its run from release, for its requested vCPUs (positive savings only).",
+            )),
+            deferral_releases: c.add(IntCounterVec::new(
+                Opts::new(
+                    "deferral_releases_total",
+                    "Gated pods released by reason (greenest_now, latest_start, no_forecast, invalid).",
+                ),
+                &["reason"],
+            )),
+            evictions: c.add(IntCounterVec::new(
+                Opts::new(
+                    "evictions_total",
+                    "Evictions of opted-in pods off this tainted node by outcome (evicted; blocked by a PodDisruptionBudget; failed).",
+                ),
+                &["outcome"],
+            )),
             ready: AtomicBool::new(false),
             registry: registry.clone(),
         };
@@ -338,6 +377,16 @@ impl Metrics {
         let _ = self.pod_power_watts.remove_label_values(&labels);
         let _ = self.pod_emissions_rate.remove_label_values(&labels);
         let _ = self.pod_emitted_grams.remove_label_values(&labels);
+    }
+
+    /// A gated pod released; `reason` is one of [`crate::deferral::Release::reason`]'s values.
+    pub fn record_deferral_release(&self, reason: &'static str) {
+        self.deferral_releases.with_label_values(&[reason]).inc();
+    }
+
+    /// One eviction attempt; `outcome` is `evicted`, `blocked` or `failed`.
+    pub fn record_eviction(&self, outcome: &'static str) {
+        self.evictions.with_label_values(&[outcome]).inc();
     }
 
     pub fn encode(&self) -> String {

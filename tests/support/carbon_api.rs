@@ -74,6 +74,8 @@ pub struct Weather {
 
 struct State {
     intensity: BTreeMap<String, f64>,
+    /// Forecast points per zone set by a test; without them, a flat forecast.
+    forecast: BTreeMap<String, Vec<(jiff::Timestamp, f64)>>,
     faults: BTreeMap<String, Fault>,
     requests: BTreeMap<String, usize>,
     watttime_regions: BTreeMap<String, String>,
@@ -103,6 +105,7 @@ impl CarbonApi {
         let addr = listener.local_addr().expect("test server address");
         let state = Arc::new(Mutex::new(State {
             intensity: BTreeMap::new(),
+            forecast: BTreeMap::new(),
             faults: BTreeMap::new(),
             requests: BTreeMap::new(),
             watttime_regions: BTreeMap::new(),
@@ -171,6 +174,20 @@ impl CarbonApi {
         self.state()
             .intensity
             .insert(zone.to_ascii_uppercase(), g_per_kwh);
+    }
+
+    /// Electricity Maps' forecast for `zone`: these points (times as given,
+    /// whole seconds) instead of the default 24 hourly points at the current
+    /// intensity.
+    pub fn set_forecast(&self, zone: &str, points: &[(jiff::Timestamp, f64)]) {
+        self.state()
+            .forecast
+            .insert(zone.to_ascii_uppercase(), points.to_vec());
+    }
+
+    /// Back to the default flat forecast for `zone`.
+    pub fn clear_forecast(&self, zone: &str) {
+        self.state().forecast.remove(&zone.to_ascii_uppercase());
     }
 
     /// Answer WattTime `region` with `zone`'s intensity (the client's

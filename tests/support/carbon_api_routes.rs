@@ -145,12 +145,17 @@ fn em_forecast(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
         Err(reply) => return reply,
     };
     let hour = floor(Timestamp::now(), 3600);
-    let points: Vec<String> = (1..=24)
-        .map(|k| {
+    let series: Vec<(Timestamp, f64)> = match ctx.state.forecast.get(&zone) {
+        Some(points) => points.clone(),
+        None => (1..=24).map(|k| (plus(hour, k * 3600), g)).collect(),
+    };
+    let points: Vec<String> = series
+        .iter()
+        .map(|(at, v)| {
             format!(
                 r#"{{"datetime":"{}","carbonIntensity":{}}}"#,
-                em_time(plus(hour, k * 3600)),
-                ctx.value(g)
+                em_time(*at),
+                ctx.value(*v)
             )
         })
         .collect();

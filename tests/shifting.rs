@@ -1,0 +1,841 @@
+//! Moving work in time and space, end to end: the leader's deferral of pods
+//! behind the `carbon-kube.io/defer` scheduling gate, and each agent's
+//! migration of opted-in pods off its tainted node, against the real
+//! control plane (apiserver, scheduler, controller-manager with the
+//! ReplicaSet and disruption controllers) and a local Electricity Maps API
+//! whose forecast the test steers.
+//!
+//! No kubelet runs: bound pods stay Pending unless a test patches their
+//! status, and evicted pods stay Terminating (their controller replaces them
+//! at once all the same).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use support::carbon_api::{CarbonApi, EM_TOKEN as TOKEN};
+use support::cluster::{Agent, ControlPlane, wait_for};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const GATE: &str = "carbon-kube.io/defer";
+
+struct Cluster {
+    cp: ControlPlane,
+    api: CarbonApi,
+    agents: Vec<Agent>,
+}
+
+/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
+fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--providers=electricity-maps",
+        "--poll-interval=2s",
+        "--dwell=0s",
+        "--lease-duration=4s",
+        "--sample-interval=1s",
+        "--threshold=300",
+        "--hysteresis=20",
+        "--max-tainted-fraction=1",
+        "--provider-timeout=2s",
+        "--breaker-cooldown=2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!(
+        "--electricity-maps-url={}",
+        api.electricity_maps_url()
+    ));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Nodes `(name, zone)`, one agent each; intensities set before the agents start.
+async fn cluster(nodes: &[(&str, &str)], intensity: &[(&str, f64)], extra: &[&str]) -> Cluster {
+    let api = CarbonApi::start().await;
+    for (zone, grams) in intensity {
+        api.set_intensity(zone, *grams);
+    }
+    let cp = tokio::task::block_in_place(ControlPlane::start);
+    for (name, zone) in nodes {
+        cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
+    }
+    let args = agent_args(&api, extra);
+    let agents = nodes
+        .iter()
+        .map(|(name, _)| Agent::spawn(&cp, name, &args, &[("ELECTRICITY_MAPS_TOKEN", TOKEN)]))
+        .collect();
+    Cluster { cp, api, agents }
+}
+
+fn seconds_from_now(seconds: i64) -> Timestamp {
+    let now = Timestamp::now().as_second();
+    Timestamp::from_second(now + seconds).expect("a time")
+}
+
+fn rfc3339(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Hourly points from `first` on.
+fn hourly(first: Timestamp, values: &[f64]) -> Vec<(Timestamp, f64)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (first + SignedDuration::from_hours(k as i64), *v))
+        .collect()
+}
+
+/// Waits until the leader has written `zone`'s CarbonScore with this intensity and a forecast
+/// whose lowest point is `forecast_min`.
+fn wait_score(cp: &ControlPlane, zone: &str, intensity: f64, forecast_min: f64) {
+    wait_for(
+        &format!("CarbonScore {zone} at {intensity} with forecast minimum {forecast_min}"),
+        Duration::from_secs(40),
+        || {
+            let out = cp.kubectl(&[
+                "get",
+                "carbonscore",
+                &zone.to_ascii_lowercase(),
+                "-o",
+                "json",
+            ]);
+            let score: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let status = &score["status"];
+            (status["intensityGramsPerKwh"].as_f64() == Some(intensity)
+                && status["forecastMinGramsPerKwh"].as_f64() == Some(forecast_min))
+            .then_some(())
+        },
+    );
+}
+
+/// A pod held by our gate (and `extra_gates`), asking for half a vCPU.
+fn gated_pod(name: &str, annotations: &[(&str, &str)], extra_gates: &[&str]) -> String {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    let gates: Vec<Value> = std::iter::once(GATE)
+        .chain(extra_gates.iter().copied())
+        .map(|g| json!({ "name": g }))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default", "annotations": annotations },
+        "spec": {
+            "schedulingGates": gates,
+            "containers": [{
+                "name": "job",
+                "image": "registry.invalid/batch:1",
+                "resources": { "requests": { "cpu": "500m" } }
+            }]
+        }
+    })
+    .to_string()
+}
+
+fn pod(cp: &ControlPlane, name: &str) -> Value {
+    cp.kubectl_json(&["get", "pod", name])
+}
+
+fn gates(pod: &Value) -> Vec<String> {
+    pod["spec"]["schedulingGates"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(|g| g["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn node_of(pod: &Value) -> Option<String> {
+    pod["spec"]["nodeName"].as_str().map(str::to_string)
+}
+
+/// Events about one object: (reason, message).
+fn events(cp: &ControlPlane, namespace: &str, name: &str) -> Vec<(String, String)> {
+    let list = cp.kubectl_json(&[
+        "-n",
+        namespace,
+        "get",
+        "events",
+        &format!("--field-selector=involvedObject.name={name}"),
+    ]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (
+                        e["reason"].as_str().unwrap_or_default().to_string(),
+                        e["message"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_event(cp: &ControlPlane, namespace: &str, name: &str, reason: &str) -> String {
+    wait_for(
+        &format!("event {reason} on {name}"),
+        Duration::from_secs(30),
+        || {
+            events(cp, namespace, name)
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, m)| m)
+        },
+    )
+}
+
+fn leader(agents: &mut [Agent]) -> usize {
+    wait_for("a leader", Duration::from_secs(30), || {
+        agents
+            .iter_mut()
+            .position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
+    })
+}
+
+/// The value of the first sample of `name` whose line contains `label`.
+fn sample(agent: &Agent, name: &str, label: &str) -> Option<f64> {
+    agent.metrics()?.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with(['{', ' ']) || !line.contains(label) {
+            return None;
+        }
+        line.rsplit_once(' ')?.1.parse().ok()
+    })
+}
+
+fn has_taint(cp: &ControlPlane, node: &str) -> bool {
+    cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "carbon-kube.io/high-intensity")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_pod_waits_for_the_green_hour_and_is_bound_once_released() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("g1", "DE")], &[("DE", 500.0)], &[]).await;
+    // Dirty now; green in an hour for two hours.
+    let green_from = seconds_from_now(3600);
+    api.set_forecast("DE", &hourly(green_from, &[50.0, 50.0, 400.0]));
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "DE", 500.0, 50.0);
+        let latest = rfc3339(seconds_from_now(3 * 3600));
+        let annotations = [
+            ("carbon-kube.io/latest-start", latest.as_str()),
+            ("carbon-kube.io/duration", "1h"),
+        ];
+        cp.apply(&gated_pod("batch", &annotations, &[]));
+        // Another controller's gate on a second pod must survive our release.
+        cp.apply(&gated_pod("shared", &annotations, &["example.com/quota"]));
+
+        let held = wait_event(&cp, "default", "batch", "Deferred");
+        assert!(
+            held.contains("Waiting for greener power") && held.contains("500 starting now"),
+            "{held}"
+        );
+        wait_event(&cp, "default", "shared", "Deferred");
+        // Held: several planning rounds later, still gated and unbound.
+        std::thread::sleep(Duration::from_secs(8));
+        for name in ["batch", "shared"] {
+            let p = pod(&cp, name);
+            assert!(gates(&p).contains(&GATE.to_string()), "{name}: {p}");
+            assert_eq!(node_of(&p), None, "{name} bound while held");
+        }
+        let lead = leader(&mut agents);
+        assert_eq!(
+            sample(&agents[lead], "carbon_kube_pods_deferred", ""),
+            Some(2.0)
+        );
+
+        // The grid turns green now and stays green: now is the cheapest start.
+        let turned = Instant::now();
+        api.set_intensity("DE", 40.0);
+        api.clear_forecast("DE");
+        wait_for("batch released", Duration::from_secs(30), || {
+            (!gates(&pod(&cp, "batch")).contains(&GATE.to_string())).then_some(())
+        });
+        let release_latency = turned.elapsed();
+        let node = wait_for(
+            "batch bound by the scheduler",
+            Duration::from_secs(30),
+            || node_of(&pod(&cp, "batch")),
+        );
+        let bound_latency = turned.elapsed();
+        assert_eq!(node, "g1");
+        let released = wait_event(&cp, "default", "batch", "Released");
+        assert!(released.contains("greenest start"), "{released}");
+        assert!(released.contains("Estimated saving"), "{released}");
+
+        // Only our gate went: the other controller's gate still holds its pod.
+        let shared = wait_for("shared released", Duration::from_secs(30), || {
+            let p = pod(&cp, "shared");
+            (!gates(&p).contains(&GATE.to_string())).then_some(p)
+        });
+        assert_eq!(gates(&shared), ["example.com/quota"]);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(node_of(&pod(&cp, "shared")), None);
+
+        let lead = leader(&mut agents);
+        let lead = &agents[lead];
+        assert_eq!(sample(lead, "carbon_kube_pods_deferred", ""), Some(0.0));
+        assert_eq!(
+            sample(
+                lead,
+                "carbon_kube_deferral_releases_total",
+                "reason=\"greenest_now\""
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(lead, "carbon_kube_deferral_seconds_count", ""),
+            Some(2.0)
+        );
+        let saved = sample(lead, "carbon_kube_deferral_saved_grams_total", "").unwrap_or(0.0);
+        assert!(saved > 0.0, "saved {saved} g");
+        println!(
+            "deferral: released {release_latency:?} after the grid turned green (poll 2 s), \
+             bound {bound_latency:?} after; estimated saving {saved:.2} g for 2 × 0.5 vCPU × 1 h"
+        );
+    });
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_pod_is_released_at_its_latest_start_even_if_never_green() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("l1", "DE")], &[("DE", 500.0)], &[]).await;
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "DE", 500.0, 500.0);
+        // The forecast promises green power from the latest start on, which never
+        // comes sooner: the pod waits for it, and goes at its latest start.
+        let latest = seconds_from_now(40);
+        api.set_forecast("DE", &hourly(latest, &[60.0, 60.0]));
+        wait_score(&cp, "DE", 500.0, 60.0);
+        let latest_text = rfc3339(latest);
+        cp.apply(&gated_pod(
+            "deadline",
+            &[("carbon-kube.io/latest-start", latest_text.as_str())],
+            &[],
+        ));
+        let held = wait_event(&cp, "default", "deadline", "Deferred");
+        assert!(held.contains(&latest.to_string()), "{held}");
+        wait_for("deadline released", Duration::from_secs(60), || {
+            (!gates(&pod(&cp, "deadline")).contains(&GATE.to_string())).then_some(())
+        });
+        let released_at = Timestamp::now();
+        let early = latest.duration_since(released_at);
+        let late = released_at.duration_since(latest);
+        println!("latest start {latest}, released at {released_at} ({late:?} after it)");
+        assert!(
+            early < SignedDuration::from_secs(1),
+            "released {early:?} before its latest start"
+        );
+        assert!(
+            late < SignedDuration::from_secs(6),
+            "released {late:?} after its latest start"
+        );
+        let message = wait_event(&cp, "default", "deadline", "ReleasedAtLatestStart");
+        assert!(message.contains("latest start"), "{message}");
+        wait_for("deadline bound", Duration::from_secs(30), || {
+            node_of(&pod(&cp, "deadline"))
+        });
+        let lead = leader(&mut agents);
+        let lead = &agents[lead];
+        assert_eq!(
+            sample(
+                lead,
+                "carbon_kube_deferral_releases_total",
+                "reason=\"latest_start\""
+            ),
+            Some(1.0)
+        );
+    });
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_annotation_releases_the_pod_at_once_with_an_event() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(&[("i1", "DE")], &[("DE", 500.0)], &[]).await;
+    api.set_forecast("DE", &hourly(seconds_from_now(3600), &[10.0, 10.0]));
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "DE", 500.0, 10.0);
+        let created = Instant::now();
+        cp.apply(&gated_pod(
+            "typo",
+            &[("carbon-kube.io/latest-start", "tomorrow")],
+            &[],
+        ));
+        cp.apply(&gated_pod("bare", &[], &[]));
+        for name in ["typo", "bare"] {
+            wait_for(&format!("{name} released"), Duration::from_secs(20), || {
+                (!gates(&pod(&cp, name)).contains(&GATE.to_string())).then_some(())
+            });
+        }
+        let latency = created.elapsed();
+        let typo = wait_event(&cp, "default", "typo", "InvalidDeferral");
+        assert!(
+            typo.contains("\"tomorrow\" is not an RFC 3339 time"),
+            "{typo}"
+        );
+        let bare = wait_event(&cp, "default", "bare", "InvalidDeferral");
+        assert!(bare.contains("is missing"), "{bare}");
+        let kinds = cp.kubectl_ok(&["get", "events", "--field-selector=reason=InvalidDeferral"]);
+        assert!(kinds.contains("Warning"), "{kinds}");
+        wait_for("typo bound", Duration::from_secs(30), || {
+            node_of(&pod(&cp, "typo"))
+        });
+        let lead = leader(&mut agents);
+        let lead = &agents[lead];
+        assert_eq!(
+            sample(
+                lead,
+                "carbon_kube_deferral_releases_total",
+                "reason=\"invalid\""
+            ),
+            Some(2.0)
+        );
+        println!("invalid annotations: both pods released {latency:?} after creation");
+    });
+    drop(agents);
+}
+
+/// A Deployment of opted-in pods, all placed on `node` (the other nodes are
+/// cordoned while they are scheduled), then marked Running and Ready as a
+/// kubelet would.
+fn deployment_on(
+    cp: &ControlPlane,
+    name: &str,
+    replicas: u32,
+    node: &str,
+    others: &[&str],
+) -> Vec<String> {
+    for other in others {
+        cp.kubectl_ok(&["cordon", other]);
+    }
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name, "carbon-kube.io/migrate": "true" } },
+                "spec": { "containers": [{
+                    "name": "web",
+                    "image": "registry.invalid/web:1",
+                    "resources": { "requests": { "cpu": "100m" } }
+                }] }
+            }
+        }
+    });
+    cp.apply(&deployment.to_string());
+    let pods = wait_for(
+        &format!("{replicas} {name} pods on {node}"),
+        Duration::from_secs(60),
+        || {
+            let pods = cp.kubectl_json(&["get", "pods", "-l", &format!("app={name}")]);
+            let names: Vec<String> = pods["items"]
+                .as_array()?
+                .iter()
+                .filter(|p| node_of(p).as_deref() == Some(node))
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
+            (names.len() == replicas as usize).then_some(names)
+        },
+    );
+    for other in others {
+        cp.kubectl_ok(&["uncordon", other]);
+    }
+    let now = rfc3339(Timestamp::now());
+    for pod in &pods {
+        let status = json!({ "status": {
+            "phase": "Running",
+            "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": now }]
+        }});
+        cp.kubectl_ok(&[
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+    }
+    pods
+}
+
+fn force_delete_all(cp: &ControlPlane) {
+    let _ = cp.kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_pod_on_a_tainted_node_moves_to_a_green_node() {
+    let _serial = SERIAL.lock().await;
+    // NoSchedule makes the replacement's placement certain.
+    let Cluster { cp, api, agents } = cluster(
+        &[("d1", "DE"), ("f1", "FR")],
+        &[("DE", 100.0), ("FR", 40.0)],
+        &[
+            "--taint-effect=NoSchedule",
+            "--migration",
+            "--migrate-after=3s",
+            "--max-evictions-per-hour=3",
+        ],
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "FR", 40.0, 40.0);
+        let original = deployment_on(&cp, "mover", 1, "d1", &["f1"]).remove(0);
+
+        let dirty = Instant::now();
+        api.set_intensity("DE", 600.0);
+        wait_for("d1 tainted", Duration::from_secs(30), || {
+            has_taint(&cp, "d1").then_some(())
+        });
+        let tainted = dirty.elapsed();
+        wait_for("the pod evicted", Duration::from_secs(40), || {
+            pod(&cp, &original)["metadata"]["deletionTimestamp"]
+                .as_str()
+                .map(str::to_string)
+        });
+        let evicted = dirty.elapsed();
+        let replacement = wait_for("a replacement bound", Duration::from_secs(40), || {
+            let pods = cp.kubectl_json(&["get", "pods", "-l", "app=mover"]);
+            pods["items"].as_array()?.iter().find_map(|p| {
+                let name = p["metadata"]["name"].as_str()?;
+                (name != original).then(|| node_of(p)).flatten()
+            })
+        });
+        let replaced = dirty.elapsed();
+        assert_eq!(replacement, "f1", "the replacement avoids the tainted node");
+        let note = wait_event(&cp, "default", &original, "Migrating");
+        assert!(
+            note.contains("zone DE at 600")
+                && note.contains("zone FR has untainted capacity at 40"),
+            "{note}"
+        );
+        assert!(!has_taint(&cp, "f1"));
+        assert_eq!(
+            sample(
+                &agents[0],
+                "carbon_kube_evictions_total",
+                "outcome=\"evicted\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&agents[1], "carbon_kube_evictions_total", ""),
+            None,
+            "the green node's agent evicts nothing"
+        );
+        println!(
+            "migration: tainted {tainted:?}, evicted {evicted:?}, replacement bound on f1 \
+             {replaced:?} after the grid turned dirty (--migrate-after=3s)"
+        );
+        force_delete_all(&cp);
+    });
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_disruption_budget_blocks_migration() {
+    let _serial = SERIAL.lock().await;
+    let Cluster { cp, api, agents } = cluster(
+        &[("d1", "DE"), ("f1", "FR")],
+        &[("DE", 100.0), ("FR", 40.0)],
+        &[
+            "--taint-effect=NoSchedule",
+            "--migration",
+            "--migrate-after=2s",
+        ],
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "FR", 40.0, 40.0);
+        let pods = deployment_on(&cp, "guarded", 2, "d1", &["f1"]);
+        let pdb = json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": { "name": "guarded", "namespace": "default" },
+            "spec": { "minAvailable": 2, "selector": { "matchLabels": { "app": "guarded" } } }
+        });
+        cp.apply(&pdb.to_string());
+        wait_for(
+            "the PDB counts 2 healthy pods",
+            Duration::from_secs(30),
+            || {
+                let pdb = cp.kubectl_json(&["get", "pdb", "guarded"]);
+                (pdb["status"]["currentHealthy"] == 2 && pdb["status"]["disruptionsAllowed"] == 0)
+                    .then_some(())
+            },
+        );
+
+        api.set_intensity("DE", 600.0);
+        wait_for("d1 tainted", Duration::from_secs(30), || {
+            has_taint(&cp, "d1").then_some(())
+        });
+        wait_for("an eviction blocked", Duration::from_secs(40), || {
+            sample(
+                &agents[0],
+                "carbon_kube_evictions_total",
+                "outcome=\"blocked\"",
+            )
+            .filter(|n| *n >= 1.0)
+        });
+        let message = wait_for("a MigrationBlocked event", Duration::from_secs(30), || {
+            pods.iter().find_map(|p| {
+                events(&cp, "default", p)
+                    .into_iter()
+                    .find(|(r, _)| r == "MigrationBlocked")
+                    .map(|(_, m)| m)
+            })
+        });
+        assert!(message.contains("disruption budget"), "{message}");
+        // The pods stay: none terminating, none replaced, for a while.
+        std::thread::sleep(Duration::from_secs(10));
+        let listed = cp.kubectl_json(&["get", "pods", "-l", "app=guarded"]);
+        let items = listed["items"].as_array().expect("pods");
+        assert_eq!(items.len(), 2, "{listed}");
+        for p in items {
+            assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+            assert_eq!(node_of(p).as_deref(), Some("d1"));
+        }
+        assert_eq!(
+            sample(
+                &agents[0],
+                "carbon_kube_evictions_total",
+                "outcome=\"evicted\""
+            ),
+            None
+        );
+        println!(
+            "PDB: {} blocked eviction attempt(s) counted, pods stay",
+            sample(
+                &agents[0],
+                "carbon_kube_evictions_total",
+                "outcome=\"blocked\""
+            )
+            .unwrap_or(0.0)
+        );
+        force_delete_all(&cp);
+    });
+    drop(agents);
+}
+
+/// The chart's RBAC and admission policies with deferral and migration on: the agent
+/// may remove our gate from a pod and nothing else, may evict but not delete, and does
+/// both jobs with exactly these rights (its token bound to its node, as in the pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_charts_least_privilege_the_agent_defers_and_migrates_and_nothing_more() {
+    use support::deploy::{
+        AGENT_SA, NAMESPACE, Verdict, kubectl_as, require_helm, service_account_kubeconfig,
+        template_ok,
+    };
+    const POD_POLICY: &str = "carbon-kube-pod-writes";
+    let _serial = SERIAL.lock().await;
+    require_helm();
+    let api = CarbonApi::start().await;
+    api.set_intensity("DE", 100.0);
+    api.set_intensity("FR", 40.0);
+    tokio::task::block_in_place(|| {
+        let cp = ControlPlane::start();
+        cp.create_node("n1", &[("carbon-kube.io/grid-zone", "DE")]);
+        cp.create_node("f1", &[("carbon-kube.io/grid-zone", "FR")]);
+        let rendered = template_ok(&[
+            "--set",
+            "deferral.enabled=true",
+            "--set",
+            "migration.enabled=true",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/admission-policy.yaml",
+        ]);
+        cp.apply(&rendered);
+        let agent_kc = service_account_kubeconfig(&cp, NAMESPACE, AGENT_SA, Some(("Node", "n1")));
+        cp.apply(&gated_pod(
+            "probe",
+            &[("carbon-kube.io/latest-start", "2030-01-01T00:00:00Z")],
+            &["example.com/other"],
+        ));
+        let as_agent = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.push("--dry-run=server");
+            Verdict::of_kubectl(&kubectl_as(&agent_kc, &all))
+        };
+        wait_for(
+            "the pod-writes policy enforced",
+            Duration::from_secs(60),
+            || {
+                as_agent(&["label", "pod", "probe", "x=y"])
+                    .is_policy(POD_POLICY)
+                    .then_some(())
+            },
+        );
+        let ours = json!({"spec": {"schedulingGates": [{"name": GATE, "$patch": "delete"}]}});
+        let ours = ours.to_string();
+        assert_eq!(
+            as_agent(&["patch", "pod", "probe", "--type=strategic", "-p", &ours]),
+            Verdict::Allowed,
+            "removing our gate"
+        );
+        let other =
+            json!({"spec": {"schedulingGates": [{"name": "example.com/other", "$patch": "delete"}]}})
+                .to_string();
+        let ours_and_label = json!({
+            "metadata": {"labels": {"x": "y"}},
+            "spec": {"schedulingGates": [{"name": GATE, "$patch": "delete"}]}
+        })
+        .to_string();
+        let denied: [(&[&str], &str); 5] = [
+            (&["annotate", "pod", "probe", "x=y"], "an annotation"),
+            (
+                &["set", "image", "pod/probe", "job=registry.invalid/evil:1"],
+                "the image",
+            ),
+            (
+                &["patch", "pod", "probe", "--type=strategic", "-p", &other],
+                "another gate",
+            ),
+            (
+                &[
+                    "patch",
+                    "pod",
+                    "probe",
+                    "--type=strategic",
+                    "-p",
+                    &ours_and_label,
+                ],
+                "our gate and a label at once",
+            ),
+            (
+                &[
+                    "patch",
+                    "pod",
+                    "probe",
+                    "--type=json",
+                    "-p",
+                    r#"[{"op":"add","path":"/spec/tolerations/-","value":{"operator":"Exists"}}]"#,
+                ],
+                "a toleration",
+            ),
+        ];
+        for (args, what) in denied {
+            let verdict = as_agent(args);
+            assert!(verdict.is_policy(POD_POLICY), "{what}: {verdict:?}");
+        }
+        let can = |args: &[&str]| {
+            let mut all = vec!["auth", "can-i"];
+            all.extend_from_slice(args);
+            String::from_utf8_lossy(&kubectl_as(&agent_kc, &all).stdout)
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            can(&["create", "pods", "--subresource=eviction", "-A"]),
+            "yes"
+        );
+        assert_eq!(can(&["patch", "pods", "-A"]), "yes");
+        assert_eq!(can(&["create", "events.events.k8s.io", "-A"]), "yes");
+        for denied in [
+            &["delete", "pods", "-A"][..],
+            &["create", "pods", "-A"],
+            &["update", "pods/status", "-A"],
+            &["get", "secrets", "-n", NAMESPACE],
+        ] {
+            assert_eq!(can(denied), "no", "{denied:?}");
+        }
+        cp.kubectl_ok(&["delete", "pod", "probe", "--grace-period=0", "--force"]);
+
+        // Now the real agent with this token: defer, release, migrate.
+        let original = deployment_on(&cp, "mover", 1, "n1", &["f1"]).remove(0);
+        let key_file = cp.dir.join("electricity-maps-token");
+        std::fs::write(&key_file, TOKEN).unwrap();
+        let args = agent_args(
+            &api,
+            &[
+                "--taint-effect=NoSchedule",
+                "--migration",
+                "--migrate-after=2s",
+            ],
+        );
+        let agent = Agent::spawn(
+            &cp,
+            "n1",
+            &args,
+            &[
+                ("KUBECONFIG", agent_kc.to_str().unwrap()),
+                ("ELECTRICITY_MAPS_TOKEN_FILE", key_file.to_str().unwrap()),
+            ],
+        );
+        wait_score(&cp, "FR", 40.0, 40.0);
+        let latest = rfc3339(seconds_from_now(3600));
+        cp.apply(&gated_pod(
+            "flat",
+            &[("carbon-kube.io/latest-start", latest.as_str())],
+            &[],
+        ));
+        wait_event(&cp, "default", "flat", "Released");
+        wait_for("flat bound", Duration::from_secs(30), || {
+            node_of(&pod(&cp, "flat"))
+        });
+
+        api.set_intensity("DE", 600.0);
+        wait_for("the pod evicted", Duration::from_secs(60), || {
+            pod(&cp, &original)["metadata"]["deletionTimestamp"]
+                .as_str()
+                .map(str::to_string)
+        });
+        wait_event(&cp, "default", &original, "Migrating");
+        let replacement = wait_for("a replacement bound", Duration::from_secs(40), || {
+            let pods = cp.kubectl_json(&["get", "pods", "-l", "app=mover"]);
+            pods["items"].as_array()?.iter().find_map(|p| {
+                let name = p["metadata"]["name"].as_str()?;
+                (name != original).then(|| node_of(p)).flatten()
+            })
+        });
+        assert_eq!(replacement, "f1");
+        let log = agent.output();
+        assert!(
+            !log.contains("Forbidden") && !log.contains("forbidden"),
+            "the agent hit a permission error:\n{log}"
+        );
+        force_delete_all(&cp);
+        drop(agent);
+    });
+}
