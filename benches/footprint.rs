@@ -189,7 +189,11 @@ fn main() {
     println!("\n| measure | carbon-kube agent | node_exporter | ratio |\n|---|---|---|---|");
     let row = |name: &str, ours: f64, peer: f64, unit: &str| {
         // Below the sampling resolution a ratio means nothing.
-        let ratio = if peer > 1e-6 { format!("{:.2}", ours / peer) } else { "–".into() };
+        let ratio = if peer > 1e-6 {
+            format!("{:.2}", ours / peer)
+        } else {
+            "–".into()
+        };
         println!("| {name} | {ours:.2} {unit} | {peer:.2} {unit} | {ratio} |");
     };
     row(

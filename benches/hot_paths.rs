@@ -28,12 +28,21 @@ fn decision(c: &mut Criterion) {
         taint_allowed: true,
     };
     c.bench_function("decide", |b| {
-        b.iter(|| decide(black_box(&params), black_box(Some(&score)), black_box(false), DwellState::default(), now))
+        b.iter(|| {
+            decide(
+                black_box(&params),
+                black_box(Some(&score)),
+                black_box(false),
+                DwellState::default(),
+                now,
+            )
+        })
     });
 }
 
 fn power_model(c: &mut Criterion) {
-    let coefficients = PowerCoefficients::for_cpu("Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", "x86_64");
+    let coefficients =
+        PowerCoefficients::for_cpu("Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", "x86_64");
     c.bench_function("node_watts + grams_per_hour", |b| {
         b.iter(|| {
             let watts = power::node_watts(black_box(&coefficients), 16.0, black_box(0.42), 64.0);

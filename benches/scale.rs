@@ -30,7 +30,10 @@ const ZONES: [&str; 4] = ["DE", "FR", "ES", "NL"];
 const POLL_SECONDS: u64 = 30;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 type Totals = BTreeMap<(String, String), f64>;
@@ -46,9 +49,15 @@ fn delta(before: &Totals, after: &Totals) -> Totals {
 fn report(title: &str, totals: &Totals, agents: usize, window: Duration) -> f64 {
     let minutes = window.as_secs_f64() / 60.0;
     let sum: f64 = totals.values().sum();
-    println!("\n{title}: {sum:.0} apiserver requests in {:.0} s", window.as_secs_f64());
+    println!(
+        "\n{title}: {sum:.0} apiserver requests in {:.0} s",
+        window.as_secs_f64()
+    );
     for ((verb, resource), n) in totals {
-        println!("  {verb:<7} {resource:<14} {:>9.3} per agent per minute", n / agents as f64 / minutes);
+        println!(
+            "  {verb:<7} {resource:<14} {:>9.3} per agent per minute",
+            n / agents as f64 / minutes
+        );
     }
     let per = sum / agents as f64 / minutes;
     println!("  total           {per:>9.3} per agent per minute");
@@ -58,13 +67,23 @@ fn report(title: &str, totals: &Totals, agents: usize, window: Duration) -> f64 
 fn watches(cp: &ControlPlane) -> BTreeMap<String, f64> {
     let text = cp.kubectl_ok(&["get", "--raw", "/metrics"]);
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_longrunning_requests{") && l.contains("verb=\"WATCH\"")) {
-        let resource = line.split("resource=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+    for line in text.lines().filter(|l| {
+        l.starts_with("apiserver_longrunning_requests{") && l.contains("verb=\"WATCH\"")
+    }) {
+        let resource = line
+            .split("resource=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default();
         // Only what the agents watch; the control plane's own controllers watch the rest.
         if !["carbonscores", "leases", "nodes"].contains(&resource) {
             continue;
         }
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         *out.entry(resource.to_string()).or_insert(0.0) += value;
     }
     out
@@ -83,7 +102,9 @@ async fn create_nodes(client: &Client, count: usize) -> Vec<(String, &'static st
                 "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated" }] }
         }))
         .expect("node");
-        api.create(&PostParams::default(), &node).await.expect("create node");
+        api.create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
         nodes.push((name, zone));
     }
     nodes
@@ -100,11 +121,20 @@ async fn reaction(client: &Client, api: &CarbonApi, zone_nodes: usize) -> Vec<Du
     let nodes: Api<Node> = Api::all(client.clone());
     let seen = tainted.clone();
     let node_watch = tokio::spawn(async move {
-        let mut events = watcher(nodes, watcher::Config::default()).applied_objects().boxed();
+        let mut events = watcher(nodes, watcher::Config::default())
+            .applied_objects()
+            .boxed();
         while let Some(Ok(node)) = events.next().await {
-            let has = node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "carbon-kube.io/high-intensity"));
+            let has = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "carbon-kube.io/high-intensity"));
             if has {
-                seen.lock().expect("lock").entry(node.metadata.name.unwrap_or_default()).or_insert_with(Instant::now);
+                seen.lock()
+                    .expect("lock")
+                    .entry(node.metadata.name.unwrap_or_default())
+                    .or_insert_with(Instant::now);
             }
         }
     });
@@ -114,7 +144,11 @@ async fn reaction(client: &Client, api: &CarbonApi, zone_nodes: usize) -> Vec<Du
         let config = watcher::Config::default().fields("metadata.name=de");
         let mut events = watcher(scores, config).applied_objects().boxed();
         while let Some(Ok(score)) = events.next().await {
-            if score.status.as_ref().is_some_and(|s| s.intensity_grams_per_kwh > 300.0 && s.taint_allowed) {
+            if score
+                .status
+                .as_ref()
+                .is_some_and(|s| s.intensity_grams_per_kwh > 300.0 && s.taint_allowed)
+            {
                 mark.lock().expect("lock").get_or_insert_with(Instant::now);
             }
         }
@@ -127,14 +161,26 @@ async fn reaction(client: &Client, api: &CarbonApi, zone_nodes: usize) -> Vec<Du
     }
     node_watch.abort();
     score_watch.abort();
-    let Some(t0) = *published.lock().expect("lock") else { return Vec::new() };
-    let mut latencies: Vec<Duration> = tainted.lock().expect("lock").values().map(|t| t.saturating_duration_since(t0)).collect();
+    let Some(t0) = *published.lock().expect("lock") else {
+        return Vec::new();
+    };
+    let mut latencies: Vec<Duration> = tainted
+        .lock()
+        .expect("lock")
+        .values()
+        .map(|t| t.saturating_duration_since(t0))
+        .collect();
     latencies.sort();
     latencies
 }
 
 /// The naive design: every agent polls the Lease every 2 s and the carbon API itself.
-async fn naive_peer(cp: &ControlPlane, api: &CarbonApi, nodes: &[(String, &'static str)], window: Duration) -> (Totals, usize) {
+async fn naive_peer(
+    cp: &ControlPlane,
+    api: &CarbonApi,
+    nodes: &[(String, &'static str)],
+    window: Duration,
+) -> (Totals, usize) {
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     for (name, zone) in nodes {
@@ -147,7 +193,10 @@ async fn naive_peer(cp: &ControlPlane, api: &CarbonApi, nodes: &[(String, &'stat
         let client = Client::try_from(config).expect("client");
         let leases: Api<Lease> = Api::namespaced(client.clone(), "carbon-kube");
         let node_api: Api<Node> = Api::all(client);
-        let url = format!("{}/carbon-intensity/latest?zone={zone}", api.electricity_maps_url());
+        let url = format!(
+            "{}/carbon-intensity/latest?zone={zone}",
+            api.electricity_maps_url()
+        );
         let name = name.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -208,17 +257,42 @@ fn main() {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([format!("--poll-interval={POLL_SECONDS}s"), format!("--electricity-maps-url={}", api.electricity_maps_url())])
+    .chain([
+        format!("--poll-interval={POLL_SECONDS}s"),
+        format!("--electricity-maps-url={}", api.electricity_maps_url()),
+    ])
     .collect();
     let started = Instant::now();
     let mut agents: Vec<Agent> = nodes
         .iter()
-        .map(|(name, _)| Agent::spawn(&cp, name, &args, &[("ELECTRICITY_MAPS_TOKEN", EM_TOKEN), ("CARBON_KUBE_LOG", "warn")]))
+        .map(|(name, _)| {
+            Agent::spawn(
+                &cp,
+                name,
+                &args,
+                &[
+                    ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
+                    ("CARBON_KUBE_LOG", "warn"),
+                ],
+            )
+        })
         .collect();
-    wait_for("CarbonScores for every zone", Duration::from_secs(120), || {
-        (cp.kubectl_ok(&["get", "carbonscores", "-o", "name"]).lines().count() == ZONES.len()).then_some(())
-    });
-    println!("{} agents started; CarbonScores after {:.1} s", agents.len(), started.elapsed().as_secs_f64());
+    wait_for(
+        "CarbonScores for every zone",
+        Duration::from_secs(120),
+        || {
+            (cp.kubectl_ok(&["get", "carbonscores", "-o", "name"])
+                .lines()
+                .count()
+                == ZONES.len())
+            .then_some(())
+        },
+    );
+    println!(
+        "{} agents started; CarbonScores after {:.1} s",
+        agents.len(),
+        started.elapsed().as_secs_f64()
+    );
     // Let start-up lists and watches settle before measuring the steady state.
     std::thread::sleep(Duration::from_secs(30));
 
@@ -231,9 +305,20 @@ fn main() {
     let held = watches(&cp);
     let per_agent_ours = report("carbon-kube (steady state)", &ours, agents.len(), window);
     let polls = window.as_secs_f64() / POLL_SECONDS as f64;
-    let applies = ours.iter().filter(|((v, r), _)| v == "APPLY" && r == "carbonscores").map(|(_, n)| n).sum::<f64>();
-    println!("  leader CarbonScore writes per poll interval: {:.1} ({} zones)", applies / polls, ZONES.len());
-    println!("  carbon API requests per poll interval: {:.1}", em_ours as f64 / polls);
+    let applies = ours
+        .iter()
+        .filter(|((v, r), _)| v == "APPLY" && r == "carbonscores")
+        .map(|(_, n)| n)
+        .sum::<f64>();
+    println!(
+        "  leader CarbonScore writes per poll interval: {:.1} ({} zones)",
+        applies / polls,
+        ZONES.len()
+    );
+    println!(
+        "  carbon API requests per poll interval: {:.1}",
+        em_ours as f64 / polls
+    );
     println!("  watches held (all clients, incl. the control plane's own): {held:?}");
 
     let zone_nodes = nodes.iter().filter(|(_, z)| *z == "DE").count();
@@ -247,27 +332,46 @@ fn main() {
             latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         );
     } else {
-        println!("\nreaction: only {} of {zone_nodes} nodes tainted in time", latencies.len());
+        println!(
+            "\nreaction: only {} of {zone_nodes} nodes tainted in time",
+            latencies.len()
+        );
     }
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "carbon-kube");
     let holder = |leases: &Api<Lease>| {
-        runtime.block_on(leases.get("carbon-kube-leader")).ok().and_then(|l| l.spec?.holder_identity)
+        runtime
+            .block_on(leases.get("carbon-kube-leader"))
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
     };
     if let Some(first) = holder(&leases) {
         let node = first.trim_start_matches("carbon-kube-").to_string();
         if let Some(agent) = agents.iter_mut().find(|a| a.node == node) {
             let t0 = Instant::now();
             agent.kill();
-            let next = wait_for("a new leader", Duration::from_secs(60), || holder(&leases).filter(|h| *h != first));
-            println!("failover after SIGKILL of the leader: {:.1} s (lease 15 s) → {next}", t0.elapsed().as_secs_f64());
+            let next = wait_for("a new leader", Duration::from_secs(60), || {
+                holder(&leases).filter(|h| *h != first)
+            });
+            println!(
+                "failover after SIGKILL of the leader: {:.1} s (lease 15 s) → {next}",
+                t0.elapsed().as_secs_f64()
+            );
         }
     }
     drop(agents);
 
     let (naive, em_naive) = runtime.block_on(naive_peer(&cp, &api, &nodes, window));
-    let per_agent_naive = report("naive peer (Lease GET every 2 s, own carbon API poll)", &naive, nodes.len(), window);
-    println!("  carbon API requests per poll interval: {:.1}", em_naive as f64 / polls);
+    let per_agent_naive = report(
+        "naive peer (Lease GET every 2 s, own carbon API poll)",
+        &naive,
+        nodes.len(),
+        window,
+    );
+    println!(
+        "  carbon API requests per poll interval: {:.1}",
+        em_naive as f64 / polls
+    );
     println!(
         "\nratio naive / carbon-kube: apiserver requests {:.0}×, carbon API calls {:.0}×",
         per_agent_naive / per_agent_ours.max(f64::MIN_POSITIVE),

@@ -115,6 +115,19 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_MAX_TAINTED_FRACTION", default_value_t = 0.5)]
     pub max_tainted_fraction: f64,
 
+    /// Let the leader tune each zone's threshold (Q-learning; experimental: in the
+    /// simulator it does not beat a well-chosen static threshold).
+    #[arg(long, env = "CARBON_KUBE_TUNER", default_value_t = false)]
+    pub tuner: bool,
+
+    /// Lowest threshold the tuner may set (gCO2/kWh).
+    #[arg(long, env = "CARBON_KUBE_TUNER_MIN_THRESHOLD", default_value_t = 50.0)]
+    pub tuner_min_threshold: f64,
+
+    /// Highest threshold the tuner may set (gCO2/kWh).
+    #[arg(long, env = "CARBON_KUBE_TUNER_MAX_THRESHOLD", default_value_t = 800.0)]
+    pub tuner_max_threshold: f64,
+
     /// How often the leader polls the carbon APIs (once per zone).
     #[arg(long, env = "CARBON_KUBE_POLL_INTERVAL", default_value = "5m")]
     pub poll_interval: String,

@@ -41,6 +41,7 @@ pub struct AgentConfig {
     pub decision: DecisionParams,
     pub taint_effect: TaintEffect,
     pub max_tainted_fraction: f64,
+    pub tuner: Option<crate::tuner::TunerParams>,
     pub poll_interval: Duration,
     pub poll_concurrency: usize,
     pub lease_duration: Duration,
@@ -231,6 +232,10 @@ impl AgentConfig {
                 format!("{} must be between 0 and 1", args.max_tainted_fraction),
             ));
         }
+        let tuner = args
+            .tuner
+            .then(|| tuner_params(args, threshold))
+            .transpose()?;
         if args.poll_concurrency == 0 {
             return Err(invalid("poll-concurrency", "must be at least 1"));
         }
@@ -265,6 +270,7 @@ impl AgentConfig {
             },
             taint_effect: args.taint_effect,
             max_tainted_fraction: args.max_tainted_fraction,
+            tuner,
             poll_interval,
             poll_concurrency: args.poll_concurrency,
             lease_duration,
@@ -284,6 +290,29 @@ impl AgentConfig {
             },
         })
     }
+}
+
+/// The tuner's bounds, starting from the configured threshold.
+fn tuner_params(
+    args: &AgentArgs,
+    threshold: f64,
+) -> Result<crate::tuner::TunerParams, ConfigError> {
+    let min = positive("tuner-min-threshold", args.tuner_min_threshold)?;
+    let max = positive("tuner-max-threshold", args.tuner_max_threshold)?;
+    if !(min..=max).contains(&threshold) {
+        return Err(invalid(
+            "threshold",
+            format!(
+                "{threshold} must lie between --tuner-min-threshold ({min}) and --tuner-max-threshold ({max})"
+            ),
+        ));
+    }
+    Ok(crate::tuner::TunerParams {
+        min_threshold_grams_per_kwh: min,
+        max_threshold_grams_per_kwh: max,
+        initial_threshold_grams_per_kwh: threshold,
+        ..Default::default()
+    })
 }
 
 /// Reads a secret from a file (preferred) or a value from the environment.
@@ -459,7 +488,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag_and_the_reason() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 8] = [
             (&["--hysteresis", "400"], "--hysteresis"),
             (&["--threshold=-5"], "--threshold"),
             (&["--max-tainted-fraction", "1.5"], "--max-tainted-fraction"),
@@ -470,6 +499,7 @@ mod tests {
             (&["--default-zone", "DE/FR"], "--default-zone"),
             (&["--watttime-regions", "US-CAL-CISO"], "ZONE=VALUE"),
             (&["--lease-duration", "1s"], "--lease-duration"),
+            (&["--tuner", "--tuner-max-threshold", "200"], "--threshold"),
         ];
         for (args, needle) in cases {
             let err = agent(args).unwrap_err();

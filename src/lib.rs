@@ -24,4 +24,5 @@ pub mod providers;
 pub mod reconcile;
 pub mod simulator;
 pub mod tuner;
+pub mod tuning;
 pub mod zones;

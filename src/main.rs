@@ -162,6 +162,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         default_threshold_grams_per_kwh: config.default_threshold_grams_per_kwh,
         hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
         max_tainted_fraction: config.max_tainted_fraction,
+        tuner: config.tuner.clone(),
     };
     let poller = {
         let (client, metrics) = (client.clone(), metrics.clone());

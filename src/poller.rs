@@ -19,6 +19,8 @@ use crate::carbon::{GridZone, Reading};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError, static_table};
+use crate::tuner::TunerParams;
+use crate::tuning::{self, Tuned};
 use crate::zones;
 
 const FIELD_MANAGER: &str = "carbon-kube-leader";
@@ -31,6 +33,8 @@ pub struct PollerSettings {
     pub default_threshold_grams_per_kwh: f64,
     pub hysteresis_grams_per_kwh: f64,
     pub max_tainted_fraction: f64,
+    /// `None`: the threshold stays at the default.
+    pub tuner: Option<TunerParams>,
 }
 
 pub struct Poller {
@@ -131,7 +135,7 @@ impl Poller {
                 .collect()
                 .await;
 
-        let loads: Vec<ZoneLoad> = fetched
+        let mut loads: Vec<ZoneLoad> = fetched
             .iter()
             .map(|(zone, result)| {
                 let previous = existing
@@ -145,10 +149,11 @@ impl Poller {
                         Ok(_) => None,
                         Err(_) => previous.map(|p| p.intensity_grams_per_kwh),
                     },
-                    threshold_grams_per_kwh: self.threshold_for(previous),
+                    threshold_grams_per_kwh: self.settings.default_threshold_grams_per_kwh,
                 }
             })
             .collect();
+        let tuned = self.tune(&mut loads, &existing).await;
         let allowed = allowed_zones(
             &loads,
             self.settings.hysteresis_grams_per_kwh,
@@ -162,7 +167,7 @@ impl Poller {
                 .and_then(|s| s.status.clone());
             let taint_allowed = allowed.contains(zone) && result.as_ref().map_or(true, is_live);
             let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
-            let status = match result {
+            let mut status = match result {
                 Ok(reading) => {
                     self.metrics.set_zone_intensity(
                         zone.as_str(),
@@ -188,6 +193,9 @@ impl Poller {
                     kept
                 }
             };
+            if let Some(t) = tuned.get(zone) {
+                status.tuner_state = Some(t.state.clone());
+            }
             if let Err(e) = self.write(zone, &status).await {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
@@ -200,11 +208,39 @@ impl Poller {
         Ok(())
     }
 
-    fn threshold_for(&self, previous: Option<&CarbonScoreStatus>) -> f64 {
-        previous
-            .map(|p| p.threshold_grams_per_kwh)
-            .filter(|t| t.is_finite() && *t > 0.0)
-            .unwrap_or(self.settings.default_threshold_grams_per_kwh)
+    /// Steps the tuner (when on) and puts its thresholds into `loads`.
+    async fn tune(
+        &self,
+        loads: &mut [ZoneLoad],
+        existing: &BTreeMap<String, CarbonScore>,
+    ) -> BTreeMap<GridZone, Tuned> {
+        let Some(params) = &self.settings.tuner else {
+            return BTreeMap::new();
+        };
+        let saved: BTreeMap<GridZone, String> = loads
+            .iter()
+            .filter_map(|l| {
+                let status = existing.get(&l.zone.object_name())?.status.as_ref()?;
+                Some((l.zone.clone(), status.tuner_state.clone()?))
+            })
+            .collect();
+        let pending = tuning::pending(&self.client).await;
+        let tuned = tuning::step_zones(params, loads, &saved, pending, self.settings.interval);
+        for load in loads.iter_mut() {
+            if let Some(t) = tuned.get(&load.zone) {
+                load.threshold_grams_per_kwh = t.threshold_grams_per_kwh;
+                self.metrics
+                    .set_tuner_threshold(load.zone.as_str(), t.threshold_grams_per_kwh);
+                if let Some(reward) = t.reward {
+                    self.metrics.set_tuner_reward(load.zone.as_str(), reward);
+                }
+                if let Some(action) = t.action {
+                    self.metrics
+                        .record_tuner_decision(load.zone.as_str(), action);
+                }
+            }
+        }
+        tuned
     }
 
     async fn write(
