@@ -67,6 +67,8 @@ struct Cluster {
     /// The EM base URL agents are given (the carbon API, or a front to it).
     em_url: String,
     extra: Vec<String>,
+    /// Where agents reach the apiserver, when not directly (see [`ApiProxy`]).
+    server: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -130,6 +132,7 @@ fn cluster_with(api: CarbonApi, em_url: String, nodes: &[(&str, &str)], extra: &
             audit_dir,
             em_url,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            server: None,
         }
     })
 }
@@ -165,6 +168,10 @@ impl Cluster {
             .map(|line| {
                 if line.trim_start().starts_with("token: ") {
                     format!("    token: {}", token.trim())
+                } else if let (Some(server), true) =
+                    (&self.server, line.trim_start().starts_with("server: "))
+                {
+                    format!("    server: {server}")
                 } else {
                     line.to_string()
                 }
@@ -545,6 +552,150 @@ async fn api_server_frozen_for_30s_agents_reconnect_without_flapping() {
              apiserver ready again {api_back:?} after SIGCONT; CarbonScores written again after {scores_back:?}; \
              single leader ({}) after {leader_back:?}\n  \
              an intensity change after the thaw reached all three nodes in {propagated:?}\n  \
+             CarbonScore writers in order: {runs:?}",
+            c.agents[leader].node
+        );
+    });
+}
+
+/// A TCP proxy between the agents and the apiserver that can go away: `down`
+/// drops every connection and the listener (clients see resets, then
+/// connection refused), `up` listens on the same port again.
+struct ApiProxy {
+    addr: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ApiProxy {
+    /// Must run on the test's runtime (inside `block_in_place` is fine).
+    fn start(upstream: std::net::SocketAddr) -> ApiProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let proxy = ApiProxy {
+            addr: listener.local_addr().expect("proxy address"),
+            upstream,
+            task: std::sync::Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: std::net::TcpListener) {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let upstream = self.upstream;
+        let task = tokio::spawn(async move {
+            // Dropping this future (abort) drops the set and every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next() => {}
+                }
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    fn down(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    fn up(&self) {
+        // std's listener sets SO_REUSEADDR, so the port is free again at once.
+        let listener = wait_for("the proxy port again", Duration::from_secs(10), || {
+            std::net::TcpListener::bind(self.addr).ok()
+        });
+        self.serve(listener);
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_unreachable_for_30s_agents_reconnect_without_flapping() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("u1", "DE"), ("u2", "DE"), ("v1", "FR")], &[]).await;
+    c.api.set_intensity("DE", 520.0);
+    c.api.set_intensity("FR", 56.0);
+    block_in_place(|| {
+        let upstream: std::net::SocketAddr =
+            c.cp.server
+                .trim_start_matches("https://")
+                .parse()
+                .expect("apiserver address");
+        let proxy = ApiProxy::start(upstream);
+        c.server = Some(format!("https://{}", proxy.addr));
+        c.spawn(&["u1", "u2", "v1"]);
+        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
+        wait_tainted(&c.cp, "u2", true, Duration::from_secs(60));
+        wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let taint_added: Vec<Value> = ["u1", "u2"]
+            .iter()
+            .map(|n| carbon_taints(&c.cp.node(n))[0]["timeAdded"].clone())
+            .collect();
+        let before = transitions(&c.agents);
+
+        proxy.down();
+        let cut = Instant::now();
+        let cut_at = Timestamp::now();
+        // The agents cannot reach the apiserver; the test can, and watches
+        // the taints and the Lease throughout.
+        let mut stepped_down = None;
+        while cut.elapsed() < Duration::from_secs(30) {
+            for (i, node) in ["u1", "u2"].iter().enumerate() {
+                let taints = carbon_taints(&c.cp.node(node));
+                assert_eq!(taints.len(), 1, "{node} lost its taint during the outage");
+                assert_eq!(taints[0]["timeAdded"], taint_added[i]);
+            }
+            assert!(!has_taint(&c.cp, "v1"));
+            if stepped_down.is_none() && leaders(&mut c.agents, &[]).is_empty() {
+                stepped_down = Some(cut.elapsed());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let stepped_down = stepped_down.expect("the leader stepped down while cut off");
+        assert!(
+            fetched_at(&c.cp, "de").is_some_and(|at| at < cut_at),
+            "nobody can have written during the outage"
+        );
+        proxy.up();
+        let restored = Instant::now();
+        let restored_at = Timestamp::now();
+        wait_fetched_after(&c.cp, "de", restored_at, Duration::from_secs(90));
+        let scores_back = restored.elapsed();
+        let leader = wait_for("exactly one leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        assert_eq!(transitions(&c.agents), before, "a taint flapped");
+        let changed = Instant::now();
+        c.api.set_intensity("FR", 640.0);
+        c.api.set_intensity("DE", 120.0);
+        for (node, want) in [("v1", true), ("u1", false), ("u2", false)] {
+            wait_tainted(&c.cp, node, want, Duration::from_secs(90));
+        }
+        let propagated = changed.elapsed();
+        let runs = assert_single_writer(&c.audit_log());
+        println!(
+            "apiserver unreachable 30 s (connections reset, then refused): taints stayed on throughout; \
+             the leader stepped down after {stepped_down:?}\n  \
+             reachable again: CarbonScores written after {scores_back:?}, leader {}; \
+             an intensity change reached all three nodes in {propagated:?}\n  \
              CarbonScore writers in order: {runs:?}",
             c.agents[leader].node
         );
@@ -1423,7 +1574,7 @@ fn the_single_writer_check_catches_a_write_by_an_ex_leader() {
             "stage": "ResponseComplete",
             "verb": verb,
             "user": {"username": format!("{AGENT_USER_PREFIX}{user}")},
-            "objectRef": {"resource": resource, "name": "x"},
+            "objectRef": {"resource": resource, "name": if resource == "leases" { LEASE } else { "de" }},
             "responseStatus": {"code": 200},
             "requestReceivedTimestamp": at,
             "stageTimestamp": at,
