@@ -410,3 +410,60 @@ async fn a_terminated_leader_hands_over_at_once() {
         assert!(agents[first].output().contains("released the leader lease"));
     });
 }
+
+/// Learning steps recorded in a zone's CarbonScore by the tuner.
+fn tuner_steps(cp: &ControlPlane, score: &str) -> Option<u64> {
+    let status = cp.kubectl_json(&["get", "carbonscore", score]);
+    let state: serde_json::Value =
+        serde_json::from_str(status["status"]["tunerState"].as_str()?).ok()?;
+    state["steps"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tuner_keeps_learning_across_a_leader_change() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(
+        &[("u1", "DE"), ("u2", "FR")],
+        &["--tuner", "--max-tainted-fraction=0.5"],
+    )
+    .await;
+    api.set_intensity("DE", 480.0);
+    api.set_intensity("FR", 60.0);
+    tokio::task::block_in_place(|| {
+        let first = wait_for("a leader", Duration::from_secs(20), || leader(&mut agents));
+        let before = wait_for("a few tuner steps", Duration::from_secs(30), || {
+            tuner_steps(&cp, "de").filter(|s| *s >= 3)
+        });
+        let threshold = agents[first].metric("carbon_kube_tuner_threshold_grams_per_kwh");
+        assert!(
+            threshold.is_some_and(|t| (50.0..=800.0).contains(&t)),
+            "tuner threshold {threshold:?}"
+        );
+
+        agents[first].kill();
+        wait_for("a new leader", Duration::from_secs(20), || {
+            leader(&mut agents)
+        });
+        // A fresh learner would restart at one step; the new leader continues the count,
+        // so no value seen after the change may fall below the one before it.
+        let mut seen = Vec::new();
+        let after = wait_for(
+            "the new leader's tuner steps",
+            Duration::from_secs(30),
+            || {
+                let steps = tuner_steps(&cp, "de")?;
+                seen.push(steps);
+                (steps > before + 1).then_some(steps)
+            },
+        );
+        assert!(
+            seen.iter().all(|s| *s >= before),
+            "learning restarted: {before} then {seen:?}"
+        );
+        println!("tuner steps: {before} before the leader change, {after} after ({seen:?})");
+    });
+}
