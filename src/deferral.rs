@@ -27,6 +27,9 @@ use crate::crd::CarbonScoreStatus;
 pub const GATE: &str = "carbon-kube.io/defer";
 /// RFC 3339 time by which the pod must have been released.
 pub const LATEST_START: &str = "carbon-kube.io/latest-start";
+/// Longest wait from the pod's creation (`6h`): a latest start for pod templates
+/// (Jobs, CronJobs) that cannot name a time. With both, the earlier wins.
+pub const MAX_DELAY: &str = "carbon-kube.io/max-delay";
 /// How long the pod runs (`90m`, `2h`, `1h30m`); the window the forecast is averaged over.
 pub const DURATION: &str = "carbon-kube.io/duration";
 /// Grid zone whose forecast to plan on (else the pod's node selector, else the cluster's).
@@ -105,19 +108,37 @@ pub struct Request {
 }
 
 /// Reads the request; the error says what is wrong, for the pod's event.
-/// `selector_zone` is the zone the pod's node selector pins it to, if any.
+/// `selector_zone` is the zone the pod's node selector pins it to, if any;
+/// `created` the pod's creation time, which [`MAX_DELAY`] counts from.
 pub fn parse_request(
     annotations: &BTreeMap<String, String>,
     selector_zone: Option<GridZone>,
+    created: Timestamp,
 ) -> Result<Request, String> {
-    let latest = annotations.get(LATEST_START).ok_or_else(|| {
-        format!(
-            "annotation {LATEST_START} is missing (an RFC 3339 time, e.g. 2025-06-01T18:00:00Z)"
-        )
-    })?;
-    let latest_start: Timestamp = latest.trim().parse().map_err(|_| {
-        format!("annotation {LATEST_START}={latest:?} is not an RFC 3339 time (e.g. 2025-06-01T18:00:00Z)")
-    })?;
+    let by_time = match annotations.get(LATEST_START) {
+        None => None,
+        Some(latest) => Some(latest.trim().parse::<Timestamp>().map_err(|_| {
+            format!("annotation {LATEST_START}={latest:?} is not an RFC 3339 time (e.g. 2025-06-01T18:00:00Z)")
+        })?),
+    };
+    let by_delay = match annotations.get(MAX_DELAY) {
+        None => None,
+        Some(text) => {
+            let delay = parse_duration(text)
+                .map_err(|why| format!("annotation {MAX_DELAY}={text:?} {why}"))?;
+            Some(created + SignedDuration::from_secs(delay.as_secs() as i64))
+        }
+    };
+    let latest_start = match (by_time, by_delay) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(format!(
+                "neither annotation {LATEST_START} (an RFC 3339 time, e.g. 2025-06-01T18:00:00Z) \
+                 nor {MAX_DELAY} (a wait from creation, e.g. 6h) is set"
+            ));
+        }
+    };
     let duration = match annotations.get(DURATION) {
         None => DEFAULT_DURATION,
         Some(text) => {

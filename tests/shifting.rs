@@ -402,7 +402,7 @@ async fn an_invalid_annotation_releases_the_pod_at_once_with_an_event() {
             "{typo}"
         );
         let bare = wait_event(&cp, "default", "bare", "InvalidDeferral");
-        assert!(bare.contains("is missing"), "{bare}");
+        assert!(bare.contains("neither annotation"), "{bare}");
         let kinds = cp.kubectl_ok(&["get", "events", "--field-selector=reason=InvalidDeferral"]);
         assert!(kinds.contains("Warning"), "{kinds}");
         wait_for("typo bound", Duration::from_secs(30), || {
@@ -838,4 +838,76 @@ async fn with_the_charts_least_privilege_the_agent_defers_and_migrates_and_nothi
         force_delete_all(&cp);
         drop(agent);
     });
+}
+
+/// The examples in deploy/examples apply as they are and do what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_manifests_run() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster(
+        &[("e1", "DE"), ("e2", "FR")],
+        &[("DE", 450.0), ("FR", 350.0)],
+        &["--migration"],
+    )
+    .await;
+    let green_from = seconds_from_now(3600);
+    api.set_forecast("DE", &hourly(green_from, &[90.0, 90.0, 90.0]));
+    api.set_forecast("FR", &hourly(green_from, &[30.0, 30.0, 30.0]));
+    let example = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/examples")
+                .join(name),
+        )
+        .expect("example manifest")
+    };
+    tokio::task::block_in_place(|| {
+        wait_score(&cp, "DE", 450.0, 90.0);
+        wait_score(&cp, "FR", 350.0, 30.0);
+        cp.apply(&example("deferred-job.yaml"));
+        cp.apply(&example("migrating-deployment.yaml"));
+
+        let job_pod = wait_for("the Job's pod", Duration::from_secs(30), || {
+            let pods = cp.kubectl_json(&["get", "pods", "-l", "job-name=carbon-aware-report"]);
+            pods["items"][0]["metadata"]["name"]
+                .as_str()
+                .map(str::to_string)
+        });
+        let held = wait_event(&cp, "default", &job_pod, "Deferred");
+        assert!(
+            held.contains("the cluster (DE, FR)") && held.contains("over 2h"),
+            "{held}"
+        );
+        assert!(gates(&pod(&cp, &job_pod)).contains(&GATE.to_string()));
+
+        let web = wait_for("3 web pods bound", Duration::from_secs(60), || {
+            let pods = cp.kubectl_json(&["get", "pods", "-l", "app=carbon-aware-web"]);
+            let items = pods["items"].as_array()?.clone();
+            (items.len() == 3 && items.iter().all(|p| node_of(p).is_some())).then_some(items)
+        });
+        for p in &web {
+            assert_eq!(p["metadata"]["labels"]["carbon-kube.io/migrate"], "true");
+        }
+        let pdb = cp.kubectl_json(&["get", "pdb", "carbon-aware-web"]);
+        assert_eq!(pdb["spec"]["minAvailable"], 2);
+
+        // Green now and from now on: the Job's pod goes.
+        api.set_intensity("DE", 80.0);
+        api.set_intensity("FR", 20.0);
+        api.clear_forecast("DE");
+        api.clear_forecast("FR");
+        wait_event(&cp, "default", &job_pod, "Released");
+        wait_for("the Job's pod bound", Duration::from_secs(30), || {
+            node_of(&pod(&cp, &job_pod))
+        });
+        let lead = leader(&mut agents);
+        let lead = &agents[lead];
+        assert_eq!(sample(lead, "carbon_kube_pods_deferred", ""), Some(0.0));
+        force_delete_all(&cp);
+    });
+    drop(agents);
 }

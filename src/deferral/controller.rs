@@ -164,11 +164,12 @@ impl Deferral {
     /// One pass over every gated pod.
     async fn round(&mut self, pods: &Store<Pod>, scores: &Store<CarbonScore>) {
         let now = Timestamp::now();
-        let zones: Vec<(GridZone, CarbonScoreStatus)> = scores
+        let mut zones: Vec<(GridZone, CarbonScoreStatus)> = scores
             .state()
             .iter()
             .filter_map(|s| Some((GridZone::parse(&s.spec.zone).ok()?, s.status.clone()?)))
             .collect();
+        zones.sort_by(|a, b| a.0.cmp(&b.0));
         self.released.retain(|_, at| at.elapsed() < RELEASE_GRACE);
         let gated: Vec<Arc<Pod>> = pods
             .state()
@@ -181,7 +182,12 @@ impl Deferral {
             if self.released.contains_key(&uid) {
                 continue;
             }
-            let request = match parse_request(pod.annotations(), selector_zone(pod)) {
+            let created = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| t.0);
+            let request = match parse_request(pod.annotations(), selector_zone(pod), created) {
                 Ok(request) => request,
                 Err(why) => {
                     self.release(pod, None, Release::Invalid(why), now).await;

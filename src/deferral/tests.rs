@@ -66,6 +66,7 @@ fn annotations_parse_with_defaults() {
     let r = parse_request(
         &annotations(&[(LATEST_START, "2025-06-01T18:00:00Z")]),
         None,
+        t0(),
     )
     .unwrap();
     assert_eq!(r.latest_start, at("2025-06-01T18:00:00Z"));
@@ -79,6 +80,7 @@ fn annotations_parse_with_defaults() {
             (ZONE, "fr"),
         ]),
         Some(zone("DE")),
+        t0(),
     )
     .unwrap();
     assert_eq!(r.latest_start, at("2025-06-01T18:00:00Z"));
@@ -92,15 +94,33 @@ fn annotations_parse_with_defaults() {
     let r = parse_request(
         &annotations(&[(LATEST_START, "2025-06-01T18:00:00Z")]),
         Some(zone("DE")),
+        t0(),
     )
     .unwrap();
     assert_eq!(r.zone, Some(zone("DE")), "else the node selector's zone");
+
+    // A wait from creation, for pod templates; with a time too, the earlier wins.
+    let delay = |pairs: &[(&str, &str)]| {
+        parse_request(&annotations(pairs), None, t0())
+            .unwrap()
+            .latest_start
+    };
+    assert_eq!(delay(&[(MAX_DELAY, "6h")]), at("2025-06-01T16:00:00Z"));
+    assert_eq!(
+        delay(&[(MAX_DELAY, "6h"), (LATEST_START, "2025-06-01T12:00:00Z")]),
+        at("2025-06-01T12:00:00Z")
+    );
+    assert_eq!(
+        delay(&[(MAX_DELAY, "1h"), (LATEST_START, "2025-06-01T12:00:00Z")]),
+        at("2025-06-01T11:00:00Z")
+    );
 }
 
 #[test]
 fn invalid_annotations_say_what_is_wrong() {
-    let cases: [(&[(&str, &str)], &str); 6] = [
-        (&[], "is missing"),
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        (&[], "neither annotation"),
+        (&[(MAX_DELAY, "soon")], "not a duration"),
         (&[(LATEST_START, "tomorrow")], "not an RFC 3339 time"),
         (
             &[
@@ -123,7 +143,7 @@ fn invalid_annotations_say_what_is_wrong() {
         ),
     ];
     for (pairs, needle) in cases {
-        let err = parse_request(&annotations(pairs), None).unwrap_err();
+        let err = parse_request(&annotations(pairs), None, t0()).unwrap_err();
         assert!(err.contains(needle), "{pairs:?}: {err}");
     }
 }
