@@ -1,7 +1,7 @@
 //! Deferral: when should a pod that may wait for greener power start?
 //!
 //! A pod opts in with the scheduling gate [`GATE`] and the annotation
-//! [`LATEST_START`] (optionally [`DURATION`] and [`ZONE`]). The leader holds it
+//! [`LATEST_START`] or [`MAX_DELAY`] (optionally [`DURATION`] and [`ZONE`]). The leader holds it
 //! while the forecast shows a cheaper start before its latest start, and
 //! releases it (removes only our gate) when now is the cheapest start, at the
 //! latest start, or at once when it cannot plan (no fresh forecast, invalid

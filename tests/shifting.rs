@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use support::carbon_api::{CarbonApi, EM_TOKEN as TOKEN};
-use support::cluster::{Agent, ControlPlane, wait_for};
+use support::cluster::{Agent, ControlPlane, require_tool, tool, wait_for};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -214,6 +214,40 @@ fn sample(agent: &Agent, name: &str, label: &str) -> Option<f64> {
     })
 }
 
+/// `promtool check metrics` finds nothing to complain about in an agent's /metrics.
+fn promtool_clean(agent: &Agent) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    require_tool(
+        "promtool",
+        "install Prometheus' promtool (Debian: apt-get install prometheus)",
+    );
+    let text = agent.metrics().expect("metrics");
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("promtool stdin");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
+}
+
 fn has_taint(cp: &ControlPlane, node: &str) -> bool {
     cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
         t.iter()
@@ -307,6 +341,7 @@ async fn a_gated_pod_waits_for_the_green_hour_and_is_bound_once_released() {
         );
         let saved = sample(lead, "carbon_kube_deferral_saved_grams_total", "").unwrap_or(0.0);
         assert!(saved > 0.0, "saved {saved} g");
+        promtool_clean(lead);
         println!(
             "deferral: released {release_latency:?} after the grid turned green (poll 2 s), \
              bound {bound_latency:?} after; estimated saving {saved:.2} g for 2 × 0.5 vCPU × 1 h"
@@ -641,6 +676,7 @@ async fn a_pod_disruption_budget_blocks_migration() {
             ),
             None
         );
+        promtool_clean(&agents[0]);
         println!(
             "PDB: {} blocked eviction attempt(s) counted, pods stay",
             sample(
