@@ -1007,6 +1007,93 @@ fn failover(c: &mut Cluster, node: &str, report: &mut Vec<String>) -> usize {
     next
 }
 
+// ------------------------------------------------------------------ tuner --
+
+/// Learning steps in a zone's CarbonScore tuner state.
+fn tuner_steps(cp: &ControlPlane, zone: &str) -> Option<u64> {
+    let state: Value = serde_json::from_str(score(cp, zone)["tunerState"].as_str()?).ok()?;
+    state["steps"].as_u64()
+}
+
+/// Samples the tuner's step count for `how_long`, appending to `seen`.
+fn watch_steps(cp: &ControlPlane, how_long: Duration, seen: &mut Vec<u64>) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        seen.extend(tuner_steps(cp, "de"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuner_learning_survives_a_frozen_and_a_killed_leader() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(
+        &[("t1", "DE"), ("t2", "DE"), ("t3", "FR")],
+        &["--tuner", "--max-tainted-fraction=0.5"],
+    )
+    .await;
+    c.api.set_intensity("DE", 480.0);
+    c.api.set_intensity("FR", 60.0);
+    block_in_place(|| {
+        c.spawn(&["t1", "t2", "t3"]);
+        let first = wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[])
+        });
+        let before = wait_for("a few tuner steps", Duration::from_secs(60), || {
+            tuner_steps(&c.cp, "de").filter(|s| *s >= 3)
+        });
+        let mut seen = vec![before];
+
+        // Frozen leader: a new one continues the learning; the old one, thawed
+        // past expiry, must not write its stale state over it.
+        c.agents[first].freeze();
+        let second = wait_for("a new leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[first])
+        });
+        watch_steps(&c.cp, Duration::from_secs(8), &mut seen);
+        c.agents[first].thaw();
+        watch_steps(&c.cp, Duration::from_secs(8), &mut seen);
+        let after_freeze = *seen.last().expect("steps");
+        assert!(
+            c.agents[first]
+                .metric("carbon_kube_tuner_threshold_grams_per_kwh")
+                .is_none(),
+            "the ex-leader still exports the tuner's threshold"
+        );
+        assert!(
+            c.agents[second]
+                .metric("carbon_kube_tuner_threshold_grams_per_kwh")
+                .is_some()
+        );
+
+        // Killed leader: the next one continues too.
+        c.agents[second].kill();
+        let third = wait_for("a third leader", Duration::from_secs(30), || {
+            one_leader(&mut c.agents, &[second])
+        });
+        watch_steps(&c.cp, Duration::from_secs(10), &mut seen);
+        let last = *seen.last().expect("steps");
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "learning went back: {seen:?}"
+        );
+        assert!(
+            after_freeze > before && last > after_freeze,
+            "learning stalled: {seen:?}"
+        );
+        let runs = assert_single_writer(&c.audit_log());
+        let mut steps = seen.clone();
+        steps.dedup();
+        println!(
+            "tuner steps across a frozen leader ({}) and a killed one ({}), leaders {:?}: {steps:?}, never going back; \
+             CarbonScore writers in order: {runs:?}",
+            c.agents[first].node,
+            c.agents[second].node,
+            [first, second, third].map(|i| c.agents[i].node.clone())
+        );
+    });
+}
+
 // ------------------------------------------------------------- carbon API --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
