@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     Decision, GATE, Plan, Release, Request, decide, estimated_grams, forecast_for, parse_request,
@@ -81,14 +81,22 @@ fn selector_zone(pod: &Pod) -> Option<GridZone> {
     zones::zone_for_node(selector, None).zone
 }
 
-/// Wakes the loop on every watch event; logs failures (the watcher retries with backoff).
+/// Wakes the loop on every watch event. A failure (the watcher retries with
+/// backoff) is a warning when it starts, then debug until the watch recovers,
+/// so a missing permission does not flood the log.
 fn notify<T>(
     tx: watch::Sender<()>,
     what: &'static str,
 ) -> impl FnMut(Result<T, watcher::Error>) -> futures::future::Ready<()> {
+    let mut failing = false;
     move |event| {
-        if let Err(e) = event {
-            warn!(error = %e, "deferral: {what} watch failed; retrying (RBAC: pods get/list/watch/patch)");
+        match event {
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "deferral: {what} watch failed; retrying (needs RBAC pods get/list/watch/patch, or --deferral=false)");
+            }
+            Err(e) => debug!(error = %e, "deferral: {what} watch still failing"),
+            Ok(_) => failing = false,
         }
         let _ = tx.send(());
         futures::future::ready(())

@@ -96,10 +96,17 @@ impl Migrator {
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // A failure is a warning when it starts, then debug until the watch recovers.
         let log = |what: &'static str| {
+            let mut failing = false;
             move |event: Result<(), watcher::Error>| {
-                if let Err(e) = event {
-                    warn!(error = %e, "migration: {what} watch failed; retrying");
+                match event {
+                    Err(e) if !failing => {
+                        failing = true;
+                        warn!(error = %e, "migration: {what} watch failed; retrying");
+                    }
+                    Err(e) => debug!(error = %e, "migration: {what} watch still failing"),
+                    Ok(()) => failing = false,
                 }
                 futures::future::ready(())
             }
