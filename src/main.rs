@@ -5,6 +5,8 @@
 //! every agent: own Node + CarbonScores ──▶ decide ──▶ patch own Node on a transition
 //!              host CPU/memory ──▶ power model ──▶ gCO2/h ──▶ /metrics
 //!              pod cgroups' CPU time ──▶ dynamic power shared out ──▶ per-pod W, gCO2/h ──▶ /metrics
+//! leader:      gated pods + CarbonScore forecasts ──▶ cheapest start ──▶ remove the defer gate
+//! --migration: own node tainted long enough + a greener zone ──▶ evict opted-in pods (PDBs hold)
 //! ```
 
 use std::io::IsTerminal;
