@@ -137,17 +137,7 @@ pub fn decide(
         } else {
             (false, Reason::Dwelling)
         };
-        let class = if tainted {
-            IntensityClass::Red
-        } else {
-            IntensityClass::Amber
-        };
-        return TaintDecision {
-            tainted,
-            class: Some(class),
-            reason,
-            dwell,
-        };
+        return above_band(tainted, reason, dwell);
     }
     if intensity >= threshold - params.hysteresis_grams_per_kwh {
         // Keep the current state; a fresh rise above the threshold restarts the dwell.
@@ -157,19 +147,24 @@ pub fn decide(
         } else {
             Reason::WithinHysteresis
         };
-        let class = if tainted {
-            IntensityClass::Red
-        } else {
-            IntensityClass::Amber
-        };
-        return TaintDecision {
-            tainted,
-            class: Some(class),
-            reason,
-            dwell: DwellState::default(),
-        };
+        return above_band(tainted, reason, DwellState::default());
     }
     untainted(Reason::BelowThreshold, Some(IntensityClass::Green))
+}
+
+/// A decision at or above `threshold - hysteresis`: red while tainted, amber otherwise.
+fn above_band(tainted: bool, reason: Reason, dwell: DwellState) -> TaintDecision {
+    let class = if tainted {
+        IntensityClass::Red
+    } else {
+        IntensityClass::Amber
+    };
+    TaintDecision {
+        tainted,
+        class: Some(class),
+        reason,
+        dwell,
+    }
 }
 
 #[cfg(test)]

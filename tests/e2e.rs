@@ -10,92 +10,11 @@ use std::time::Duration;
 
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN as TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, wait_for};
+use support::scenario::{
+    Cluster, agent_args, class_label, cluster, condition, has_taint, leader, wait_tainted,
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Cluster {
-    cp: ControlPlane,
-    api: CarbonApi,
-    agents: Vec<Agent>,
-}
-
-/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
-fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--providers=electricity-maps",
-        "--poll-interval=2s",
-        "--dwell=0s",
-        "--lease-duration=4s",
-        "--sample-interval=1s",
-        "--threshold=300",
-        "--hysteresis=20",
-        "--max-tainted-fraction=1",
-        "--provider-timeout=2s",
-        "--breaker-cooldown=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!(
-        "--electricity-maps-url={}",
-        api.electricity_maps_url()
-    ));
-    // A test's own value of a flag replaces the default above.
-    let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
-    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-/// Nodes `(name, zone)`, one agent each.
-async fn cluster(nodes: &[(&str, &str)], extra: &[&str]) -> Cluster {
-    let api = CarbonApi::start().await;
-    let cp = tokio::task::block_in_place(ControlPlane::start);
-    for (name, zone) in nodes {
-        cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
-    }
-    let args = agent_args(&api, extra);
-    let agents = nodes
-        .iter()
-        .map(|(name, _)| Agent::spawn(&cp, name, &args, &[("ELECTRICITY_MAPS_TOKEN", TOKEN)]))
-        .collect();
-    Cluster { cp, api, agents }
-}
-
-fn has_taint(cp: &ControlPlane, node: &str) -> bool {
-    cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
-        t.iter()
-            .any(|t| t["key"] == "carbon-kube.io/high-intensity")
-    })
-}
-
-fn class_label(cp: &ControlPlane, node: &str) -> Option<String> {
-    cp.node(node)["metadata"]["labels"]["carbon-kube.io/intensity-class"]
-        .as_str()
-        .map(str::to_string)
-}
-
-fn condition(cp: &ControlPlane, node: &str) -> Option<serde_json::Value> {
-    cp.node(node)["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "CarbonIntensityHigh")
-        .cloned()
-}
-
-fn wait_tainted(cp: &ControlPlane, node: &str, want: bool) {
-    wait_for(
-        &format!("{node} tainted={want}"),
-        Duration::from_secs(30),
-        || (has_taint(cp, node) == want).then_some(()),
-    );
-}
-
-fn leader(agents: &mut [Agent]) -> Option<usize> {
-    agents
-        .iter_mut()
-        .position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dirty_zone_nodes_are_tainted_then_cleaned() {

@@ -23,6 +23,7 @@ use fake_cgroups::{Driver, FakeCgroups};
 use prometheus::{INSTALL, Prometheus};
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, http_get, require_tool, temp_dir, tool, wait_for};
+use support::scenario::agent_args;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -235,29 +236,6 @@ fn dashboards_are_importable_and_query_only_exported_metrics() {
     }
 }
 
-/// Agent flags for a fast test: poll every 2 s, sample every second, no dwell.
-fn agent_args(api: &CarbonApi) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--providers=electricity-maps",
-        "--poll-interval=2s",
-        "--dwell=0s",
-        "--lease-duration=4s",
-        "--sample-interval=1s",
-        "--threshold=300",
-        "--max-tainted-fraction=1",
-        "--provider-timeout=2s",
-        "--breaker-cooldown=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!(
-        "--electricity-maps-url={}",
-        api.electricity_maps_url()
-    ));
-    args
-}
-
 /// Pods bound straight to `node` (no kubelet runs them; they exist, which is
 /// all the agent's pod watch needs). Returns name → UID.
 fn create_pods(cp: &ControlPlane, node: &str, pods: &[(&str, String)]) -> BTreeMap<String, String> {
@@ -341,7 +319,7 @@ async fn prometheus_scrapes_the_agents_and_every_dashboard_query_has_data() {
             o2_tree.add_pod(&o2_uids[name], 20);
         }
 
-        let args = agent_args(&api);
+        let args = agent_args(&api, &[]);
         let spawn = |node: &str, tree: &FakeCgroups| {
             let root = tree.root.to_str().expect("utf-8").to_string();
             Agent::spawn(

@@ -17,59 +17,11 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use support::carbon_api::{CarbonApi, EM_TOKEN as TOKEN};
 use support::cluster::{Agent, ControlPlane, require_tool, tool, wait_for};
+use support::scenario::{self, Cluster, agent_args, cluster_with_intensity as cluster, has_taint};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const GATE: &str = "carbon-kube.io/defer";
-
-struct Cluster {
-    cp: ControlPlane,
-    api: CarbonApi,
-    agents: Vec<Agent>,
-}
-
-/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
-fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--providers=electricity-maps",
-        "--poll-interval=2s",
-        "--dwell=0s",
-        "--lease-duration=4s",
-        "--sample-interval=1s",
-        "--threshold=300",
-        "--hysteresis=20",
-        "--max-tainted-fraction=1",
-        "--provider-timeout=2s",
-        "--breaker-cooldown=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!(
-        "--electricity-maps-url={}",
-        api.electricity_maps_url()
-    ));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-/// Nodes `(name, zone)`, one agent each; intensities set before the agents start.
-async fn cluster(nodes: &[(&str, &str)], intensity: &[(&str, f64)], extra: &[&str]) -> Cluster {
-    let api = CarbonApi::start().await;
-    for (zone, grams) in intensity {
-        api.set_intensity(zone, *grams);
-    }
-    let cp = tokio::task::block_in_place(ControlPlane::start);
-    for (name, zone) in nodes {
-        cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
-    }
-    let args = agent_args(&api, extra);
-    let agents = nodes
-        .iter()
-        .map(|(name, _)| Agent::spawn(&cp, name, &args, &[("ELECTRICITY_MAPS_TOKEN", TOKEN)]))
-        .collect();
-    Cluster { cp, api, agents }
-}
 
 fn seconds_from_now(seconds: i64) -> Timestamp {
     let now = Timestamp::now().as_second();
@@ -197,9 +149,7 @@ fn wait_event(cp: &ControlPlane, namespace: &str, name: &str, reason: &str) -> S
 
 fn leader(agents: &mut [Agent]) -> usize {
     wait_for("a leader", Duration::from_secs(30), || {
-        agents
-            .iter_mut()
-            .position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
+        scenario::leader(agents)
     })
 }
 
@@ -246,13 +196,6 @@ fn promtool_clean(agent: &Agent) {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics:\n{said}"
     );
-}
-
-fn has_taint(cp: &ControlPlane, node: &str) -> bool {
-    cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
-        t.iter()
-            .any(|t| t["key"] == "carbon-kube.io/high-intensity")
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,3 +4,4 @@
 pub mod carbon_api;
 pub mod cluster;
 pub mod deploy;
+pub mod scenario;
