@@ -6,6 +6,7 @@
 //! (so clock skew between nodes does not matter), plus jitter so that a
 //! thousand followers do not all try in the same instant.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -89,12 +90,34 @@ impl Timing {
     }
 }
 
+/// Until when this process may act as leader, checked right before each
+/// leader write: a leader frozen past its renew deadline must not write even
+/// if its elector has not yet run to step it down.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Arc<Mutex<Option<Instant>>>);
+
+impl Fence {
+    pub fn holds(&self) -> bool {
+        self.0
+            .lock()
+            .map(|until| until.is_some_and(|until| Instant::now() < until))
+            .unwrap_or(false)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        if let Ok(mut current) = self.0.lock() {
+            *current = until;
+        }
+    }
+}
+
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
     timing: Timing,
     is_leader: watch::Sender<bool>,
+    fence: Fence,
 }
 
 impl Elector {
@@ -111,8 +134,14 @@ impl Elector {
             identity: identity.to_string(),
             timing,
             is_leader,
+            fence: Fence::default(),
         };
         (elector, rx)
+    }
+
+    /// The fence that leader-only writers check.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Runs until `shutdown` turns true; then releases the Lease if held.
@@ -174,6 +203,7 @@ impl Elector {
                             observed = Some(observe(observed.take(), &lease));
                             latest = Some(lease);
                             last_renewed = Some(started);
+                            self.fence.set(Some(started + self.timing.renew_deadline));
                             self.set_leader(true);
                             started + self.timing.renew_every
                         }
@@ -220,6 +250,9 @@ impl Elector {
     }
 
     fn set_leader(&self, leader: bool) {
+        if !leader {
+            self.fence.set(None);
+        }
         self.is_leader.send_if_modified(|current| {
             let changed = *current != leader;
             if changed {
@@ -429,6 +462,18 @@ mod tests {
         let changed = observe(Some(first.clone()), &lease("6"));
         assert_eq!(changed.resource_version, "6");
         assert!(changed.seen_at >= first.seen_at);
+    }
+
+    #[test]
+    fn the_fence_holds_only_until_its_deadline() {
+        let fence = Fence::default();
+        assert!(!fence.holds(), "a new process does not lead");
+        fence.set(Some(Instant::now() + Duration::from_secs(10)));
+        assert!(fence.clone().holds());
+        fence.set(Some(Instant::now()));
+        assert!(!fence.holds(), "past the deadline");
+        fence.set(None);
+        assert!(!fence.holds());
     }
 
     #[test]

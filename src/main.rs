@@ -155,6 +155,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         &config.identity,
         Timing::new(config.lease_duration),
     );
+    let fence = elector.fence();
     let elector_task = tokio::spawn(elector.run(shutdown.clone()));
     let chain = Arc::new(build_chain(&config.providers));
     let settings = PollerSettings {
@@ -174,6 +175,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
                 chain.clone(),
                 metrics.clone(),
                 settings.clone(),
+                fence.clone(),
             )
         }
     };

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::budget::{ZoneLoad, allowed_zones};
 use crate::carbon::{GridZone, Reading};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
+use crate::election::Fence;
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError, static_table};
 use crate::tuner::TunerParams;
@@ -42,6 +43,7 @@ pub struct Poller {
     chain: Arc<Chain>,
     metrics: Arc<Metrics>,
     settings: PollerSettings,
+    fence: Fence,
     created: HashSet<GridZone>,
 }
 
@@ -70,12 +72,14 @@ impl Poller {
         chain: Arc<Chain>,
         metrics: Arc<Metrics>,
         settings: PollerSettings,
+        fence: Fence,
     ) -> Self {
         Self {
             client,
             chain,
             metrics,
             settings,
+            fence,
             created: HashSet::new(),
         }
     }
@@ -248,6 +252,11 @@ impl Poller {
         zone: &GridZone,
         status: &CarbonScoreStatus,
     ) -> Result<(), kube::Error> {
+        // A leader that was frozen may wake here before its elector steps it down.
+        if !self.fence.holds() {
+            warn!(%zone, "no longer sure to lead: CarbonScore not written");
+            return Ok(());
+        }
         let api: Api<CarbonScore> = Api::all(self.client.clone());
         let name = zone.object_name();
         let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -55,4 +55,13 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
 fi
 
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing libfaketime from Debian (tests/faults.rs clock skew)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >&2
+  else
+    log "libfaketime is missing: apt-get install faketime (tests/faults.rs needs it)"
+  fi
+fi
+
 echo "$BIN"
