@@ -8,6 +8,7 @@ export PATH="$(bash tests/tools/install.sh):$PATH"
 bash tests/controlplane/build.sh >/dev/null
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets -- --test-threads=2
+# Benches are compiled by clippy above and run on their own (`cargo bench`, see README).
+cargo test --lib --bins --tests -- --test-threads=2
 # The AWS lab: synthesised offline and checked with aws_cdk.assertions.
 bash cdk/test.sh
