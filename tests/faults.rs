@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 use support::carbon_api::{CarbonApi, EM, EM_LATEST, EM_TOKEN as TOKEN, Fault, NOAA};
 use support::cluster::{Agent, ControlPlane, path_str, temp_dir, wait_for};
+use support::scenario::fast_agent_args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::block_in_place;
 
@@ -75,31 +76,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.audit_dir);
     }
-}
-
-/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
-fn agent_args(em_url: &str, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--providers=electricity-maps",
-        "--poll-interval=2s",
-        "--dwell=0s",
-        "--lease-duration=4s",
-        "--sample-interval=1s",
-        "--threshold=300",
-        "--hysteresis=20",
-        "--max-tainted-fraction=1",
-        "--provider-timeout=2s",
-        "--breaker-cooldown=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!("--electricity-maps-url={em_url}"));
-    // A test's own value of a flag replaces the default above.
-    let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
-    args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
-    args.extend(extra.iter().cloned());
-    args
 }
 
 /// A control plane with an audit log, nodes `(name, zone)`, no agents yet.
@@ -185,7 +161,8 @@ impl Cluster {
     fn start_agent(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut flags = self.extra.clone();
         flags.extend(extra.iter().map(|s| s.to_string()));
-        let args = agent_args(&self.em_url, &flags);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let args = fast_agent_args(&self.em_url, &flags);
         let kubeconfig = self.identity(node);
         let mut all_env = vec![
             ("KUBECONFIG", path_str(&kubeconfig).to_string()),

@@ -13,8 +13,14 @@ pub struct Cluster {
     pub agents: Vec<Agent>,
 }
 
-/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease.
+/// Agent flags for a fast test against the local carbon API.
 pub fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
+    fast_agent_args(&api.electricity_maps_url(), extra)
+}
+
+/// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease; the
+/// Electricity Maps API at `em_url`. A flag in `extra` replaces its default.
+pub fn fast_agent_args(em_url: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--providers=electricity-maps",
         "--poll-interval=2s",
@@ -30,11 +36,7 @@ pub fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.push(format!(
-        "--electricity-maps-url={}",
-        api.electricity_maps_url()
-    ));
-    // A test's own value of a flag replaces the default above.
+    args.push(format!("--electricity-maps-url={em_url}"));
     let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
     args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
     args.extend(extra.iter().map(|s| s.to_string()));
