@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use support::carbon_api::{CarbonApi, EM_TOKEN};
 use support::cluster::{Agent, ControlPlane, temp_dir, wait_for};
 use support::deploy::*;
+use support::scenario::agent_args;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -635,28 +636,6 @@ fn lease(name: &str) -> String {
     json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}, "spec": {}}).to_string()
 }
 
-/// Agent flags for a quick test (as in tests/e2e.rs).
-fn agent_args(api: &CarbonApi) -> Vec<String> {
-    [
-        "--providers=electricity-maps",
-        "--poll-interval=2s",
-        "--dwell=0s",
-        "--lease-duration=4s",
-        "--sample-interval=1s",
-        "--threshold=300",
-        "--hysteresis=20",
-        "--max-tainted-fraction=1",
-        "--provider-timeout=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!(
-        "--electricity-maps-url={}",
-        api.electricity_maps_url()
-    )])
-    .collect()
-}
-
 /// An agent process that authenticates as the chart's service account with a token
 /// bound to its node, reading its API key from a file as in the pod.
 fn spawn_agent_as(cp: &ControlPlane, api: &CarbonApi, node: &str, kubeconfig: &Path) -> Agent {
@@ -665,7 +644,7 @@ fn spawn_agent_as(cp: &ControlPlane, api: &CarbonApi, node: &str, kubeconfig: &P
     Agent::spawn(
         cp,
         node,
-        &agent_args(api),
+        &agent_args(api, &[]),
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("ELECTRICITY_MAPS_TOKEN_FILE", key_file.to_str().unwrap()),
