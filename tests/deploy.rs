@@ -496,17 +496,28 @@ fn dockerfile_builds_with_the_release_script_onto_distroless_nonroot() {
     let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
     let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    // Multi-arch without emulation: the builder runs on the build machine's platform
+    // and cross-builds for the image's (TARGETARCH).
     assert!(
-        froms[0].contains("rust:") && froms[0].ends_with(" AS builder"),
+        froms[0].starts_with("FROM --platform=$BUILDPLATFORM ")
+            && froms[0].contains("rust:")
+            && froms[0].ends_with(" AS builder"),
         "{}",
         froms[0]
     );
+    assert!(lines.contains(&"ARG TARGETARCH"));
     assert_eq!(*froms[1], "FROM gcr.io/distroless/static-debian12:nonroot");
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("bash deploy/build-static.sh --out /out")),
-        "the image is built by deploy/build-static.sh"
+            .any(|l| l.contains(r#"bash deploy/build-static.sh --arch "$TARGETARCH" --out /out"#)),
+        "the image is built by deploy/build-static.sh for TARGETARCH"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#"bash deploy/cross-deps.sh "$TARGETARCH""#)),
+        "the builder installs the cross toolchain with deploy/cross-deps.sh"
     );
     assert!(lines.contains(&"COPY --from=builder /out/carbon-kube /carbon-kube"));
     assert!(lines.contains(&"USER 65532:65532"));

