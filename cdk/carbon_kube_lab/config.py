@@ -25,6 +25,8 @@ ZONE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 DURATION_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)(ms|s|m|h)?$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+# A month: beyond that a "lab" is a cluster, and the guard is no guard.
+MAX_SCALE_TO_ZERO_HOURS = 720
 ARN_PRINCIPAL_RE = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:(role|user|assumed-role)/.+$")
 
 
@@ -54,6 +56,8 @@ class LabConfig:
     taint_effect: str = "PreferNoSchedule"
     max_tainted_fraction: float = 0.5
     poll_interval: str = "5m"
+    # Empty: the agent image is built from the repository's Dockerfile at deploy time
+    # (an ECR container asset). Set: that image is used instead (e.g. a release).
     image_repository: str = ""
     image_tag: str = ""
     key_secret_name: str = "carbon-kube/electricity-maps-token"
@@ -64,6 +68,12 @@ class LabConfig:
     secondary_region: str = ""
     secondary_vpc_cidr: str = "10.1.0.0/16"
     admin_principal_arn: str = ""
+    # Cost guard: scale every node group to zero this many hours after deploy (and
+    # every as many hours after that); 0: never.
+    scale_to_zero_after_hours: int = 0
+    # With monitoring: an S3 bucket (kept after `cdk destroy`) and an hourly export of
+    # carbon-kube's Prometheus series into it.
+    metrics_export: bool = True
     chart_dir: Path = REPO_ROOT / "deploy" / "helm" / "carbon-kube"
     dashboards_dir: Path = REPO_ROOT / "grafana"
     rules_file: Path = REPO_ROOT / "deploy" / "rules" / "carbon-kube.rules.yaml"
@@ -170,6 +180,8 @@ _READERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "secondaryRegion": ("secondary_region", _str),
     "secondaryVpcCidr": ("secondary_vpc_cidr", _str),
     "adminPrincipalArn": ("admin_principal_arn", _str),
+    "scaleToZeroAfterHours": ("scale_to_zero_after_hours", _int),
+    "metricsExport": ("metrics_export", _bool),
     "chartDir": ("chart_dir", _path),
     "dashboardsDir": ("dashboards_dir", _path),
     "rulesFile": ("rules_file", _path),
@@ -257,5 +269,10 @@ def validate(c: LabConfig) -> None:
             fail("secondaryVpcCidr", "must differ from vpcCidr so the two VPCs can be peered")
     if c.admin_principal_arn and not ARN_PRINCIPAL_RE.match(c.admin_principal_arn):
         fail("adminPrincipalArn", f"{c.admin_principal_arn!r} is not an IAM role or user ARN")
+    if not 0 <= c.scale_to_zero_after_hours <= MAX_SCALE_TO_ZERO_HOURS:
+        fail(
+            "scaleToZeroAfterHours",
+            f"{c.scale_to_zero_after_hours} must be between 0 (never) and {MAX_SCALE_TO_ZERO_HOURS} hours",
+        )
     if not (c.chart_dir / "Chart.yaml").is_file():
         fail("chartDir", f"no Helm chart at {c.chart_dir} (Chart.yaml missing)")

@@ -61,8 +61,17 @@ def namespace(name: str) -> dict[str, Any]:
 # --- the agent ------------------------------------------------------------------------
 
 
-def agent_values(c: LabConfig) -> dict[str, Any]:
-    """Values for deploy/helm/carbon-kube. Only keys of its values.yaml (a test checks)."""
+@dataclass(frozen=True)
+class Image:
+    repository: str
+    tag: str = ""
+
+
+def agent_values(c: LabConfig, image: Image | None = None) -> dict[str, Any]:
+    """Values for deploy/helm/carbon-kube. Only keys of its values.yaml (a test checks).
+
+    `image`: the agent image to run; None keeps the chart's default (the release image).
+    """
     values: dict[str, Any] = {
         "defaultZone": c.effective_default_zone,
         "threshold": c.threshold,
@@ -84,10 +93,10 @@ def agent_values(c: LabConfig) -> dict[str, Any]:
             "prometheusRule": {"enabled": False},
         },
     }
-    if c.image_repository:
-        values["image"] = {"repository": c.image_repository}
-        if c.image_tag:
-            values["image"]["tag"] = c.image_tag
+    if image is not None:
+        values["image"] = {"repository": image.repository}
+        if image.tag:
+            values["image"]["tag"] = image.tag
     return values
 
 
@@ -162,6 +171,127 @@ def monitoring_values() -> dict[str, Any]:
             }
         },
     }
+
+
+# --- the metrics record: Prometheus -> S3, hourly ------------------------------------
+
+EXPORT_SA = "carbon-kube-metrics-exporter"
+EXPORT_CRONJOB = "carbon-kube-metrics-export"
+PROMETHEUS_URL = f"http://{MONITORING_RELEASE}-prometheus.{MONITORING_NAMESPACE}.svc:9090"
+# Every series the agents export; an hour and five minutes per run, so runs overlap.
+EXPORT_QUERY = '{__name__=~"carbon_kube_.+"}'
+EXPORT_WINDOW_SECONDS = 3900
+EXPORT_STEP_SECONDS = 30
+AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.31.23"
+PYTHON_IMAGE = "public.ecr.aws/docker/library/python:3.13-alpine"
+
+# Standard library only: the query container is a stock Python image.
+_EXPORT_QUERY_SCRIPT = """
+import json, os, time, urllib.parse, urllib.request
+end = int(time.time())
+params = urllib.parse.urlencode({
+    "query": os.environ["QUERY"],
+    "start": end - int(os.environ["WINDOW_SECONDS"]),
+    "end": end,
+    "step": os.environ["STEP_SECONDS"],
+})
+with urllib.request.urlopen(os.environ["PROMETHEUS_URL"] + "/api/v1/query_range?" + params, timeout=60) as r:
+    body = json.load(r)
+if body.get("status") != "success":
+    raise SystemExit("prometheus: " + json.dumps(body)[:500])
+out = os.environ.get("EXPORT_DIR", "/export")
+with open(out + "/metrics.json", "w") as f:
+    json.dump(body["data"], f)
+with open(out + "/key", "w") as f:
+    f.write(time.strftime(os.environ["CLUSTER"] + "/%Y/%m/%d/%H%M%SZ.json", time.gmtime(end)))
+print(len(body["data"]["result"]), "series")
+"""
+
+
+def metrics_export(cluster_name: str, bucket_name: str) -> list[dict[str, Any]]:
+    """An hourly CronJob that copies carbon-kube's Prometheus series into the bucket.
+
+    Hourly, not only at teardown: scaled to zero or destroyed, the cluster can no longer
+    export, so the record must already be in S3. `kubectl create job --from=cronjob/...`
+    runs it once more by hand before `cdk destroy`. The upload uses the IRSA role of
+    EXPORT_SA, which may only put objects into that bucket.
+    """
+    labels = {**LAB_LABELS, "app.kubernetes.io/name": EXPORT_CRONJOB}
+    restricted = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = [{"name": "export", "mountPath": "/export"}, {"name": "tmp", "mountPath": "/tmp"}]
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": EXPORT_CRONJOB, "namespace": MONITORING_NAMESPACE, "labels": labels},
+        "spec": {
+            "schedule": "5 * * * *",
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 3,
+                    "ttlSecondsAfterFinished": 86400,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "serviceAccountName": EXPORT_SA,
+                            "restartPolicy": "OnFailure",
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "runAsUser": 65532,
+                                "runAsGroup": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "volumes": [
+                                {"name": "export", "emptyDir": {}},
+                                {"name": "tmp", "emptyDir": {}},
+                            ],
+                            "initContainers": [
+                                {
+                                    "name": "query",
+                                    "image": PYTHON_IMAGE,
+                                    "command": ["python3", "-c", _EXPORT_QUERY_SCRIPT],
+                                    "env": [
+                                        {"name": "PROMETHEUS_URL", "value": PROMETHEUS_URL},
+                                        {"name": "QUERY", "value": EXPORT_QUERY},
+                                        {"name": "WINDOW_SECONDS", "value": str(EXPORT_WINDOW_SECONDS)},
+                                        {"name": "STEP_SECONDS", "value": str(EXPORT_STEP_SECONDS)},
+                                        {"name": "CLUSTER", "value": cluster_name},
+                                    ],
+                                    "volumeMounts": mounts,
+                                    "securityContext": restricted,
+                                }
+                            ],
+                            "containers": [
+                                {
+                                    "name": "upload",
+                                    "image": AWS_CLI_IMAGE,
+                                    "command": [
+                                        "sh",
+                                        "-ec",
+                                        'aws s3 cp --only-show-errors /export/metrics.json "s3://$BUCKET/$(cat /export/key)"',
+                                    ],
+                                    "env": [
+                                        {"name": "BUCKET", "value": bucket_name},
+                                        # The CLI writes its cache under HOME.
+                                        {"name": "HOME", "value": "/tmp"},
+                                    ],
+                                    "volumeMounts": mounts,
+                                    "securityContext": restricted,
+                                }
+                            ],
+                        },
+                    },
+                }
+            },
+        },
+    }
+    return [cron]
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aws_cdk import (
     Annotations,
     CfnOutput,
     Duration,
+    IgnoreMode,
     RemovalPolicy,
     Size,
     Stack,
     aws_ec2 as ec2,
+    aws_ecr_assets as ecr_assets,
     aws_eks_v2 as eks,
+    aws_events as events,
+    aws_events_targets as targets,
     aws_iam as iam,
+    aws_lambda as lambda_,
+    aws_s3 as s3,
     aws_s3_assets as s3_assets,
     aws_secretsmanager as secretsmanager,
 )
@@ -19,7 +27,9 @@ from aws_cdk.lambda_layer_kubectl_v33 import KubectlV33Layer
 from constructs import Construct
 
 from . import k8s
-from .config import LabConfig
+from .config import REPO_ROOT, LabConfig
+
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
 
 _VERSIONS = {
     "1.32": eks.KubernetesVersion.V1_32,
@@ -106,15 +116,16 @@ class CarbonKubeLabStack(Stack):
         # --- monitoring (optional) ------------------------------------------------------
         monitoring = self._monitoring() if c.enable_monitoring else None
 
-        # --- the agent, from this repository's chart ------------------------------------
+        # --- the agent, from this repository's chart and Dockerfile ----------------------
         chart_asset = s3_assets.Asset(self, "AgentChart", path=str(c.chart_dir))
+        image = self._agent_image()
         self.agent = self.cluster.add_helm_chart(
             "Agent",
             chart_asset=chart_asset,
             release=k8s.AGENT_RELEASE,
             namespace=k8s.AGENT_NAMESPACE,
             create_namespace=False,
-            values=k8s.agent_values(c),
+            values=k8s.agent_values(c, image),
             wait=True,
             timeout=Duration.minutes(10),
         )
@@ -128,6 +139,11 @@ class CarbonKubeLabStack(Stack):
         if c.sample_job:
             job = self.cluster.add_manifest("SampleJob", *k8s.sample_job())
             job.node.add_dependency(self.agent)
+
+        # --- cost guard and the record ---------------------------------------------------
+        if c.scale_to_zero_after_hours:
+            self._scale_to_zero()
+        self.metrics_bucket = self._metrics_export(monitoring) if monitoring is not None and c.metrics_export else None
 
         self._outputs(admin_role_arn)
 
@@ -152,6 +168,85 @@ class CarbonKubeLabStack(Stack):
                 labels=labels or None,
             )
             self.node_groups.append(ng)
+
+    def _agent_image(self) -> k8s.Image | None:
+        """The agent image: the one given, else built from the repository's Dockerfile.
+
+        The build is a container image asset: `cdk synth` only stages the build context
+        (the repository, less .dockerignore) into cdk.out; `cdk deploy` builds it with
+        Docker for the nodes' architecture and pushes it to the bootstrap ECR repository,
+        from which the nodes pull (their role has ECR read-only).
+        """
+        c = self.config
+        if c.image_repository:
+            return k8s.Image(c.image_repository, c.image_tag)
+        arm = ec2.InstanceType(c.instance_type).architecture == ec2.InstanceArchitecture.ARM_64
+        self.agent_image = ecr_assets.DockerImageAsset(
+            self,
+            "AgentImage",
+            directory=str(REPO_ROOT),
+            file="Dockerfile",
+            ignore_mode=IgnoreMode.DOCKER,
+            platform=ecr_assets.Platform.LINUX_ARM64 if arm else ecr_assets.Platform.LINUX_AMD64,
+        )
+        return k8s.Image(self.agent_image.repository.repository_uri, self.agent_image.image_tag)
+
+    def _scale_to_zero(self) -> None:
+        """An EventBridge schedule and a Lambda that scale every node group to zero."""
+        c = self.config
+        fn = lambda_.Function(
+            self,
+            "ScaleToZero",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            handler="index.handler",
+            code=lambda_.Code.from_asset(str(FUNCTIONS / "scale_to_zero")),
+            timeout=Duration.minutes(1),
+            description=f"Cost guard: scales the node groups of {c.cluster_name} to zero",
+            environment={
+                "CLUSTER_NAME": c.cluster_name,
+                "NODEGROUPS": ",".join(ng.nodegroup_name for ng in self.node_groups),
+            },
+        )
+        # Describe and update these node groups, nothing else.
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["eks:DescribeNodegroup", "eks:UpdateNodegroupConfig"],
+                resources=[ng.nodegroup_arn for ng in self.node_groups],
+            )
+        )
+        # A rate schedule first fires that long after it is created, i.e. after deploy.
+        events.Rule(
+            self,
+            "ScaleToZeroSchedule",
+            description=f"Scale {c.cluster_name} to zero nodes {c.scale_to_zero_after_hours} h after deploy",
+            schedule=events.Schedule.rate(Duration.hours(c.scale_to_zero_after_hours)),
+            targets=[targets.LambdaFunction(fn, retry_attempts=2)],
+        )
+        self.scale_to_zero_function = fn
+
+    def _metrics_export(self, monitoring: eks.HelmChart) -> s3.Bucket:
+        """A bucket that outlives the lab, filled hourly from Prometheus by a CronJob."""
+        c = self.config
+        bucket = s3.Bucket(
+            self,
+            "MetricsBucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            # The record is the point: `cdk destroy` leaves the bucket and its objects.
+            removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+        )
+        exporter = self.cluster.add_service_account(
+            "MetricsExporter", name=k8s.EXPORT_SA, namespace=k8s.MONITORING_NAMESPACE
+        )
+        # The monitoring chart creates the namespace.
+        exporter.node.add_dependency(monitoring)
+        # PutObject (and its tagging/ACL-free relatives) on this bucket's objects only.
+        bucket.grant_put(exporter.role)
+        cron = self.cluster.add_manifest("MetricsExport", *k8s.metrics_export(c.cluster_name, bucket.bucket_name))
+        cron.node.add_dependency(exporter)
+        return bucket
 
     def _admin_access(self) -> str | None:
         """Cluster-admin access for people: a given principal, or a role for the account.
@@ -260,6 +355,29 @@ class CarbonKubeLabStack(Stack):
                 value=(
                     f"kubectl -n {k8s.MONITORING_NAMESPACE} get secret {k8s.GRAFANA_SERVICE} "
                     "-o jsonpath='{.data.admin-password}' | base64 -d"
+                ),
+            )
+        if self.metrics_bucket is not None:
+            CfnOutput(self, "MetricsBucketName", value=self.metrics_bucket.bucket_name)
+            CfnOutput(
+                self,
+                "ExportMetricsCommand",
+                description="Export once more now, e.g. before cdk destroy (the bucket is kept)",
+                value=(
+                    f"kubectl -n {k8s.MONITORING_NAMESPACE} create job "
+                    f"--from=cronjob/{k8s.EXPORT_CRONJOB} {k8s.EXPORT_CRONJOB}-final"
+                ),
+            )
+        if c.scale_to_zero_after_hours:
+            CfnOutput(
+                self,
+                "ScaleUpCommand",
+                description="After the cost guard scaled the nodes to zero: back to the lab's size",
+                value=" && ".join(
+                    f"aws eks update-nodegroup-config --region {c.region} --cluster-name {c.cluster_name} "
+                    f"--nodegroup-name {ng.nodegroup_name} --scaling-config "
+                    f"minSize={c.node_min_size},desiredSize={c.node_desired_size},maxSize={c.node_max_size}"
+                    for ng in self.node_groups
                 ),
             )
         if c.sample_job:

@@ -85,19 +85,19 @@ def default(synth: Callable[..., Synth]) -> Synth:
 # --- reading custom resources back ------------------------------------------------------
 
 
-def _render(value: Any) -> str:
+def render_tokens(value: Any) -> str:
     """A CloudFormation string expression with every token replaced by <TOKEN>."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and "Fn::Join" in value:
         sep, parts = value["Fn::Join"]
-        return sep.join(_render(p) for p in parts)
+        return sep.join(render_tokens(p) for p in parts)
     return "<TOKEN>"
 
 
 def manifest_docs(resource: dict[str, Any]) -> list[dict[str, Any]]:
     """The Kubernetes objects of a Custom::AWSCDK-EKS-KubernetesResource."""
-    return json.loads(_render(resource["Properties"]["Manifest"]))
+    return json.loads(render_tokens(resource["Properties"]["Manifest"]))
 
 
 def all_manifests(s: Synth, name: str = "CarbonKubeLab") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -111,7 +111,7 @@ def helm_charts(s: Synth, name: str = "CarbonKubeLab") -> dict[str, dict[str, An
     out = {}
     for logical_id, res in s.resources("Custom::AWSCDK-EKS-HelmChart", name).items():
         props = dict(res["Properties"])
-        props["Values"] = json.loads(_render(props["Values"])) if "Values" in props else {}
+        props["Values"] = json.loads(render_tokens(props["Values"])) if "Values" in props else {}
         props["_logical_id"] = logical_id
         props["_depends_on"] = res.get("DependsOn", [])
         out[props["Release"]] = props

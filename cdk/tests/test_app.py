@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import CDK_DIR
+from conftest import CDK_DIR, render_tokens
 
 
 def _run(args, cwd, env_extra=None):
@@ -31,7 +31,7 @@ def test_app_synthesizes_offline_into_cdk_out(tmp_path):
     assert not manifest.get("missing")
     template = json.loads((out / "CarbonKubeLab.template.json").read_text())
     agent = next(r for k, r in template["Resources"].items() if k.startswith("ClusterchartAgent"))
-    assert json.loads(agent["Properties"]["Values"])["threshold"] == 280
+    assert json.loads(render_tokens(agent["Properties"]["Values"]))["threshold"] == 280
 
 
 def test_app_under_the_cdk_cli_protocol(tmp_path):
@@ -43,7 +43,7 @@ def test_app_under_the_cdk_cli_protocol(tmp_path):
     assert result.returncode == 0, result.stderr
     template = json.loads((out / "CarbonKubeLab.template.json").read_text())
     agent = next(r for k, r in template["Resources"].items() if k.startswith("ClusterchartAgent"))
-    assert json.loads(agent["Properties"]["Values"])["taintEffect"] == "NoSchedule"
+    assert json.loads(render_tokens(agent["Properties"]["Values"]))["taintEffect"] == "NoSchedule"
 
 
 def test_bad_context_exits_non_zero_with_the_reason(tmp_path):

@@ -56,7 +56,8 @@ def test_default_values_pass_through(default):
     }
     assert values["metrics"]["podMonitor"] == {"enabled": True}
     assert values["metrics"]["prometheusRule"] == {"enabled": False}
-    assert "image" not in values
+    # The image built from the repository's Dockerfile (tests/test_image.py).
+    assert ".dkr.ecr." in values["image"]["repository"] and values["image"]["tag"]
 
 
 def test_context_values_pass_through(synth):

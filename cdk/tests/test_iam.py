@@ -28,6 +28,7 @@ VARIANTS = {
         "keySecretExisting": "true",
     },
     "no-monitoring": {"enableMonitoring": "false", "sampleJob": "false"},
+    "cost-guard": {"scaleToZeroAfterHours": "8", "zones": "FR,DE"},
 }
 
 

@@ -57,6 +57,10 @@ def test_secondary_uses_the_same_carbon_settings(synth):
     s = synth(secondaryRegion="us-west-2", threshold=250, taintEffect="NoSchedule")
     a = helm_charts(s)["carbon-kube"]["Values"]
     b = helm_charts(s, "CarbonKubeLabSecondary")["carbon-kube"]["Values"]
+    # The same image, built into each region's own registry.
+    image_a, image_b = a.pop("image"), b.pop("image")
+    assert image_a["tag"] == image_b["tag"]
+    assert ".us-west-2." in image_b["repository"] and ".eu-west-1." in image_a["repository"]
     assert a == b and b["threshold"] == 250 and b["taintEffect"] == "NoSchedule"
 
 
