@@ -154,11 +154,35 @@ pub struct AgentArgs {
     )]
     pub cgroup_root: PathBuf,
 
-    /// Leader: hold pods gated by `carbon-kube.io/defer` until the forecast's greenest start
-    /// before their `carbon-kube.io/latest-start` annotation (needs pods get/list/watch/patch).
+    /// Leader: hold pods gated by `carbon-kube.io/defer` and release each at the greenest
+    /// forecast start that has free CPU before its `carbon-kube.io/latest-start` (needs pods
+    /// get/list/watch/patch).
     #[arg(long, env = "CARBON_KUBE_DEFERRAL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub deferral: bool,
+
+    /// Deferral planner: share of the free CPU (what other work leaves) that deferred pods
+    /// never book, kept for arrivals the learned load did not foresee; 0 to below 1.
+    #[arg(long, env = "CARBON_KUBE_DEFERRAL_HEADROOM", default_value_t = 0.2)]
+    pub deferral_headroom: f64,
+
+    /// Deferral planner: the last part of each pod's window that is never booked; a pod is
+    /// released once less than this (plus the recent wait to be scheduled) is left.
+    #[arg(long, env = "CARBON_KUBE_DEFERRAL_MARGIN", default_value = "2h")]
+    pub deferral_margin: String,
+
+    /// Deferral planner: hold a pod only when the forecast gain exceeds this many σ of the
+    /// forecast error.
+    #[arg(long, env = "CARBON_KUBE_DEFERRAL_K_SIGMA", default_value_t = 1.0)]
+    pub deferral_k_sigma: f64,
+
+    /// Deferral planner: σ of the forecast error assumed, as a fraction of the forecast's mean.
+    #[arg(
+        long,
+        env = "CARBON_KUBE_DEFERRAL_FORECAST_ERROR",
+        default_value_t = 0.05
+    )]
+    pub deferral_forecast_error: f64,
 
     /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
     /// has carried the carbon taint for --migrate-after and a greener untainted zone exists

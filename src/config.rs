@@ -50,8 +50,10 @@ pub struct AgentConfig {
     pub providers: ProvidersConfig,
     pub power: crate::power::PowerOverrides,
     pub cgroup_root: std::path::PathBuf,
-    /// The leader releases gated pods at their greenest start (`--deferral`).
+    /// The leader releases gated pods at their greenest start with room (`--deferral`).
     pub deferral: bool,
+    /// The deferral planner's knobs (`--deferral-*`).
+    pub deferral_planner: crate::deferral::round::RoundSettings,
     /// Every agent moves opted-in pods off its tainted node (`--migration`).
     pub migration: bool,
     pub migrate_after: Duration,
@@ -236,6 +238,25 @@ impl AgentConfig {
             .tuner
             .then(|| tuner_params(args, threshold))
             .transpose()?;
+        let deferral_planner = crate::deferral::round::RoundSettings {
+            planner: crate::planner::PlannerParams {
+                headroom: args.deferral_headroom,
+                margin: parse_duration("deferral-margin", &args.deferral_margin)?,
+                k_sigma: args.deferral_k_sigma,
+            },
+            forecast_error: args.deferral_forecast_error,
+        };
+        deferral_planner
+            .planner
+            .validate()
+            .map_err(|(flag, why)| invalid(flag, why))?;
+        let error = args.deferral_forecast_error;
+        if !(error.is_finite() && (0.0..=1.0).contains(&error)) {
+            return Err(invalid(
+                "deferral-forecast-error",
+                format!("{error} must be between 0 and 1"),
+            ));
+        }
         if args.poll_concurrency == 0 {
             return Err(invalid("poll-concurrency", "must be at least 1"));
         }
@@ -279,6 +300,7 @@ impl AgentConfig {
             providers,
             cgroup_root: args.cgroup_root.clone(),
             deferral: args.deferral,
+            deferral_planner,
             migration: args.migration,
             migrate_after: parse_duration("migrate-after", &args.migrate_after)?,
             max_evictions_per_hour: args.max_evictions_per_hour,
@@ -488,8 +510,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag_and_the_reason() {
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 12] = [
             (&["--hysteresis", "400"], "--hysteresis"),
+            (&["--deferral-headroom", "1"], "--deferral-headroom"),
+            (&["--deferral-k-sigma=-1"], "--deferral-k-sigma"),
+            (&["--deferral-margin", "soon"], "--deferral-margin"),
+            (
+                &["--deferral-forecast-error", "2"],
+                "--deferral-forecast-error",
+            ),
             (&["--threshold=-5"], "--threshold"),
             (&["--max-tainted-fraction", "1.5"], "--max-tainted-fraction"),
             (
@@ -511,6 +540,11 @@ mod tests {
     fn shifting_flags_default_and_validate() {
         let cfg = agent(&[]).unwrap();
         assert!(cfg.deferral && !cfg.migration);
+        assert_eq!(
+            cfg.deferral_planner.planner,
+            crate::planner::PlannerParams::default()
+        );
+        assert_eq!(cfg.deferral_planner.forecast_error, 0.05);
         assert_eq!(cfg.migrate_after, Duration::from_secs(1800));
         assert_eq!(cfg.max_evictions_per_hour, 6);
         let cfg = agent(&[

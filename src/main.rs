@@ -184,6 +184,8 @@ async fn agent(config: AgentConfig) -> Result<()> {
         let (client, metrics) = (client.clone(), metrics.clone());
         let settings = DeferralSettings {
             max_age: config.decision.max_age,
+            round: config.deferral_planner,
+            default_zone: config.default_zone.clone(),
             coefficients: PowerCoefficients::for_architecture(std::env::consts::ARCH)
                 .with_overrides(&config.power)
                 .unwrap_or_else(|_| PowerCoefficients::for_architecture("")),

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub deferral_seconds: Histogram,
     pub deferral_saved_grams: Counter,
     deferral_releases: IntCounterVec,
+    deferral_booked: GaugeVec,
+    deferral_room: GaugeVec,
     evictions: IntCounterVec,
     pub ready: AtomicBool,
 }
@@ -267,10 +269,20 @@ impl Metrics {
             deferral_releases: c.add(IntCounterVec::new(
                 Opts::new(
                     "deferral_releases_total",
-                    "Gated pods released by reason (greenest_now, latest_start, no_forecast, invalid).",
+                    "Gated pods released by reason (greenest_now, gain_within_error, latest_start, no_room, no_forecast, invalid).",
                 ),
                 &["reason"],
             )),
+            deferral_booked: c.gauges(
+                "deferral_booked_vcpus",
+                "Most vCPUs the deferral planner has booked for held pods in any slot ahead, per zone (leader only).",
+                &["zone"],
+            ),
+            deferral_room: c.gauges(
+                "deferral_room_vcpus",
+                "vCPUs deferred work may still take now per zone: free CPU left by other work times (1 - headroom), less deferred pods running and booked (leader only).",
+                &["zone"],
+            ),
             evictions: c.add(IntCounterVec::new(
                 Opts::new(
                     "evictions_total",
@@ -379,7 +391,18 @@ impl Metrics {
         let _ = self.pod_emitted_grams.remove_label_values(&labels);
     }
 
-    /// A gated pod released; `reason` is one of [`crate::deferral::Release::reason`]'s values.
+    /// The planner's ledger after a round, per zone: peak booked vCPUs and room now.
+    pub fn set_deferral_ledger(&self, zones: &[(String, f64, f64)]) {
+        self.deferral_booked.reset();
+        self.deferral_room.reset();
+        for (zone, booked, room) in zones {
+            self.deferral_booked.with_label_values(&[zone]).set(*booked);
+            self.deferral_room.with_label_values(&[zone]).set(*room);
+        }
+    }
+
+    /// A gated pod released; `reason` is a [`crate::planner::ReleaseReason::label`],
+    /// `no_forecast` or `invalid`.
     pub fn record_deferral_release(&self, reason: &'static str) {
         self.deferral_releases.with_label_values(&[reason]).inc();
     }

@@ -17,6 +17,7 @@ use tracing::warn;
 use crate::budget::ZoneLoad;
 use crate::carbon::GridZone;
 use crate::node::TAINT_KEY;
+use crate::resources::pod_cpu_request;
 use crate::tuner::{Observation, Tuner, TunerParams, TunerState};
 
 /// Pods the scheduler could not place because of the carbon taint.
@@ -127,27 +128,10 @@ pub async fn pending(client: &Client) -> Pending {
             });
         if held {
             out.held_by_taint += 1;
-            out.held_vcpus += requested_vcpus(pod);
+            out.held_vcpus += pod_cpu_request(pod);
         }
     }
     out
-}
-
-fn requested_vcpus(pod: &Pod) -> f64 {
-    pod.spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
-        .map(|q| parse_cpu(&q.0))
-        .sum()
-}
-
-/// Kubernetes CPU quantities: `2`, `0.5`, `250m`.
-fn parse_cpu(quantity: &str) -> f64 {
-    match quantity.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(0.0, |m| m / 1000.0),
-        None => quantity.parse().unwrap_or(0.0),
-    }
 }
 
 #[cfg(test)]
@@ -230,13 +214,5 @@ mod tests {
                 .state
                 .contains("\"steps\":1")
         );
-    }
-
-    #[test]
-    fn cpu_quantities_parse() {
-        assert_eq!(parse_cpu("250m"), 0.25);
-        assert_eq!(parse_cpu("2"), 2.0);
-        assert_eq!(parse_cpu("0.5"), 0.5);
-        assert_eq!(parse_cpu("lots"), 0.0);
     }
 }

@@ -1,13 +1,14 @@
-//! The leader's deferral loop: watch unscheduled pods, hold the gated ones,
-//! and release each when [`decide`] says so, with an event on the pod.
+//! The leader's deferral loop: watch pods, nodes and CarbonScores, plan
+//! every gated pod with [`plan_round`] (the shared planner), release the
+//! ones it says, with an event on the pod.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -17,14 +18,16 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::round::{Ask, Decision, RoundSettings, ZoneState, plan_round};
 use super::{
-    Decision, GATE, Plan, Release, Request, decide, estimated_grams, forecast_for, parse_request,
-    requested_vcpus,
+    DURATION, GATE, LATEST_START, MAX_DELAY, Request, ZoneSeries, estimated_grams, parse_request,
 };
 use crate::carbon::GridZone;
-use crate::crd::{CarbonScore, CarbonScoreStatus};
+use crate::crd::CarbonScore;
 use crate::metrics::Metrics;
+use crate::planner::{ExpectedWait, ReleaseReason, RigidLoad};
 use crate::power::PowerCoefficients;
+use crate::resources::{node_allocatable_cpu, pod_cpu_request};
 use crate::zones;
 
 /// Re-plan at least this often, so a latest start is met without any event.
@@ -34,11 +37,17 @@ const FIELD_MANAGER: &str = "carbon-kube-leader";
 const RELEASE_GRACE: Duration = Duration::from_secs(30);
 /// Events and metrics name the component this way.
 pub const CONTROLLER: &str = "carbon-kube";
+/// Weeks the learned non-deferred load per hour of week remembers.
+const RIGID_MEMORY_WEEKS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct DeferralSettings {
     /// Carbon data older than this is not planned on (the pod is released).
     pub max_age: Duration,
+    /// The planner's knobs and the forecast error it assumes.
+    pub round: RoundSettings,
+    /// Zone of nodes without a zone label or known region.
+    pub default_zone: Option<GridZone>,
     /// Power model for the grams-saved estimate.
     pub coefficients: PowerCoefficients,
     /// This agent's identity, as the events' reporting instance.
@@ -51,19 +60,46 @@ struct Held {
     first_now_mean: f64,
 }
 
+/// Why a pod goes now, for its event and the metric.
+enum Release {
+    Planned {
+        reason: ReleaseReason,
+        zone: Option<GridZone>,
+        now_mean: Option<f64>,
+    },
+    NoForecast(String),
+    Invalid(String),
+}
+
+impl Release {
+    fn label(&self) -> &'static str {
+        match self {
+            Release::Planned { reason, .. } => reason.label(),
+            Release::NoForecast(_) => "no_forecast",
+            Release::Invalid(_) => "invalid",
+        }
+    }
+}
+
 pub struct Deferral {
     client: Client,
     metrics: Arc<Metrics>,
     settings: DeferralSettings,
     recorder: Recorder,
     held: HashMap<String, Held>,
-    released: HashMap<String, Instant>,
+    /// Pods released recently: when, and whether their binding was seen yet.
+    released: HashMap<String, (Instant, bool)>,
+    rigid: Option<RigidLoad>,
+    /// Zones in the order `rigid` knows them.
+    rigid_zones: Vec<GridZone>,
+    wait: ExpectedWait,
 }
 
 impl Drop for Deferral {
     /// A former leader holds nothing.
     fn drop(&mut self) {
         self.metrics.pods_deferred.set(0);
+        self.metrics.set_deferral_ledger(&[]);
     }
 }
 
@@ -75,10 +111,38 @@ pub fn is_gated(pod: &Pod) -> bool {
         .is_some_and(|gates| gates.iter().any(|g| g.name == GATE))
 }
 
+/// True for a pod that opted in to deferral (whether still held or not).
+fn is_deferrable(pod: &Pod) -> bool {
+    let annotations = pod.annotations();
+    annotations.contains_key(LATEST_START) || annotations.contains_key(MAX_DELAY)
+}
+
 /// The zone a pod's node selector pins it to (grid-zone label, or a known region).
 fn selector_zone(pod: &Pod) -> Option<GridZone> {
     let selector = pod.spec.as_ref()?.node_selector.as_ref()?;
     zones::zone_for_node(selector, None).zone
+}
+
+/// When a bound pod was bound (its PodScheduled condition), else created.
+fn bound_at(pod: &Pod) -> Option<Timestamp> {
+    let scheduled = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    scheduled.or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// Wakes the loop on every watch event. A failure (the watcher retries with
@@ -93,7 +157,7 @@ fn notify<T>(
         match event {
             Err(e) if !failing => {
                 failing = true;
-                warn!(error = %e, "deferral: {what} watch failed; retrying (needs RBAC pods get/list/watch/patch, or --deferral=false)");
+                warn!(error = %e, "deferral: {what} watch failed; retrying (needs RBAC pods get/list/watch/patch and nodes list/watch, or --deferral=false)");
             }
             Err(e) => debug!(error = %e, "deferral: {what} watch still failing"),
             Ok(_) => failing = false,
@@ -123,6 +187,9 @@ impl Deferral {
             recorder,
             held: HashMap::new(),
             released: HashMap::new(),
+            rigid: None,
+            rigid_zones: Vec::new(),
+            wait: ExpectedWait::default(),
         }
     }
 
@@ -130,14 +197,21 @@ impl Deferral {
     /// watches live inside this future and end with it.
     pub async fn run(mut self) {
         let (changed_tx, mut changed) = watch::channel(());
-        // Gated pods are unscheduled: the field selector keeps bound pods out of the cache.
+        // Every pod that holds or may hold CPU: gated ones, and those bound to nodes.
         let (pods, pod_writer) = reflector::store::<Pod>();
         let pod_events = watcher(
             Api::<Pod>::all(self.client.clone()),
-            watcher::Config::default().fields("spec.nodeName="),
+            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         )
         .default_backoff()
         .reflect(pod_writer);
+        let (nodes, node_writer) = reflector::store::<Node>();
+        let node_events = watcher(
+            Api::<Node>::all(self.client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(node_writer);
         let (scores, score_writer) = reflector::store::<CarbonScore>();
         let score_events = watcher(
             Api::<CarbonScore>::all(self.client.clone()),
@@ -146,8 +220,9 @@ impl Deferral {
         .default_backoff()
         .reflect(score_writer);
         let pod_watch = pod_events.for_each(notify(changed_tx.clone(), "pod"));
+        let node_watch = node_events.for_each(notify(changed_tx.clone(), "node"));
         let score_watch = score_events.for_each(notify(changed_tx, "CarbonScore"));
-        info!("deferral: holding pods gated by {GATE} until their greenest start");
+        info!("deferral: planning pods gated by {GATE} into the greenest hours with room");
         let work = async {
             let mut ticker = tokio::time::interval(TICK);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,109 +231,222 @@ impl Deferral {
                     _ = ticker.tick() => {}
                     changed = changed.changed() => if changed.is_err() { return },
                 }
-                if pods.wait_until_ready().await.is_err() {
+                if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err()
+                {
                     return;
                 }
-                self.round(&pods, &scores).await;
+                self.round(&pods, &nodes, &scores).await;
             }
         };
         tokio::select! {
             _ = pod_watch => {}
+            _ = node_watch => {}
             _ = score_watch => {}
             _ = work => {}
         }
     }
 
-    /// One pass over every gated pod.
-    async fn round(&mut self, pods: &Store<Pod>, scores: &Store<CarbonScore>) {
-        let now = Timestamp::now();
-        let mut zones: Vec<(GridZone, CarbonScoreStatus)> = scores
+    /// The zones as they are now: free CPU from the nodes and the pods bound to them.
+    fn zones(
+        &mut self,
+        pods: &[Arc<Pod>],
+        nodes: &Store<Node>,
+        scores: &Store<CarbonScore>,
+        now: Timestamp,
+    ) -> Vec<ZoneState> {
+        let mut zones: Vec<ZoneState> = scores
             .state()
             .iter()
-            .filter_map(|s| Some((GridZone::parse(&s.spec.zone).ok()?, s.status.clone()?)))
+            .filter_map(|s| {
+                let zone = GridZone::parse(&s.spec.zone).ok()?;
+                let forecast = match &s.status {
+                    Some(status) => {
+                        ZoneSeries::from_status(&zone, status, now, self.settings.max_age)
+                    }
+                    None => Err(format!("zone {zone} has no carbon data yet")),
+                };
+                Some(ZoneState {
+                    zone,
+                    allocatable: 0.0,
+                    requested: 0.0,
+                    deferred: Vec::new(),
+                    forecast,
+                })
+            })
             .collect();
-        zones.sort_by(|a, b| a.0.cmp(&b.0));
-        self.released.retain(|_, at| at.elapsed() < RELEASE_GRACE);
-        let gated: Vec<Arc<Pod>> = pods
-            .state()
-            .into_iter()
-            .filter(|p| is_gated(p) && p.metadata.deletion_timestamp.is_none())
-            .collect();
-        let mut holding = 0;
-        for pod in &gated {
-            let uid = pod.uid().unwrap_or_default();
-            if self.released.contains_key(&uid) {
+        zones.sort_by(|a, b| a.zone.cmp(&b.zone));
+        let mut zone_of_node: HashMap<String, usize> = HashMap::new();
+        for node in nodes.state() {
+            let labels = node.labels();
+            let Some(zone) = zones::zone_for_node(labels, self.settings.default_zone.as_ref()).zone
+            else {
                 continue;
+            };
+            let Some(index) = zones.iter().position(|z| z.zone == zone) else {
+                continue;
+            };
+            zone_of_node.insert(node.name_any(), index);
+            let schedulable = !node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            if schedulable {
+                zones[index].allocatable += node_allocatable_cpu(&node);
             }
+        }
+        for pod in pods.iter().filter(|p| !is_terminal(p)) {
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+                continue;
+            };
+            let Some(&index) = zone_of_node.get(node) else {
+                continue;
+            };
+            let vcpus = pod_cpu_request(pod);
+            zones[index].requested += vcpus;
+            if is_deferrable(pod) && !is_gated(pod) {
+                let uid = pod.uid().unwrap_or_default();
+                if let Some((at, seen)) = self.released.get_mut(&uid).filter(|(_, seen)| !*seen) {
+                    *seen = true;
+                    self.wait.observe(at.elapsed().as_secs_f64());
+                }
+                let duration = pod
+                    .annotations()
+                    .get(DURATION)
+                    .and_then(|d| super::parse_duration(d).ok())
+                    .unwrap_or(super::DEFAULT_DURATION);
+                let started = bound_at(pod).unwrap_or(now);
+                let end = started + SignedDuration::try_from(duration).unwrap_or_default();
+                zones[index].deferred.push((end, vcpus));
+            }
+        }
+        zones
+    }
+
+    /// One pass over every gated pod.
+    async fn round(&mut self, pods: &Store<Pod>, nodes: &Store<Node>, scores: &Store<CarbonScore>) {
+        let now = Timestamp::now();
+        self.released
+            .retain(|_, (at, _)| at.elapsed() < RELEASE_GRACE);
+        let all = pods.state();
+        let zones = self.zones(&all, nodes, scores, now);
+        let names: Vec<GridZone> = zones.iter().map(|z| z.zone.clone()).collect();
+        if self.rigid.is_none() || self.rigid_zones != names {
+            // Observations per hour at this tick, for the load's memory in weeks.
+            let per_hour = (3600 / TICK.as_secs()) as u32;
+            self.rigid = Some(RigidLoad::new(names.len(), RIGID_MEMORY_WEEKS * per_hour));
+            self.rigid_zones = names;
+        }
+        let gated: Vec<Arc<Pod>> = all
+            .into_iter()
+            .filter(|p| {
+                is_gated(p)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && !self.released.contains_key(&p.uid().unwrap_or_default())
+            })
+            .collect();
+        let mut planned: Vec<(Arc<Pod>, Ask)> = Vec::new();
+        for pod in &gated {
             let created = pod
                 .metadata
                 .creation_timestamp
                 .as_ref()
                 .map_or(now, |t| t.0);
-            let request = match parse_request(pod.annotations(), selector_zone(pod), created) {
-                Ok(request) => request,
-                Err(why) => {
-                    self.release(pod, None, Release::Invalid(why), now).await;
-                    continue;
+            match parse_request(pod.annotations(), selector_zone(pod), created) {
+                Ok(request) => {
+                    let vcpus = pod_cpu_request(pod);
+                    planned.push((pod.clone(), Ask { request, vcpus }));
                 }
-            };
-            let forecast = forecast_for(request.zone.as_ref(), &zones, now, self.settings.max_age);
-            match decide(now, &request, forecast.as_ref().map_err(String::as_str)) {
-                Decision::Hold(plan) => {
-                    holding += 1;
-                    if let std::collections::hash_map::Entry::Vacant(entry) = self.held.entry(uid) {
-                        entry.insert(Held {
-                            first_now_mean: plan.now_mean,
-                        });
-                        self.announce(pod, &request, &plan).await;
-                    }
-                }
-                Decision::Release(release) => {
-                    self.release(pod, Some(&request), release, now).await;
+                Err(why) => self.release(pod, None, Release::Invalid(why), now).await,
+            }
+        }
+        let asks: Vec<Ask> = planned.iter().map(|(_, a)| a.clone()).collect();
+        let rigid = self.rigid.as_mut().expect("set above");
+        let wait = Duration::from_secs_f64(self.wait.get());
+        let round = plan_round(&self.settings.round, now, &zones, &asks, rigid, wait);
+        let ledger: Vec<(String, f64, f64)> = round
+            .booked
+            .iter()
+            .map(|b| (b.zone.to_string(), b.peak_vcpus, b.room_now_vcpus))
+            .collect();
+        self.metrics.set_deferral_ledger(&ledger);
+        let mut holding = 0;
+        for (i, (pod, ask)) in planned.iter().enumerate() {
+            if let Decision::Hold {
+                start_at,
+                zone,
+                now_mean,
+                planned_mean,
+            } = &round.decisions[i]
+            {
+                holding += 1;
+                let uid = pod.uid().unwrap_or_default();
+                if let std::collections::hash_map::Entry::Vacant(entry) = self.held.entry(uid) {
+                    entry.insert(Held {
+                        first_now_mean: *now_mean,
+                    });
+                    self.announce(pod, ask, *start_at, zone, *now_mean, *planned_mean)
+                        .await;
                 }
             }
+        }
+        for &i in &round.release_order {
+            let (pod, ask) = &planned[i];
+            let release = match &round.decisions[i] {
+                Decision::Release {
+                    reason,
+                    zone,
+                    now_mean,
+                } => Release::Planned {
+                    reason: *reason,
+                    zone: zone.clone(),
+                    now_mean: *now_mean,
+                },
+                Decision::NoForecast(why) => Release::NoForecast(why.clone()),
+                Decision::Hold { .. } => continue,
+            };
+            self.release(pod, Some(ask), release, now).await;
         }
         let live: HashSet<String> = gated.iter().filter_map(|p| p.uid()).collect();
         self.held.retain(|uid, _| live.contains(uid));
         self.metrics.pods_deferred.set(holding);
     }
 
-    fn grams(&self, pod: &Pod, request: &Request, mean: f64) -> f64 {
+    fn grams(&self, ask: &Ask, mean: f64) -> f64 {
         estimated_grams(
             &self.settings.coefficients,
-            requested_vcpus(pod),
-            request.duration,
+            ask.vcpus,
+            ask.request.duration,
             mean,
         )
     }
 
-    async fn announce(&self, pod: &Pod, request: &Request, plan: &Plan) {
-        let saving = self.grams(pod, request, plan.now_mean - plan.best_mean);
+    async fn announce(
+        &self,
+        pod: &Pod,
+        ask: &Ask,
+        start_at: Timestamp,
+        zone: &GridZone,
+        now_mean: f64,
+        planned_mean: f64,
+    ) {
+        let request: &Request = &ask.request;
+        let saving = self.grams(ask, now_mean - planned_mean);
         let note = format!(
-            "Waiting for greener power: the forecast for {} is lowest for a start at {} \
-             ({:.0} gCO2/kWh on average over {} vs {:.0} starting now; about {:.1} g CO2 less \
-             for {} vCPU). Released by {} at the latest.",
-            plan.scope,
-            plan.start_at,
-            plan.best_mean,
+            "Waiting for greener power: planned start {start_at} in zone {zone}, booked within \
+             its free CPU ({planned_mean:.0} gCO2/kWh forecast on average over {} vs {now_mean:.0} \
+             starting now; expected saving about {saving:.1} g CO2 for {} vCPU). Released by {} \
+             at the latest.",
             human(request.duration),
-            plan.now_mean,
-            saving,
-            requested_vcpus(pod),
+            ask.vcpus,
             request.latest_start,
         );
-        info!(pod = %pod_key(pod), start_at = %plan.start_at, latest_start = %request.latest_start, "deferral: holding pod");
+        info!(pod = %pod_key(pod), start_at = %start_at, zone = %zone, latest_start = %request.latest_start, "deferral: holding pod");
         self.event(pod, EventType::Normal, "Deferred", "Defer", note)
             .await;
     }
 
-    async fn release(
-        &mut self,
-        pod: &Pod,
-        request: Option<&Request>,
-        release: Release,
-        now: Timestamp,
-    ) {
+    async fn release(&mut self, pod: &Pod, ask: Option<&Ask>, release: Release, now: Timestamp) {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         // Strategic merge by the gates' merge key `name`: the server removes ours
@@ -281,7 +469,7 @@ impl Deferral {
             }
         }
         let uid = pod.uid().unwrap_or_default();
-        self.released.insert(uid.clone(), Instant::now());
+        self.released.insert(uid.clone(), (Instant::now(), false));
         let held = self.held.remove(&uid);
         let created = pod
             .metadata
@@ -290,11 +478,15 @@ impl Deferral {
             .map_or(now, |t| t.0);
         let waited = now.duration_since(created).as_secs_f64().max(0.0);
         self.metrics.deferral_seconds.observe(waited);
-        self.metrics.record_deferral_release(release.reason());
+        self.metrics.record_deferral_release(release.label());
         // Saving: the run as forecast when the pod was first held, against the run from now.
-        let saved = match (held, request, release.now_mean()) {
-            (Some(held), Some(request), Some(now_mean)) => {
-                Some(self.grams(pod, request, held.first_now_mean - now_mean))
+        let now_mean = match &release {
+            Release::Planned { now_mean, .. } => *now_mean,
+            _ => None,
+        };
+        let saved = match (held, ask, now_mean) {
+            (Some(held), Some(ask), Some(now_mean)) => {
+                Some(self.grams(ask, held.first_now_mean - now_mean))
             }
             _ => None,
         };
@@ -305,23 +497,58 @@ impl Deferral {
         let saved_text = saved.map_or(String::new(), |g| {
             format!(" Estimated saving against starting when first held: {g:.1} g CO2.")
         });
+        let latest = ask.map_or_else(String::new, |a| a.request.latest_start.to_string());
+        let margin = human(self.settings.round.planner.margin);
         let (kind, reason, note) = match &release {
-            Release::Greenest { now_mean, scope } => (
-                EventType::Normal,
-                "Released",
-                format!(
-                    "Released after {waited_text}: now is the greenest start before the latest start \
-                     (forecast for {scope}: {now_mean:.0} gCO2/kWh on average over the run).{saved_text}"
-                ),
-            ),
-            Release::LatestStart { .. } => (
-                EventType::Normal,
-                "ReleasedAtLatestStart",
-                format!(
-                    "Released after {waited_text}: its latest start {} has come.{saved_text}",
-                    request.map_or_else(String::new, |r| r.latest_start.to_string())
-                ),
-            ),
+            Release::Planned {
+                reason,
+                zone,
+                now_mean,
+            } => {
+                let zone_text = zone.as_ref().map_or_else(
+                    || "no zone has room now".to_string(),
+                    |z| format!("booked in zone {z}"),
+                );
+                let mean_text = now_mean.map_or(String::new(), |m| {
+                    format!(", {m:.0} gCO2/kWh forecast on average over the run")
+                });
+                match reason {
+                    ReleaseReason::Greenest => (
+                        EventType::Normal,
+                        "Released",
+                        format!(
+                            "Released after {waited_text}: now is the greenest start with free CPU \
+                             before the latest start ({zone_text}{mean_text}).{saved_text}"
+                        ),
+                    ),
+                    ReleaseReason::GainWithinError => (
+                        EventType::Normal,
+                        "Released",
+                        format!(
+                            "Released after {waited_text}: a later start is forecast cheaper, but by \
+                             less than the forecast's error ({zone_text}{mean_text}).{saved_text}"
+                        ),
+                    ),
+                    ReleaseReason::Deadline => (
+                        EventType::Normal,
+                        "ReleasedAtLatestStart",
+                        format!(
+                            "Released after {waited_text}: its latest start {latest} is less than \
+                             the margin ({margin}) plus the expected wait to be scheduled away \
+                             ({zone_text}).{saved_text}"
+                        ),
+                    ),
+                    ReleaseReason::NoRoom => (
+                        EventType::Normal,
+                        "ReleasedNoRoom",
+                        format!(
+                            "Released after {waited_text}: no window before its latest start {latest} \
+                             (less the margin {margin}) has free CPU for it; waiting would only risk \
+                             the deadline."
+                        ),
+                    ),
+                }
+            }
             Release::NoForecast(why) => (
                 EventType::Warning,
                 "ReleasedWithoutForecast",
@@ -333,7 +560,7 @@ impl Deferral {
                 format!("Released at once without deferral: {why}."),
             ),
         };
-        info!(pod = %pod_key(pod), reason = release.reason(), waited_seconds = waited as u64, "deferral: released pod");
+        info!(pod = %pod_key(pod), reason = release.label(), waited_seconds = waited as u64, "deferral: released pod");
         self.event(pod, kind, reason, "Release", note).await;
     }
 

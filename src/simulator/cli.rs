@@ -13,6 +13,7 @@ use super::workload::WorkloadParams;
 use super::{report, svg, tune};
 use crate::config::parse_duration;
 use crate::decision::DecisionParams;
+use crate::planner::PlannerParams;
 use crate::power::PowerCoefficients;
 use crate::tuner::TunerParams;
 
@@ -124,6 +125,15 @@ pub struct ClusterArgs {
     pub forecast_error: f64,
     #[arg(long, default_value_t = 0)]
     pub forecast_seed: u64,
+    /// Deferral planner: share of the free CPU deferred work never books.
+    #[arg(long, default_value_t = PlannerParams::default().headroom)]
+    pub deferral_headroom: f64,
+    /// Deferral planner: the last part of each window never booked.
+    #[arg(long, default_value = "2h")]
+    pub deferral_margin: String,
+    /// Deferral planner: hold only for a forecast gain above this many σ of the forecast error.
+    #[arg(long, default_value_t = PlannerParams::default().k_sigma)]
+    pub deferral_k_sigma: f64,
     /// Grams of CO2 one vCPU-hour of delay is worth (the tuner's latency penalty).
     #[arg(long, default_value_t = 0.05)]
     pub delay_cost: f64,
@@ -159,6 +169,15 @@ impl ClusterArgs {
             ));
         }
         let dwell = parse_duration("dwell", &self.dwell).map_err(|e| invalid(e.to_string()))?;
+        let planner = PlannerParams {
+            headroom: self.deferral_headroom,
+            margin: parse_duration("deferral-margin", &self.deferral_margin)
+                .map_err(|e| invalid(e.to_string()))?,
+            k_sigma: self.deferral_k_sigma,
+        };
+        planner
+            .validate()
+            .map_err(|(flag, why)| invalid(format!("--{flag}: {why}")))?;
         Ok(ClusterConfig {
             nodes: self.nodes,
             vcpus_per_node: self.vcpus_per_node,
@@ -192,6 +211,7 @@ impl ClusterArgs {
             forecast_error: self.forecast_error,
             forecast_seed: self.forecast_seed,
             coefficients: PowerCoefficients::for_architecture("unknown"),
+            planner,
         })
     }
 }

@@ -11,10 +11,13 @@
 use std::time::Duration;
 
 use super::agent::{AgentSettings, Agents};
-use super::plan::{Prefix, cheapest_start};
 use super::trace::Series;
 use super::workload::Job;
 use crate::carbon::GridZone;
+use crate::planner::{
+    self, ExpectedWait, Ledger, PlannerParams, RigidLoad, Step, Waiting, ZoneCapacity,
+    ZoneForecast, hour_of_week,
+};
 use crate::power::{PowerCoefficients, emission_score};
 use crate::tuner::{Observation, Tuner};
 
@@ -57,10 +60,24 @@ pub enum Policy<'a> {
     Static { threshold_grams_per_kwh: f64 },
     /// The agent with the leader's tuner setting each zone's threshold every step.
     Tuned { tuners: &'a mut [Tuner] },
-    /// Forecast-aware deferral: a job with slack starts at the forecast's
-    /// cheapest moment of its window in its home zone (temporal shifting only).
-    Deferral { forecast: &'a [Prefix] },
 }
+
+/// Deferral by the leader's planner ([`crate::planner`]): jobs with slack
+/// wait behind the gate until the planner releases them, then prefer the zone
+/// it booked them in.
+#[derive(Debug, Clone)]
+pub struct Deferral<'a> {
+    pub params: PlannerParams,
+    /// What the planner sees of each zone's future: one value per step (the
+    /// value at the current step is replaced by the truth, as the live
+    /// CarbonScore carries the measured intensity).
+    pub forecast: &'a [Vec<f64>],
+    /// σ of the forecast error per zone and step of horizon, g/kWh.
+    pub sigma: &'a [Vec<f64>],
+}
+
+/// Weeks the learned non-deferred load per hour of week remembers.
+const RIGID_MEMORY_WEEKS: u32 = 4;
 
 /// What happened to the jobs under one policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,15 +172,22 @@ impl Cluster {
         (*free >= vcpus).then_some(node)
     }
 
-    fn place(&self, job: &Job, now: usize, tainted: Option<&[bool]>) -> Placement {
+    /// `preferred`: the zone tried first (the home zone, or where the planner booked the job).
+    fn place(
+        &self,
+        job: &Job,
+        preferred: usize,
+        now: usize,
+        tainted: Option<&[bool]>,
+    ) -> Placement {
         let mut zones: Vec<usize> = if job.pinned {
             vec![job.home]
         } else {
-            let mut others: Vec<usize> = (0..self.free.len()).filter(|&z| z != job.home).collect();
+            let mut others: Vec<usize> = (0..self.free.len()).filter(|&z| z != preferred).collect();
             others.sort_by_key(|&z| {
                 std::cmp::Reverse(self.free_total[z] * 1000 / (self.free[z].len().max(1) as u64))
             });
-            std::iter::once(job.home).chain(others).collect()
+            std::iter::once(preferred).chain(others).collect()
         };
         let Some(tainted) = tainted else {
             return zones
@@ -201,8 +225,137 @@ impl Cluster {
     }
 }
 
-/// Replays the scenario under one policy.
-pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
+/// Replays the scenario under one taint policy, without deferral.
+pub fn run(scenario: &Scenario, policy: Policy) -> Outcome {
+    run_with(scenario, policy, None)
+}
+
+/// The planner's side of a replay: jobs it holds, jobs it released.
+struct Planned<'a, 'b> {
+    deferral: &'b Deferral<'a>,
+    /// Held jobs in arrival order.
+    waiting: Vec<usize>,
+    /// Released, not started yet: job and release step.
+    released_at: Vec<Option<usize>>,
+    /// Released jobs running: zone, end step, vCPUs.
+    running: Vec<(usize, usize, u32)>,
+    rigid: RigidLoad,
+    wait: ExpectedWait,
+}
+
+impl Planned<'_, '_> {
+    /// Plans every held job at step `t` and returns the released ones in
+    /// release order, each with the zone it was booked in.
+    fn step(
+        &mut self,
+        scenario: &Scenario,
+        cluster: &Cluster,
+        t: usize,
+        truth: &[f64],
+    ) -> Vec<(usize, Option<usize>)> {
+        let steps = scenario.steps();
+        let zones = truth.len();
+        self.running.retain(|&(_, end, _)| end > t);
+        let jobs: Vec<&Job> = self.waiting.iter().map(|&i| &scenario.jobs[i]).collect();
+        let horizon = jobs
+            .iter()
+            .map(|j| j.latest_start().saturating_sub(t) + j.duration)
+            .max()
+            .unwrap_or(1)
+            .min(steps - t)
+            .max(1);
+        let now_hour = hour_of_week(scenario.series[0].at(t));
+        let mut capacity = Vec::with_capacity(zones);
+        for z in 0..zones {
+            let allocatable =
+                (scenario.nodes[z] as u64 * u64::from(scenario.vcpus_per_node)) as f64;
+            let deferred_running: Vec<f64> = (0..horizon)
+                .map(|k| {
+                    self.running
+                        .iter()
+                        .filter(|&&(zone, end, _)| zone == z && end > t + k)
+                        .map(|&(_, _, v)| f64::from(v))
+                        .sum()
+                })
+                .collect();
+            let busy: u64 = cluster.running[z].iter().sum();
+            let rigid_now = (busy as f64 - deferred_running[0]).max(0.0);
+            self.rigid.observe(z, now_hour, rigid_now);
+            let rigid = (0..horizon)
+                .map(|k| match k {
+                    0 => rigid_now,
+                    _ => self
+                        .rigid
+                        .expected(z, (now_hour + k) % 168)
+                        .unwrap_or(rigid_now),
+                })
+                .collect();
+            capacity.push(ZoneCapacity {
+                allocatable,
+                rigid,
+                deferred_running,
+            });
+        }
+        let mut ledger = Ledger::new(&self.deferral.params, &capacity, horizon);
+        let seen: Vec<Vec<f64>> = (0..zones)
+            .map(|z| {
+                let mut f = self.deferral.forecast[z][t..t + horizon].to_vec();
+                f[0] = truth[z];
+                f
+            })
+            .collect();
+        let forecasts: Vec<ZoneForecast> = (0..zones)
+            .map(|z| ZoneForecast {
+                grams_per_kwh: &seen[z],
+                sigma: &self.deferral.sigma[z],
+            })
+            .collect();
+        let all_zones: Vec<usize> = (0..zones).collect();
+        let asks: Vec<Waiting> = jobs
+            .iter()
+            .map(|j| Waiting {
+                vcpus: f64::from(j.vcpus),
+                duration: j.duration,
+                latest_start: j.latest_start().saturating_sub(t),
+                zones: if j.pinned {
+                    vec![j.home]
+                } else {
+                    all_zones.clone()
+                },
+            })
+            .collect();
+        let step = Duration::from_secs(scenario.series[0].step_seconds.max(1) as u64);
+        let plan = planner::plan(
+            &self.deferral.params,
+            step,
+            self.wait.get(),
+            &forecasts,
+            &mut ledger,
+            &asks,
+        );
+        let mut released = Vec::new();
+        for i in planner::release_order(&asks) {
+            if let Step::Release { zone, .. } = plan[i] {
+                let index = self.waiting[i];
+                self.released_at[index] = Some(t);
+                released.push((index, zone));
+            }
+        }
+        let gone: std::collections::HashSet<usize> = released.iter().map(|r| r.0).collect();
+        self.waiting.retain(|i| !gone.contains(i));
+        released
+    }
+
+    fn started(&mut self, index: usize, zone: usize, t: usize, job: &Job) {
+        if let Some(at) = self.released_at[index].take() {
+            self.wait.observe((t - at) as f64);
+            self.running.push((zone, t + job.duration, job.vcpus));
+        }
+    }
+}
+
+/// Replays the scenario under one taint policy and, when given, the deferral planner.
+pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Deferral>) -> Outcome {
     let steps = scenario.steps();
     let zones = scenario.series.len();
     let step = Duration::from_secs(
@@ -223,10 +376,19 @@ pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
             threshold_grams_per_kwh,
         } => vec![*threshold_grams_per_kwh; zones],
         Policy::Tuned { tuners } => tuners.iter().map(Tuner::threshold).collect(),
-        _ => vec![f64::INFINITY; zones],
+        Policy::Baseline => vec![f64::INFINITY; zones],
     };
-    let uses_taints = matches!(policy, Policy::Static { .. } | Policy::Tuned { .. });
+    let uses_taints = !matches!(policy, Policy::Baseline);
     let total_nodes: u64 = scenario.nodes.iter().map(|&n| n as u64).sum();
+    let mut planned = deferral.map(|deferral| Planned {
+        deferral,
+        waiting: Vec::new(),
+        released_at: vec![None; scenario.jobs.len()],
+        running: Vec::new(),
+        rigid: RigidLoad::new(zones, RIGID_MEMORY_WEEKS),
+        wait: ExpectedWait::default(),
+    });
+    // Jobs the scheduler sees: index and the zone it tries first.
     let mut pending: Vec<(usize, usize)> = Vec::new();
     let mut next_job = 0;
     for t in 0..steps {
@@ -240,31 +402,28 @@ pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
             vec![false; zones]
         };
         while let Some(job) = scenario.jobs.get(next_job).filter(|j| j.arrival <= t) {
-            let planned = match &policy {
-                Policy::Deferral { forecast } if job.flexible() => {
-                    cheapest_start(
-                        &forecast[job.home],
-                        job.arrival,
-                        job.latest_start(),
-                        job.duration,
-                    )
-                    .0
-                }
-                _ => job.arrival,
-            };
-            pending.push((next_job, planned));
+            match &mut planned {
+                Some(planned) if job.flexible() => planned.waiting.push(next_job),
+                _ => pending.push((next_job, job.home)),
+            }
             next_job += 1;
         }
-        let mut held = vec![0u64; zones];
-        pending.retain(|&(index, planned)| {
-            let job = &scenario.jobs[index];
-            if t < planned {
-                return true;
+        if let Some(planned) = &mut planned {
+            for (index, zone) in planned.step(scenario, &cluster, t, &intensity) {
+                let job = &scenario.jobs[index];
+                pending.push((index, zone.unwrap_or(job.home)));
             }
-            match cluster.place(job, t, uses_taints.then_some(tainted.as_slice())) {
+        }
+        let mut held = vec![0u64; zones];
+        pending.retain(|&(index, preferred)| {
+            let job = &scenario.jobs[index];
+            match cluster.place(job, preferred, t, uses_taints.then_some(tainted.as_slice())) {
                 Placement::Placed(zone, node) => {
                     cluster.start(job, zone, node, t);
                     outcome.record_start(index, job, t);
+                    if let Some(planned) = &mut planned {
+                        planned.started(index, zone, t, job);
+                    }
                     false
                 }
                 Placement::HeldByTaint => {
@@ -306,7 +465,11 @@ pub fn run(scenario: &Scenario, mut policy: Policy) -> Outcome {
             }
         }
     }
-    for (index, _) in pending {
+    let never = pending
+        .into_iter()
+        .map(|(index, _)| index)
+        .chain(planned.into_iter().flat_map(|p| p.waiting));
+    for index in never {
         let job = &scenario.jobs[index];
         outcome.record_start(index, job, steps.max(job.latest_start() + 1));
     }
@@ -382,8 +545,18 @@ mod tests {
         let s = [series("A", &[400.0, 300.0, 100.0, 100.0, 300.0, 300.0])];
         let jobs = [job(0, 3, 0, true), job(1, 0, 0, true)];
         let sc = scenario(&s, &jobs);
-        let truth = [Prefix::new(&s[0].grams_per_kwh)];
-        let deferred = run(&sc, Policy::Deferral { forecast: &truth });
+        let truth = [super::super::plan::Prefix::new(&s[0].grams_per_kwh)];
+        let forecast = [s[0].grams_per_kwh.clone()];
+        let deferral = Deferral {
+            params: PlannerParams {
+                headroom: 0.0,
+                margin: Duration::ZERO,
+                k_sigma: 0.0,
+            },
+            forecast: &forecast,
+            sigma: &[vec![0.0]],
+        };
+        let deferred = run_with(&sc, Policy::Baseline, Some(&deferral));
         assert_eq!(deferred.delays, [2, 0]);
         let oracle = super::super::plan::oracle(&sc, &truth);
         assert!(oracle.grams <= deferred.grams + 1e-9);

@@ -6,12 +6,13 @@ use jiff::tz::TimeZone;
 
 use super::SimError;
 use super::agent::AgentSettings;
-use super::engine::{Outcome, Policy, Scenario, run};
+use super::engine::{Deferral, Outcome, Policy, Scenario, run, run_with};
 use super::forecast::noisy;
 use super::plan::{Prefix, oracle};
 use super::trace::{Series, Trace};
 use super::workload::{Job, WorkloadParams, generate};
 use crate::carbon::GridZone;
+use crate::planner::PlannerParams;
 use crate::power::PowerCoefficients;
 use crate::tuner::{Tuner, TunerParams, TunerState};
 
@@ -31,6 +32,8 @@ pub struct ClusterConfig {
     pub forecast_error: f64,
     pub forecast_seed: u64,
     pub coefficients: PowerCoefficients,
+    /// The deferral planner's knobs (the leader's defaults unless set).
+    pub planner: PlannerParams,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +48,7 @@ impl Default for ClusterConfig {
             forecast_error: 0.05,
             forecast_seed: 0,
             coefficients: PowerCoefficients::for_architecture("unknown"),
+            planner: PlannerParams::default(),
         }
     }
 }
@@ -55,15 +59,17 @@ pub enum PolicyName {
     Static,
     Tuned,
     Deferral,
+    TaintsAndDeferral,
     Oracle,
 }
 
 impl PolicyName {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Baseline,
         Self::Static,
         Self::Tuned,
         Self::Deferral,
+        Self::TaintsAndDeferral,
         Self::Oracle,
     ];
 
@@ -73,6 +79,7 @@ impl PolicyName {
             Self::Static => "static-threshold",
             Self::Tuned => "tuned-threshold",
             Self::Deferral => "forecast-deferral",
+            Self::TaintsAndDeferral => "static-threshold+planner",
             Self::Oracle => "oracle-bound",
         }
     }
@@ -216,17 +223,34 @@ pub fn replay(
         .iter()
         .map(|s| Prefix::new(&s.grams_per_kwh))
         .collect();
-    let forecast: Vec<Prefix> = series
+    let forecast: Vec<Vec<f64>> = series
         .iter()
         .enumerate()
         .map(|(z, s)| {
-            Prefix::new(&noisy(
+            noisy(
                 &s.grams_per_kwh,
                 config.forecast_error,
                 config.forecast_seed + z as u64,
-            ))
+            )
         })
         .collect();
+    // The planner assumes the error model the forecast was drawn from.
+    let sigma: Vec<Vec<f64>> = series
+        .iter()
+        .map(|s| {
+            let mean = s.grams_per_kwh.iter().sum::<f64>() / s.grams_per_kwh.len().max(1) as f64;
+            vec![config.forecast_error * mean]
+        })
+        .collect();
+    let deferral = Deferral {
+        params: config.planner,
+        forecast: &forecast,
+        sigma: &sigma,
+    };
+    // The taint policy the planner is combined with.
+    let taints = || Policy::Static {
+        threshold_grams_per_kwh: config.threshold_grams_per_kwh,
+    };
     let mut learners = tuners(config, &series, tuner_states)?;
     let outcomes = vec![
         (PolicyName::Baseline, run(&sc, Policy::Baseline)),
@@ -250,12 +274,11 @@ pub fn replay(
         ),
         (
             PolicyName::Deferral,
-            run(
-                &sc,
-                Policy::Deferral {
-                    forecast: &forecast,
-                },
-            ),
+            run_with(&sc, Policy::Baseline, Some(&deferral)),
+        ),
+        (
+            PolicyName::TaintsAndDeferral,
+            run_with(&sc, taints(), Some(&deferral)),
         ),
         (PolicyName::Oracle, oracle(&sc, &truth)),
     ];

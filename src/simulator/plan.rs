@@ -1,11 +1,57 @@
-//! Choosing when (and where) a job should run from a series: the deferral
-//! policy plans on the forecast, the oracle on the truth.
+//! The oracle: when and where each job would run knowing the future. (The
+//! deferral policy is the leader's planner, `crate::planner`.)
 
 use super::engine::{Outcome, Scenario};
 
-// The deferral policy itself lives in `crate::deferral`, shared with the
-// leader's live deferral of gated pods: one implementation, two callers.
-pub use crate::deferral::{Prefix, cheapest_start};
+/// Running totals of a series, so any window's sum is two lookups.
+#[derive(Debug, Clone)]
+pub struct Prefix(Vec<f64>);
+
+impl Prefix {
+    pub fn new(values: &[f64]) -> Self {
+        let mut sums = Vec::with_capacity(values.len() + 1);
+        sums.push(0.0);
+        let mut total = 0.0;
+        for v in values {
+            total += v;
+            sums.push(total);
+        }
+        Self(sums)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn window(&self, start: usize, len: usize) -> f64 {
+        self.0[start + len] - self.0[start]
+    }
+}
+
+/// The start in `earliest..=latest` with the lowest total over `duration`
+/// (earliest on ties), kept inside the series; and that total.
+pub fn cheapest_start(
+    prefix: &Prefix,
+    earliest: usize,
+    latest: usize,
+    duration: usize,
+) -> (usize, f64) {
+    let last = latest
+        .min(prefix.len().saturating_sub(duration))
+        .max(earliest);
+    let mut best = (earliest, f64::INFINITY);
+    for start in earliest..=last {
+        let total = prefix.window(start, duration.min(prefix.len() - start));
+        if total < best.1 {
+            best = (start, total);
+        }
+    }
+    best
+}
 
 /// The lower bound: every job at its cheapest zone and start within its window,
 /// knowing the future exactly, with capacity relaxed. No schedule that runs

@@ -7,7 +7,9 @@ use super::experiment::{PolicyName, Replay};
 const WIDTH: f64 = 900.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
-const COLOURS: [&str; 5] = ["#6b6b6b", "#e07b00", "#7b3fb5", "#1f77b4", "#2ca02c"];
+const COLOURS: [&str; 6] = [
+    "#6b6b6b", "#e07b00", "#7b3fb5", "#1f77b4", "#d62728", "#2ca02c",
+];
 
 fn colour(name: PolicyName) -> &'static str {
     let index = PolicyName::ALL.iter().position(|n| *n == name).unwrap_or(0);
