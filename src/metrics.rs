@@ -269,7 +269,7 @@ impl Metrics {
             deferral_releases: c.add(IntCounterVec::new(
                 Opts::new(
                     "deferral_releases_total",
-                    "Gated pods released by reason (greenest_now, gain_within_error, latest_start, no_room, no_forecast, invalid).",
+                    "Gated pods released by reason (greenest_now, gain_within_error, deadline, no_room, no_forecast, invalid).",
                 ),
                 &["reason"],
             )),

@@ -272,7 +272,7 @@ impl ReleaseReason {
         match self {
             Self::Greenest => "greenest_now",
             Self::GainWithinError => "gain_within_error",
-            Self::Deadline => "latest_start",
+            Self::Deadline => "deadline",
             Self::NoRoom => "no_room",
         }
     }

@@ -531,7 +531,7 @@ impl Deferral {
                     ),
                     ReleaseReason::Deadline => (
                         EventType::Normal,
-                        "ReleasedAtLatestStart",
+                        "ReleasedNearDeadline",
                         format!(
                             "Released after {waited_text}: its latest start {latest} is less than \
                              the margin ({margin}) plus the expected wait to be scheduled away \

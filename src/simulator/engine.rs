@@ -265,17 +265,21 @@ impl Planned<'_, '_> {
             .min(steps - t)
             .max(1);
         let now_hour = hour_of_week(scenario.series[0].at(t));
+        // Released jobs still running, per zone and slot: a difference array, then running sums.
+        let mut running = vec![vec![0.0; horizon + 1]; zones];
+        for &(zone, end, vcpus) in &self.running {
+            running[zone][0] += f64::from(vcpus);
+            running[zone][(end - t).min(horizon)] -= f64::from(vcpus);
+        }
         let mut capacity = Vec::with_capacity(zones);
-        for z in 0..zones {
+        for (z, changes) in running.iter().enumerate() {
             let allocatable =
                 (scenario.nodes[z] as u64 * u64::from(scenario.vcpus_per_node)) as f64;
-            let deferred_running: Vec<f64> = (0..horizon)
-                .map(|k| {
-                    self.running
-                        .iter()
-                        .filter(|&&(zone, end, _)| zone == z && end > t + k)
-                        .map(|&(_, _, v)| f64::from(v))
-                        .sum()
+            let deferred_running: Vec<f64> = changes[..horizon]
+                .iter()
+                .scan(0.0, |total, change| {
+                    *total += change;
+                    Some(*total)
                 })
                 .collect();
             let busy: u64 = cluster.running[z].iter().sum();
