@@ -26,6 +26,7 @@ fn decision(c: &mut Criterion) {
         threshold_grams_per_kwh: 300.0,
         observed_at: now,
         taint_allowed: true,
+        ranking: None,
     };
     c.bench_function("decide", |b| {
         b.iter(|| {

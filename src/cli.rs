@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::budget::TaintPolicy;
+use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "carbon-kube",
@@ -91,11 +94,34 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_DEFAULT_ZONE")]
     pub default_zone: Option<String>,
 
-    /// Intensity (gCO2/kWh) above which nodes are tainted, until the tuner changes it.
+    /// How the leader picks the zones to taint: `relative` ranks the zones and taints the
+    /// dirtiest, up to the budget, where they are dirtier than the cleanest zone by the
+    /// minimum spread; `absolute` taints zones above --threshold.
+    #[arg(long, env = "CARBON_KUBE_POLICY", value_enum, default_value_t = TaintPolicy::Relative)]
+    pub policy: TaintPolicy,
+
+    /// Relative policy: a zone is tainted only when dirtier than the cleanest zone by at
+    /// least this (gCO2/kWh)…
+    #[arg(long, env = "CARBON_KUBE_MIN_SPREAD", default_value_t = DEFAULT_MIN_SPREAD_GRAMS_PER_KWH)]
+    pub min_spread: f64,
+
+    /// …and by at least this share of the cleanest zone's intensity (per cent).
+    #[arg(long, env = "CARBON_KUBE_MIN_SPREAD_PERCENT", default_value_t = DEFAULT_MIN_SPREAD_PERCENT)]
+    pub min_spread_percent: f64,
+
+    /// Relative policy: never taint a zone below this intensity (gCO2/kWh; 0 = no floor).
+    #[arg(long, env = "CARBON_KUBE_TAINT_FLOOR", default_value_t = 0.0)]
+    pub taint_floor: f64,
+
+    /// Absolute policy: intensity (gCO2/kWh) above which nodes are tainted, until the
+    /// tuner changes it.
     #[arg(long, env = "CARBON_KUBE_THRESHOLD", default_value_t = 300.0)]
     pub threshold: f64,
 
-    /// A tainted node is untainted only when intensity falls below threshold minus this (gCO2/kWh).
+    /// Absolute policy: a tainted node is untainted only when intensity falls below
+    /// threshold minus this. Relative policy: a tainted zone is untainted only when its
+    /// spread falls below the minimum minus this, and another zone takes its place in the
+    /// budget only when dirtier by more than this (gCO2/kWh).
     #[arg(long, env = "CARBON_KUBE_HYSTERESIS", default_value_t = 20.0)]
     pub hysteresis: f64,
 
@@ -115,8 +141,8 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_MAX_TAINTED_FRACTION", default_value_t = 0.5)]
     pub max_tainted_fraction: f64,
 
-    /// Let the leader tune each zone's threshold (Q-learning; experimental: in the
-    /// simulator it does not beat a well-chosen static threshold).
+    /// Let the leader tune each zone's threshold (absolute policy only; Q-learning,
+    /// experimental: in the simulator it does not beat a well-chosen static threshold).
     #[arg(long, env = "CARBON_KUBE_TUNER", default_value_t = false)]
     pub tuner: bool,
 

@@ -10,7 +10,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::carbon::GridZone;
-use crate::cli::{AgentArgs, Cli, Command, ProviderArgs, TaintEffect};
+use crate::cli::{AgentArgs, Cli, Command, ProviderArgs, TaintEffect, TaintPolicy};
 use crate::decision::DecisionParams;
 use crate::providers::{ProviderKind, ProvidersConfig, Secret};
 
@@ -41,6 +41,10 @@ pub struct AgentConfig {
     pub decision: DecisionParams,
     pub taint_effect: TaintEffect,
     pub max_tainted_fraction: f64,
+    pub policy: TaintPolicy,
+    pub min_spread_grams_per_kwh: f64,
+    pub min_spread_percent: f64,
+    pub floor_grams_per_kwh: f64,
     pub tuner: Option<crate::tuner::TunerParams>,
     pub poll_interval: Duration,
     pub poll_concurrency: usize,
@@ -201,6 +205,17 @@ fn positive(field: &str, value: f64) -> Result<f64, ConfigError> {
     }
 }
 
+fn not_negative(field: &str, value: f64) -> Result<f64, ConfigError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(invalid(
+            field,
+            format!("{value} must be a number of at least 0"),
+        ))
+    }
+}
+
 impl AgentConfig {
     pub fn from_args(args: &AgentArgs) -> Result<Self, ConfigError> {
         let node_name = args
@@ -222,11 +237,44 @@ impl AgentConfig {
             .map_err(|e| invalid("default-zone", e))?;
         let threshold = positive("threshold", args.threshold)?;
         let hysteresis = args.hysteresis;
-        if !hysteresis.is_finite() || hysteresis < 0.0 || hysteresis >= threshold {
+        let min_spread = not_negative("min-spread", args.min_spread)?;
+        let min_spread_percent = not_negative("min-spread-percent", args.min_spread_percent)?;
+        let floor = not_negative("taint-floor", args.taint_floor)?;
+        if !hysteresis.is_finite() || hysteresis < 0.0 {
             return Err(invalid(
                 "hysteresis",
-                format!("{hysteresis} must be at least 0 and below --threshold ({threshold})"),
+                format!("{hysteresis} must be at least 0"),
             ));
+        }
+        match args.policy {
+            TaintPolicy::Absolute if hysteresis >= threshold => {
+                return Err(invalid(
+                    "hysteresis",
+                    format!("{hysteresis} must be below --threshold ({threshold})"),
+                ));
+            }
+            TaintPolicy::Absolute if floor > 0.0 => {
+                return Err(invalid(
+                    "taint-floor",
+                    "applies to --policy relative only (under absolute, --threshold is the line)",
+                ));
+            }
+            // A tainted zone must be able to lose its taint while still dirtier than the cleanest.
+            TaintPolicy::Relative if hysteresis > 0.0 && hysteresis >= min_spread => {
+                return Err(invalid(
+                    "hysteresis",
+                    format!(
+                        "{hysteresis} must be below --min-spread ({min_spread}) under --policy relative, or a tainted zone would never lose its taint"
+                    ),
+                ));
+            }
+            TaintPolicy::Relative if args.tuner => {
+                return Err(invalid(
+                    "tuner",
+                    "tunes the absolute threshold: use it with --policy absolute",
+                ));
+            }
+            _ => {}
         }
         if !(0.0..=1.0).contains(&args.max_tainted_fraction) {
             return Err(invalid(
@@ -291,6 +339,10 @@ impl AgentConfig {
             },
             taint_effect: args.taint_effect,
             max_tainted_fraction: args.max_tainted_fraction,
+            policy: args.policy,
+            min_spread_grams_per_kwh: min_spread,
+            min_spread_percent,
+            floor_grams_per_kwh: floor,
             tuner,
             poll_interval,
             poll_concurrency: args.poll_concurrency,
@@ -462,6 +514,19 @@ mod tests {
         assert_eq!(cfg.poll_interval, Duration::from_secs(300));
         assert_eq!(cfg.identity, "n1");
         assert_eq!(cfg.providers.order.len(), 5);
+        assert_eq!(cfg.policy, TaintPolicy::Relative);
+        assert_eq!(
+            (
+                cfg.min_spread_grams_per_kwh,
+                cfg.min_spread_percent,
+                cfg.floor_grams_per_kwh
+            ),
+            (50.0, 20.0, 0.0)
+        );
+        let relative = agent(&["--min-spread=0", "--hysteresis=0", "--taint-floor=150"]).unwrap();
+        assert_eq!(relative.floor_grams_per_kwh, 150.0);
+        let absolute = agent(&["--policy", "absolute", "--tuner"]).unwrap();
+        assert!(absolute.tuner.is_some());
     }
 
     #[test]
@@ -510,7 +575,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag_and_the_reason() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 18] = [
             (&["--hysteresis", "400"], "--hysteresis"),
             (&["--deferral-headroom", "1"], "--deferral-headroom"),
             (&["--deferral-k-sigma=-1"], "--deferral-k-sigma"),
@@ -519,6 +584,18 @@ mod tests {
                 &["--deferral-forecast-error", "2"],
                 "--deferral-forecast-error",
             ),
+            (
+                &["--policy=absolute", "--hysteresis", "400"],
+                "below --threshold",
+            ),
+            (&["--hysteresis=50"], "below --min-spread (50)"),
+            (&["--min-spread=-1"], "--min-spread:"),
+            (&["--min-spread-percent=NaN"], "--min-spread-percent"),
+            (
+                &["--policy=absolute", "--taint-floor=100"],
+                "--taint-floor: applies to --policy relative only",
+            ),
+            (&["--tuner"], "--tuner: tunes the absolute threshold"),
             (&["--threshold=-5"], "--threshold"),
             (&["--max-tainted-fraction", "1.5"], "--max-tainted-fraction"),
             (
@@ -528,7 +605,15 @@ mod tests {
             (&["--default-zone", "DE/FR"], "--default-zone"),
             (&["--watttime-regions", "US-CAL-CISO"], "ZONE=VALUE"),
             (&["--lease-duration", "1s"], "--lease-duration"),
-            (&["--tuner", "--tuner-max-threshold", "200"], "--threshold"),
+            (
+                &[
+                    "--policy=absolute",
+                    "--tuner",
+                    "--tuner-max-threshold",
+                    "200",
+                ],
+                "--threshold",
+            ),
         ];
         for (args, needle) in cases {
             let err = agent(args).unwrap_err();

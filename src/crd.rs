@@ -7,8 +7,9 @@ use kube::core::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::TaintPolicy;
 use crate::carbon::{GridZone, Reading};
-use crate::decision::ZoneScore;
+use crate::decision::{ZoneRanking, ZoneScore};
 
 /// Forecast points kept in the status: 48 h at hourly resolution is plenty
 /// for deferral, and keeps the object small.
@@ -45,6 +46,19 @@ pub const MAX_FORECAST_POINTS: usize = 48;
         json_path = ".status.thresholdGramsPerKwh"
     ),
     printcolumn(name = "Source", type_ = "string", json_path = ".status.source"),
+    printcolumn(
+        name = "Verdict",
+        type_ = "string",
+        json_path = ".status.ranking.verdict",
+        description = "the leader's word under the relative policy"
+    ),
+    printcolumn(
+        name = "Rank",
+        type_ = "integer",
+        json_path = ".status.ranking.rank",
+        description = "1 = dirtiest",
+        priority = 1
+    ),
     printcolumn(
         name = "Estimated",
         type_ = "boolean",
@@ -92,10 +106,21 @@ pub struct CarbonScoreStatus {
     pub forecast: Vec<ForecastEntry>,
     pub forecast_min_grams_per_kwh: Option<f64>,
     pub forecast_min_at: Option<Time>,
-    /// Threshold in force for this zone (tuned by the leader).
+    /// Threshold in force for this zone (tuned by the leader); under the
+    /// relative policy the floor below which no zone is tainted (0: none).
     pub threshold_grams_per_kwh: f64,
-    /// Whether the cluster-wide taint budget lets this zone's nodes be tainted.
+    /// Whether the cluster-wide taint budget lets this zone's nodes be
+    /// tainted; under the relative policy, whether the leader's verdict is `Taint`.
     pub taint_allowed: bool,
+    /// The policy the leader decided by; absent from leaders before it existed (absolute).
+    #[serde(default)]
+    pub policy: Option<TaintPolicy>,
+    /// Where the leader ranked this zone (relative policy only).
+    #[serde(default)]
+    pub ranking: Option<ZoneRanking>,
+    /// The leader's verdict in words (relative policy only).
+    #[serde(default)]
+    pub message: Option<String>,
     /// Nodes in this zone at the last poll.
     pub nodes: u32,
     /// The last fetch error, when the data shown is older than the last poll.
@@ -156,6 +181,9 @@ impl CarbonScoreStatus {
             forecast,
             threshold_grams_per_kwh,
             taint_allowed,
+            policy: None,
+            ranking: None,
+            message: None,
             nodes,
             last_error: None,
             tuner_state: None,
@@ -181,6 +209,10 @@ impl CarbonScore {
             threshold_grams_per_kwh: status.threshold_grams_per_kwh,
             observed_at: status.observed_at.as_ref()?.0,
             taint_allowed: status.taint_allowed,
+            ranking: match status.policy {
+                Some(TaintPolicy::Relative) => status.ranking.clone(),
+                _ => None,
+            },
         })
     }
 }

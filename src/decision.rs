@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::budget::Verdict;
 
 /// Settings of the decision, from the agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +28,56 @@ pub struct ZoneScore {
     pub threshold_grams_per_kwh: f64,
     pub observed_at: Timestamp,
     pub taint_allowed: bool,
+    /// The leader's ranking under the relative policy; `None` under the
+    /// absolute one, where the agent compares intensity with the threshold.
+    pub ranking: Option<ZoneRanking>,
+}
+
+/// Where the leader ranked a zone (relative policy), as written in its CarbonScore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneRanking {
+    /// The leader's verdict; agents taint only on `Taint`, after the dwell.
+    pub verdict: Verdict,
+    /// 1 for the dirtiest zone; absent when the zone has no live data.
+    pub rank: Option<u32>,
+    /// Zones with live data.
+    pub ranked_zones: u32,
+    /// The value ranked: the intensity, or its mean with the forecast over the dwell.
+    pub ranked_by_grams_per_kwh: Option<f64>,
+    /// The cleanest zone with data, the reference for the spread.
+    pub cleanest_zone: Option<String>,
+    pub cleanest_grams_per_kwh: Option<f64>,
+    /// How much dirtier than the cleanest zone a zone must be to be tainted.
+    pub required_spread_grams_per_kwh: f64,
+}
+
+impl ZoneRanking {
+    /// The ranking in words, e.g. "ranked 1 of 3 (dirtiest first) at 450 gCO2/kWh,
+    /// 390 g above the cleanest zone FR (60 g); a taint needs 50 g".
+    pub fn describe(&self) -> String {
+        let Some(rank) = self.rank else {
+            return format!(
+                "not ranked (no live data; {} zones ranked)",
+                self.ranked_zones
+            );
+        };
+        let value = self.ranked_by_grams_per_kwh.unwrap_or_default();
+        let mut text = format!(
+            "ranked {rank} of {} (dirtiest first) at {value:.0} gCO2/kWh",
+            self.ranked_zones
+        );
+        if let (Some(zone), Some(cleanest)) = (&self.cleanest_zone, self.cleanest_grams_per_kwh) {
+            if self.ranked_zones > 1 {
+                text += &format!(
+                    ", {:.0} g above the cleanest zone {zone} ({cleanest:.0} g); a taint needs {:.0} g",
+                    value - cleanest,
+                    self.required_spread_grams_per_kwh
+                );
+            }
+        }
+        text
+    }
 }
 
 /// The class label value.
@@ -64,6 +118,21 @@ pub enum Reason {
     /// Between `threshold - hysteresis` and the threshold: the state is kept.
     WithinHysteresis,
     BelowThreshold,
+    /// Relative policy: the leader ranks the zone dirtier than the cleanest
+    /// by the minimum spread, for at least the dwell time.
+    DirtierThanCleanest,
+    /// As above, not yet for the dwell time.
+    DirtierThanCleanestDwelling,
+    /// Relative policy: not dirtier than the cleanest zone by the minimum spread.
+    SpreadTooSmall,
+    /// Relative policy: below the configured floor.
+    BelowFloor,
+    /// Relative policy: the cluster's cleanest zone.
+    CleanestZone,
+    /// Relative policy: the cluster's only zone, nothing to shift spatially.
+    SingleZone,
+    /// Relative policy: the leader had no live data to rank the zone by.
+    NotRanked,
 }
 
 impl Reason {
@@ -78,11 +147,19 @@ impl Reason {
             Self::StaticOnly => "StaticAverageNotActedOn",
             Self::WithinHysteresis => "IntensityWithinHysteresis",
             Self::BelowThreshold => "IntensityBelowThreshold",
+            Self::DirtierThanCleanest => "DirtierThanCleanestZone",
+            Self::DirtierThanCleanestDwelling => "DirtierThanCleanestZoneDwelling",
+            Self::SpreadTooSmall => "SpreadToCleanestZoneTooSmall",
+            Self::BelowFloor => "IntensityBelowFloor",
+            Self::CleanestZone => "CleanestZone",
+            Self::SingleZone => "SingleGridZone",
+            Self::NotRanked => "NotRanked",
         }
     }
 }
 
-/// The agent's memory between decisions: since when intensity has been above the threshold.
+/// The agent's memory between decisions: since when intensity has been above
+/// the threshold (or, under the relative policy, the zone dirty enough to taint).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DwellState {
     pub above_since: Option<Timestamp>,
@@ -121,15 +198,14 @@ pub fn decide(
     if now.duration_since(score.observed_at).unsigned_abs() > params.max_age {
         return untainted(Reason::Stale, None);
     }
+    if let Some(ranking) = &score.ranking {
+        return follow_ranking(params, ranking.verdict, currently_tainted, dwell, now);
+    }
 
     let threshold = score.threshold_grams_per_kwh;
     let intensity = score.grams_per_kwh;
     if intensity > threshold {
-        let above_since = dwell.above_since.unwrap_or(now);
-        let dwelled = now.duration_since(above_since).unsigned_abs() >= params.dwell;
-        let dwell = DwellState {
-            above_since: Some(above_since),
-        };
+        let (dwell, dwelled) = keep_dwelling(params, dwell, now);
         let (tainted, reason) = if !score.taint_allowed {
             (false, Reason::BudgetExhausted)
         } else if currently_tainted || dwelled {
@@ -150,6 +226,58 @@ pub fn decide(
         return above_band(tainted, reason, DwellState::default());
     }
     untainted(Reason::BelowThreshold, Some(IntensityClass::Green))
+}
+
+/// Starts or continues the dwell; whether it has lasted long enough.
+fn keep_dwelling(params: &DecisionParams, dwell: DwellState, now: Timestamp) -> (DwellState, bool) {
+    let above_since = dwell.above_since.unwrap_or(now);
+    let dwelled = now.duration_since(above_since).unsigned_abs() >= params.dwell;
+    (
+        DwellState {
+            above_since: Some(above_since),
+        },
+        dwelled,
+    )
+}
+
+/// The relative policy: the leader's verdict decides, with its hysteresis on
+/// rank changes; the agent adds the dwell, so one poll's blip does not taint.
+fn follow_ranking(
+    params: &DecisionParams,
+    verdict: Verdict,
+    currently_tainted: bool,
+    dwell: DwellState,
+    now: Timestamp,
+) -> TaintDecision {
+    let (reason, class) = match verdict {
+        Verdict::Taint => {
+            let (dwell, dwelled) = keep_dwelling(params, dwell, now);
+            let (tainted, reason) = if currently_tainted || dwelled {
+                (true, Reason::DirtierThanCleanest)
+            } else {
+                (false, Reason::DirtierThanCleanestDwelling)
+            };
+            return above_band(tainted, reason, dwell);
+        }
+        // Dirty enough: the dwell keeps counting, so the taint follows at
+        // once when the budget frees up.
+        Verdict::BudgetExhausted => {
+            let (dwell, _) = keep_dwelling(params, dwell, now);
+            return above_band(false, Reason::BudgetExhausted, dwell);
+        }
+        Verdict::SpreadTooSmall => (Reason::SpreadTooSmall, Some(IntensityClass::Green)),
+        Verdict::BelowFloor => (Reason::BelowFloor, Some(IntensityClass::Green)),
+        Verdict::Cleanest => (Reason::CleanestZone, Some(IntensityClass::Green)),
+        // Green or red says how a zone compares with the others; alone it compares with none.
+        Verdict::SingleZone => (Reason::SingleZone, None),
+        Verdict::NotRanked => (Reason::NotRanked, None),
+    };
+    TaintDecision {
+        tainted: false,
+        class,
+        reason,
+        dwell: DwellState::default(),
+    }
 }
 
 /// A decision at or above `threshold - hysteresis`: red while tainted, amber otherwise.
@@ -189,6 +317,7 @@ mod tests {
             threshold_grams_per_kwh: 300.0,
             observed_at: t(observed_minute),
             taint_allowed: true,
+            ranking: None,
         }
     }
 
@@ -380,5 +509,152 @@ mod tests {
             t(0),
         );
         assert!(d.tainted);
+    }
+
+    fn ranked(verdict: Verdict, observed_minute: i64) -> ZoneScore {
+        ZoneScore {
+            // The level does not matter under the relative policy.
+            grams_per_kwh: 100.0,
+            threshold_grams_per_kwh: 0.0,
+            observed_at: t(observed_minute),
+            taint_allowed: verdict.taints(),
+            ranking: Some(ZoneRanking {
+                verdict,
+                rank: Some(1),
+                ranked_zones: 3,
+                ranked_by_grams_per_kwh: Some(100.0),
+                cleanest_zone: Some("FR".into()),
+                cleanest_grams_per_kwh: Some(20.0),
+                required_spread_grams_per_kwh: 50.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn under_the_relative_policy_the_verdict_taints_after_the_dwell() {
+        let p = params();
+        let s = ranked(Verdict::Taint, 0);
+        let d0 = decide(&p, Some(&s), false, DwellState::default(), t(0));
+        assert_eq!(
+            (d0.tainted, d0.reason, d0.class),
+            (
+                false,
+                Reason::DirtierThanCleanestDwelling,
+                Some(IntensityClass::Amber)
+            )
+        );
+        let d10 = decide(&p, Some(&s), false, d0.dwell, t(10));
+        assert_eq!(
+            (d10.tainted, d10.reason, d10.class),
+            (true, Reason::DirtierThanCleanest, Some(IntensityClass::Red))
+        );
+        // One poll's blip: the verdict comes and goes before the dwell ends.
+        let blip = decide(&p, Some(&s), false, DwellState::default(), t(0));
+        let gone = decide(
+            &p,
+            Some(&ranked(Verdict::SpreadTooSmall, 5)),
+            false,
+            blip.dwell,
+            t(5),
+        );
+        let back = decide(&p, Some(&s), false, gone.dwell, t(12));
+        assert!(!back.tainted, "the dwell restarted when the verdict went");
+    }
+
+    #[test]
+    fn under_the_relative_policy_every_other_verdict_untaints_at_once() {
+        let p = params();
+        for (verdict, reason, class) in [
+            (
+                Verdict::BudgetExhausted,
+                Reason::BudgetExhausted,
+                Some(IntensityClass::Amber),
+            ),
+            (
+                Verdict::SpreadTooSmall,
+                Reason::SpreadTooSmall,
+                Some(IntensityClass::Green),
+            ),
+            (
+                Verdict::BelowFloor,
+                Reason::BelowFloor,
+                Some(IntensityClass::Green),
+            ),
+            (
+                Verdict::Cleanest,
+                Reason::CleanestZone,
+                Some(IntensityClass::Green),
+            ),
+            (Verdict::SingleZone, Reason::SingleZone, None),
+            (Verdict::NotRanked, Reason::NotRanked, None),
+        ] {
+            let d = decide(
+                &p,
+                Some(&ranked(verdict, 0)),
+                true,
+                DwellState::default(),
+                t(0),
+            );
+            assert_eq!((d.tainted, d.reason, d.class), (false, reason, class));
+        }
+        let counting = DwellState {
+            above_since: Some(t(-30)),
+        };
+        let held = decide(
+            &p,
+            Some(&ranked(Verdict::BudgetExhausted, 0)),
+            false,
+            counting,
+            t(0),
+        );
+        assert_eq!(
+            held.dwell, counting,
+            "dwell keeps counting while the budget is spent"
+        );
+        let freed = decide(
+            &p,
+            Some(&ranked(Verdict::Taint, 1)),
+            false,
+            held.dwell,
+            t(1),
+        );
+        assert!(
+            freed.tainted,
+            "and the taint follows at once when it frees up"
+        );
+    }
+
+    #[test]
+    fn under_the_relative_policy_stale_data_still_untaints() {
+        let d = decide(
+            &params(),
+            Some(&ranked(Verdict::Taint, 0)),
+            true,
+            DwellState::default(),
+            t(61),
+        );
+        assert_eq!((d.tainted, d.reason), (false, Reason::Stale));
+    }
+
+    #[test]
+    fn the_ranking_reads_as_a_sentence() {
+        let r = ranked(Verdict::Taint, 0).ranking.unwrap();
+        assert_eq!(
+            r.describe(),
+            "ranked 1 of 3 (dirtiest first) at 100 gCO2/kWh, 80 g above the cleanest zone FR (20 g); a taint needs 50 g"
+        );
+        let alone = ZoneRanking {
+            ranked_zones: 1,
+            ..r.clone()
+        };
+        assert_eq!(
+            alone.describe(),
+            "ranked 1 of 1 (dirtiest first) at 100 gCO2/kWh"
+        );
+        let unranked = ZoneRanking { rank: None, ..r };
+        assert_eq!(
+            unranked.describe(),
+            "not ranked (no live data; 3 zones ranked)"
+        );
     }
 }

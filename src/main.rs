@@ -166,6 +166,11 @@ async fn agent(config: AgentConfig) -> Result<()> {
         hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
         max_tainted_fraction: config.max_tainted_fraction,
         tuner: config.tuner.clone(),
+        policy: config.policy,
+        min_spread_grams_per_kwh: config.min_spread_grams_per_kwh,
+        min_spread_percent: config.min_spread_percent,
+        floor_grams_per_kwh: config.floor_grams_per_kwh,
+        rank_window: config.decision.dwell,
     };
     let poller = {
         let (client, metrics) = (client.clone(), metrics.clone());

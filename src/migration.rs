@@ -109,6 +109,8 @@ pub struct ZoneView {
     pub grams_per_kwh: f64,
     pub threshold_grams_per_kwh: f64,
     pub taint_allowed: bool,
+    /// Decided by the relative policy: the allowance alone says whether it is tainted.
+    pub ranked: bool,
     pub nodes: u32,
     pub observed_at: Timestamp,
     pub source: String,
@@ -122,6 +124,7 @@ impl ZoneView {
             grams_per_kwh: status.intensity_grams_per_kwh,
             threshold_grams_per_kwh: status.threshold_grams_per_kwh,
             taint_allowed: status.taint_allowed,
+            ranked: score.zone_score()?.ranking.is_some(),
             nodes: status.nodes,
             observed_at: status.observed_at.as_ref()?.0,
             source: status.source.clone(),
@@ -133,9 +136,9 @@ impl ZoneView {
 /// - has nodes,
 /// - has fresh, live data (not older than `max_age`, not the static yearly table),
 /// - is greener than `own` now, and
-/// - is certainly not tainted: the leader does not allow tainting it, or its
-///   intensity is below its threshold minus the hysteresis, where every agent
-///   removes the taint.
+/// - is certainly not tainted: the leader does not allow tainting it, or
+///   (absolute policy) its intensity is below its threshold minus the
+///   hysteresis, where every agent removes the taint.
 ///
 /// Whether its nodes have room is the scheduler's call; a replacement that
 /// finds none waits, like any pod.
@@ -154,7 +157,8 @@ pub fn greener_capacity<'a>(
         .filter(|z| z.grams_per_kwh < own.grams_per_kwh)
         .filter(|z| {
             !z.taint_allowed
-                || z.grams_per_kwh < z.threshold_grams_per_kwh - hysteresis_grams_per_kwh
+                || (!z.ranked
+                    && z.grams_per_kwh < z.threshold_grams_per_kwh - hysteresis_grams_per_kwh)
         })
         .min_by(|a, b| a.grams_per_kwh.total_cmp(&b.grams_per_kwh))
 }

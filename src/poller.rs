@@ -14,9 +14,12 @@ use kube::{Api, Client};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::budget::{ZoneLoad, allowed_zones};
+use crate::budget::{
+    RankInput, Ranking, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, rank_zones,
+};
 use crate::carbon::{GridZone, Reading};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
+use crate::decision::ZoneRanking;
 use crate::election::Fence;
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError, static_table};
@@ -36,6 +39,26 @@ pub struct PollerSettings {
     pub max_tainted_fraction: f64,
     /// `None`: the threshold stays at the default.
     pub tuner: Option<TunerParams>,
+    pub policy: TaintPolicy,
+    pub min_spread_grams_per_kwh: f64,
+    pub min_spread_percent: f64,
+    /// Relative policy: never taint below this (0: no floor).
+    pub floor_grams_per_kwh: f64,
+    /// Relative policy: zones are ranked by the mean of the intensity and the
+    /// forecast over this window (the agents' dwell: a taint placed now acts after it).
+    pub rank_window: Duration,
+}
+
+impl PollerSettings {
+    fn relative(&self) -> RelativeParams {
+        RelativeParams {
+            max_tainted_fraction: self.max_tainted_fraction,
+            min_spread_grams_per_kwh: self.min_spread_grams_per_kwh,
+            min_spread_percent: self.min_spread_percent,
+            hysteresis_grams_per_kwh: self.hysteresis_grams_per_kwh,
+            floor_grams_per_kwh: self.floor_grams_per_kwh,
+        }
+    }
 }
 
 pub struct Poller {
@@ -50,6 +73,36 @@ pub struct Poller {
 /// A yearly average says nothing about this hour: it may be shown, never acted on.
 fn is_live(reading: &Reading) -> bool {
     reading.source != static_table::NAME
+}
+
+/// What the relative policy ranks a zone by: the intensity, averaged with the
+/// forecast points within `window` after it where the provider gives any.
+pub fn rank_value(reading: &Reading, window: Duration) -> f64 {
+    let end = reading.observed_at + jiff::SignedDuration::try_from(window).unwrap_or_default();
+    let ahead: Vec<f64> = reading
+        .forecast
+        .iter()
+        .filter(|p| p.at > reading.observed_at && p.at <= end)
+        .map(|p| p.grams_per_kwh)
+        .collect();
+    (reading.grams_per_kwh + ahead.iter().sum::<f64>()) / (1 + ahead.len()) as f64
+}
+
+/// One zone's ranking as its CarbonScore shows it.
+fn zone_ranking(ranking: &Ranking, index: usize, value: Option<f64>) -> ZoneRanking {
+    let ranked = &ranking.zones[index];
+    ZoneRanking {
+        verdict: ranked.verdict,
+        rank: ranked.rank.map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+        ranked_zones: u32::try_from(ranking.ranked).unwrap_or(u32::MAX),
+        ranked_by_grams_per_kwh: value.map(|v| (v * 100.0).round() / 100.0),
+        cleanest_zone: ranking.cleanest.as_ref().map(|(z, _)| z.to_string()),
+        cleanest_grams_per_kwh: ranking
+            .cleanest
+            .as_ref()
+            .map(|(_, g)| (g * 100.0).round() / 100.0),
+        required_spread_grams_per_kwh: ranking.required_spread_grams_per_kwh,
+    }
 }
 
 /// Counts nodes per zone from their labels.
@@ -153,7 +206,10 @@ impl Poller {
                         Ok(_) => None,
                         Err(_) => previous.map(|p| p.intensity_grams_per_kwh),
                     },
-                    threshold_grams_per_kwh: self.settings.default_threshold_grams_per_kwh,
+                    threshold_grams_per_kwh: match self.settings.policy {
+                        TaintPolicy::Absolute => self.settings.default_threshold_grams_per_kwh,
+                        TaintPolicy::Relative => self.settings.floor_grams_per_kwh,
+                    },
                 }
             })
             .collect();
@@ -163,13 +219,49 @@ impl Poller {
             self.settings.hysteresis_grams_per_kwh,
             self.settings.max_tainted_fraction,
         );
+        let rank_inputs: Vec<RankInput> = fetched
+            .iter()
+            .zip(&loads)
+            .map(|((zone, result), load)| {
+                let previous = existing
+                    .get(&zone.object_name())
+                    .and_then(|s| s.status.as_ref());
+                RankInput {
+                    zone: zone.clone(),
+                    nodes: load.nodes,
+                    grams_per_kwh: match result {
+                        Ok(reading) if is_live(reading) => {
+                            Some(rank_value(reading, self.settings.rank_window))
+                        }
+                        Ok(_) => None,
+                        Err(_) => previous.and_then(|p| {
+                            p.ranking
+                                .as_ref()?
+                                .ranked_by_grams_per_kwh
+                                .or(load.grams_per_kwh)
+                        }),
+                    },
+                    tainted_before: previous
+                        .and_then(|p| p.ranking.as_ref())
+                        .is_some_and(|r| r.verdict == Verdict::Taint),
+                }
+            })
+            .collect();
+        let ranking = (self.settings.policy == TaintPolicy::Relative)
+            .then(|| rank_zones(&rank_inputs, &self.settings.relative()));
 
         let now = Timestamp::now();
-        for ((zone, result), load) in fetched.iter().zip(&loads) {
+        for (index, ((zone, result), load)) in fetched.iter().zip(&loads).enumerate() {
             let previous = existing
                 .get(&zone.object_name())
                 .and_then(|s| s.status.clone());
-            let taint_allowed = allowed.contains(zone) && result.as_ref().map_or(true, is_live);
+            let ranked = ranking
+                .as_ref()
+                .map(|r| zone_ranking(r, index, rank_inputs[index].grams_per_kwh));
+            let taint_allowed = match &ranked {
+                Some(r) => r.verdict.taints(),
+                None => allowed.contains(zone) && result.as_ref().map_or(true, is_live),
+            };
             let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
             let mut status = match result {
                 Ok(reading) => {
@@ -200,6 +292,11 @@ impl Poller {
             if let Some(t) = tuned.get(zone) {
                 status.tuner_state = Some(t.state.clone());
             }
+            status.policy = Some(self.settings.policy);
+            status.message = ranked
+                .as_ref()
+                .map(|r| format!("{}: {}", r.describe(), r.verdict.explain()));
+            status.ranking = ranked;
             if let Err(e) = self.write(zone, &status).await {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
@@ -300,5 +397,29 @@ mod tests {
             3,
             "a node with no zone is not counted"
         );
+    }
+
+    #[test]
+    fn zones_are_ranked_by_the_intensity_and_the_forecast_within_the_dwell() {
+        let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let point = |t: &str, g: f64| crate::carbon::ForecastPoint {
+            at: at(t),
+            grams_per_kwh: g,
+        };
+        let reading = Reading {
+            zone: GridZone::parse("DE").unwrap(),
+            grams_per_kwh: 400.0,
+            source: "electricity-maps".into(),
+            observed_at: at("2024-01-01T10:00:00Z"),
+            estimated: false,
+            forecast: vec![
+                point("2024-01-01T10:00:00Z", 999.0),
+                point("2024-01-01T10:30:00Z", 300.0),
+                point("2024-01-01T11:00:00Z", 200.0),
+                point("2024-01-01T11:30:00Z", 999.0),
+            ],
+        };
+        assert_eq!(rank_value(&reading, Duration::from_secs(600)), 400.0);
+        assert_eq!(rank_value(&reading, Duration::from_secs(3600)), 300.0);
     }
 }

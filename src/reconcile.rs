@@ -53,20 +53,57 @@ pub fn condition_message(
         return format!("No carbon data for grid zone {zone} yet; the node is left schedulable.");
     };
     let age_minutes = now.duration_since(score.observed_at).as_secs() / 60;
+    let observed = format!(
+        "source {source}, observed {}, {age_minutes} min before this update",
+        score.observed_at
+    );
+    if let Some(ranking) = &score.ranking {
+        return format!(
+            "Grid zone {zone}: {:.0} gCO2/kWh ({observed}); {}. {}",
+            score.grams_per_kwh,
+            ranking.describe(),
+            ranked_verdict(zone, score, decision, effect)
+        );
+    }
     let facts = format!(
-        "Grid zone {zone}: {:.0} gCO2/kWh, threshold {:.0} gCO2/kWh (source {source}, observed {}, {age_minutes} min before this update).",
-        score.grams_per_kwh, score.threshold_grams_per_kwh, score.observed_at
+        "Grid zone {zone}: {:.0} gCO2/kWh, threshold {:.0} gCO2/kWh ({observed}).",
+        score.grams_per_kwh, score.threshold_grams_per_kwh
     );
     use crate::decision::Reason::*;
     let verdict = match decision.reason {
-        Stale => "The data is too old to act on; the carbon taint is removed.".to_string(),
+        Stale => STALE.to_string(),
         AboveThreshold | WithinHysteresis if decision.tainted => format!("Node tainted {TAINT_KEY}:{effect}; pods that tolerate it may still land here."),
         Dwelling => "Above the threshold; the node is tainted if it stays above for the dwell time.".into(),
         BudgetExhausted => "Above the threshold, but the cluster's taint budget is spent on dirtier zones; the node stays schedulable.".into(),
-        StaticOnly => "No live provider answers; a static yearly average is shown but never acted on, so the node stays schedulable.".into(),
+        StaticOnly => STATIC_ONLY.into(),
         _ => "Below the threshold; the node is schedulable without carbon preference.".into(),
     };
     format!("{facts} {verdict}")
+}
+
+const STALE: &str = "The data is too old to act on; the carbon taint is removed.";
+const STATIC_ONLY: &str = "No live provider answers; a static yearly average is shown but never acted on, so the node stays schedulable.";
+
+/// The verdict part of the message under the relative policy.
+fn ranked_verdict(
+    zone: &GridZone,
+    score: &ZoneScore,
+    decision: &TaintDecision,
+    effect: &str,
+) -> String {
+    use crate::decision::Reason::*;
+    match decision.reason {
+        Stale => STALE.into(),
+        StaticOnly => STATIC_ONLY.into(),
+        DirtierThanCleanest => format!("Node tainted {TAINT_KEY}:{effect} so that new pods prefer cleaner zones; pods that tolerate it may still land here."),
+        DirtierThanCleanestDwelling => "Dirtier than the cleanest zone by the minimum spread; the node is tainted if this holds for the dwell time.".into(),
+        BudgetExhausted => "Dirtier than the cleanest zone by the minimum spread, but the cluster's taint budget is spent on dirtier zones; the node stays schedulable.".into(),
+        SpreadTooSmall => "Not dirtier than the cleanest zone by the minimum spread: moving work would gain little, so the node stays schedulable.".into(),
+        BelowFloor => format!("Below the floor of {:.0} gCO2/kWh, under which no zone is tainted; the node stays schedulable.", score.threshold_grams_per_kwh),
+        CleanestZone => "The cleanest zone of the cluster: never tainted, work moved away from dirtier zones comes here.".into(),
+        SingleZone => format!("{zone} is the cluster's only grid zone: there is nothing to shift between zones, so the node is never tainted; metrics and deferral to greener hours still work."),
+        _ => "The leader has no live data to rank this zone by; the node stays schedulable.".into(),
+    }
 }
 
 /// Whether the CarbonScore cache holds the result of a complete list.
@@ -173,7 +210,9 @@ impl Reconciler {
         let mut decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
         // The leader withholds the taint on static data; say so rather than
         // blame the taint budget.
-        if decision.reason == Reason::BudgetExhausted && source == static_table::NAME {
+        if matches!(decision.reason, Reason::BudgetExhausted | Reason::NotRanked)
+            && source == static_table::NAME
+        {
             decision.reason = Reason::StaticOnly;
         }
 
@@ -235,6 +274,7 @@ mod tests {
             threshold_grams_per_kwh: 300.0,
             observed_at: "2024-05-01T10:00:00Z".parse().unwrap(),
             taint_allowed: false,
+            ranking: None,
         };
         let message = |source, reason| {
             condition_message(
@@ -255,5 +295,53 @@ mod tests {
         let budget = message("electricity-maps", Reason::BudgetExhausted);
         assert!(budget.contains("taint budget"), "{budget}");
         assert_eq!(Reason::StaticOnly.as_str(), "StaticAverageNotActedOn");
+    }
+
+    #[test]
+    fn ranked_messages_give_the_rank_the_spread_and_the_cleanest_zone() {
+        use crate::budget::Verdict;
+        use crate::decision::ZoneRanking;
+        let zone = GridZone::parse("PL").unwrap();
+        let now: Timestamp = "2024-05-01T10:30:00Z".parse().unwrap();
+        let score = |verdict, ranked_zones| ZoneScore {
+            grams_per_kwh: 610.0,
+            threshold_grams_per_kwh: 0.0,
+            observed_at: "2024-05-01T10:00:00Z".parse().unwrap(),
+            taint_allowed: verdict == Verdict::Taint,
+            ranking: Some(ZoneRanking {
+                verdict,
+                rank: Some(1),
+                ranked_zones,
+                ranked_by_grams_per_kwh: Some(600.0),
+                cleanest_zone: Some("FR".into()),
+                cleanest_grams_per_kwh: Some(40.0),
+                required_spread_grams_per_kwh: 50.0,
+            }),
+        };
+        let message = |verdict, ranked_zones, reason, tainted| {
+            condition_message(
+                Some(&zone),
+                Some(&score(verdict, ranked_zones)),
+                "electricity-maps",
+                &decision(reason, tainted),
+                "PreferNoSchedule",
+                now,
+            )
+        };
+        let tainted = message(Verdict::Taint, 3, Reason::DirtierThanCleanest, true);
+        assert_eq!(
+            tainted,
+            "Grid zone PL: 610 gCO2/kWh (source electricity-maps, observed 2024-05-01T10:00:00Z, 30 min before this update); \
+             ranked 1 of 3 (dirtiest first) at 600 gCO2/kWh, 560 g above the cleanest zone FR (40 g); a taint needs 50 g. \
+             Node tainted carbon-kube.io/high-intensity:PreferNoSchedule so that new pods prefer cleaner zones; pods that tolerate it may still land here."
+        );
+        let alone = message(Verdict::SingleZone, 1, Reason::SingleZone, false);
+        assert!(
+            alone.contains("PL is the cluster's only grid zone: there is nothing to shift")
+                && alone.contains("metrics and deferral"),
+            "{alone}"
+        );
+        let small = message(Verdict::SpreadTooSmall, 3, Reason::SpreadTooSmall, false);
+        assert!(small.contains("minimum spread"), "{small}");
     }
 }

@@ -116,6 +116,7 @@ fn main() {
         "--lease-duration=5s",
         "--sample-interval=2s",
         "--max-tainted-fraction=0.5",
+        "--policy=absolute",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -372,9 +372,20 @@ fn values_schema_rejects_bad_values_at_template_time() {
         (&["--set", "treshold=250"], "treshold"),
         // Checks across fields, made by the templates.
         (
-            &["--set", "hysteresis=300"],
+            &["--set", "policy=absolute", "--set", "hysteresis=300"],
             "hysteresis (300) must be below threshold (300)",
         ),
+        (
+            &["--set", "hysteresis=50"],
+            "hysteresis (50) must be below minSpread (50) under policy relative",
+        ),
+        (
+            &["--set", "policy=absolute", "--set", "taintFloor=100"],
+            "taintFloor applies to policy relative only",
+        ),
+        (&["--set", "policy=cheapest"], "/policy"),
+        (&["--set", "minSpread=-5"], "/minSpread"),
+        (&["--set", "minSpreadPercent=lots"], "/minSpreadPercent"),
         (
             &[
                 "--set",
@@ -406,6 +417,8 @@ fn values_schema_rejects_bad_values_at_template_time() {
         "maxTaintedFraction=0.3",
         "threshold=250.5",
         "hysteresis=12.5",
+        "minSpread=40.5",
+        "taintFloor=120",
         "dwell=0",
         "power.pue=1.1",
     ] {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN as TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, wait_for};
 use support::scenario::{
-    Cluster, agent_args, class_label, cluster, condition, has_taint, leader, wait_tainted,
+    Cluster, agent_args, class_label, cluster, cluster_with_intensity, condition, has_taint,
+    leader, wait_tainted,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -296,6 +297,103 @@ async fn the_taint_budget_keeps_the_greenest_share_schedulable() {
         assert_eq!(
             condition(&cp, "d1").expect("condition")["reason"],
             "TaintBudgetExhausted"
+        );
+    });
+    drop(agents);
+}
+
+/// Taint transitions each agent has made, in the order of `agents`.
+fn transitions(agents: &[Agent]) -> Vec<u64> {
+    agents
+        .iter()
+        .map(|a| {
+            a.metric("carbon_kube_taint_transitions_total")
+                .expect("transitions metric") as u64
+        })
+        .collect()
+}
+
+/// Which of `nodes` carry the carbon taint.
+fn tainted_nodes<'a>(cp: &ControlPlane, nodes: &[(&'a str, &str)]) -> Vec<&'a str> {
+    nodes
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| has_taint(cp, n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_taints_follow_a_change_of_rank_without_flapping() {
+    let _serial = SERIAL.lock().await;
+    let nodes = [("de1", "DE"), ("pl1", "PL"), ("fr1", "FR")];
+    // Budget: one node of three. Minimum spread 50 g and 20 %, hysteresis 20 g.
+    let Cluster { cp, api, agents } = cluster_with_intensity(
+        &nodes,
+        &[("DE", 500.0), ("PL", 450.0), ("FR", 50.0)],
+        &[
+            "--policy=relative",
+            "--max-tainted-fraction=0.34",
+            "--min-spread=50",
+            "--min-spread-percent=20",
+            "--hysteresis=20",
+        ],
+    )
+    .await;
+    // Long enough for several polls (every 2 s): a flap would show.
+    let settle = || std::thread::sleep(Duration::from_secs(8));
+    tokio::task::block_in_place(|| {
+        wait_tainted(&cp, "de1", true);
+        settle();
+        assert_eq!(tainted_nodes(&cp, &nodes), ["de1"]);
+        assert_eq!(transitions(&agents), [1, 0, 0]);
+        let de = cp.kubectl_json(&["get", "carbonscore", "de"]);
+        assert_eq!(de["status"]["policy"], "relative");
+        assert_eq!(de["status"]["ranking"]["verdict"], "Taint");
+        assert_eq!(de["status"]["ranking"]["rank"], 1);
+        assert_eq!(de["status"]["ranking"]["cleanestZone"], "FR");
+        let pl = cp.kubectl_json(&["get", "carbonscore", "pl"]);
+        assert_eq!(pl["status"]["ranking"]["verdict"], "BudgetExhausted");
+        let cond = condition(&cp, "de1").expect("condition on de1");
+        assert_eq!(cond["reason"], "DirtierThanCleanestZone");
+        let message = cond["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("ranked 1 of 3 (dirtiest first) at 500 gCO2/kWh, 450 g above the cleanest zone FR (50 g); a taint needs 50 g"),
+            "{message}"
+        );
+        assert_eq!(
+            condition(&cp, "fr1").expect("condition on fr1")["reason"],
+            "CleanestZone"
+        );
+
+        // PL overtakes DE by 10 g, less than the hysteresis: nothing moves.
+        api.set_intensity("PL", 510.0);
+        settle();
+        assert_eq!(tainted_nodes(&cp, &nodes), ["de1"]);
+        assert_eq!(transitions(&agents), [1, 0, 0]);
+
+        // PL clearly dirtier: the taint moves, once.
+        api.set_intensity("PL", 600.0);
+        wait_tainted(&cp, "pl1", true);
+        wait_tainted(&cp, "de1", false);
+        settle();
+        assert_eq!(tainted_nodes(&cp, &nodes), ["pl1"]);
+        assert_eq!(transitions(&agents), [2, 1, 0]);
+
+        // DE back above PL by 10 g: PL keeps the taint.
+        api.set_intensity("DE", 610.0);
+        settle();
+        assert_eq!(tainted_nodes(&cp, &nodes), ["pl1"]);
+        assert_eq!(transitions(&agents), [2, 1, 0]);
+
+        // Every zone within the minimum spread of the cleanest: no taint, however high.
+        api.set_intensity("FR", 590.0);
+        wait_tainted(&cp, "pl1", false);
+        settle();
+        assert!(tainted_nodes(&cp, &nodes).is_empty());
+        assert_eq!(transitions(&agents), [2, 2, 0]);
+        assert_eq!(
+            condition(&cp, "pl1").expect("condition on pl1")["reason"],
+            "SpreadToCleanestZoneTooSmall"
         );
     });
     drop(agents);

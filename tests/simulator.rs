@@ -123,9 +123,11 @@ fn the_policies_keep_their_order_on_a_shipped_year() {
             p.as_str()
         );
     }
+    assert!(grams(PolicyName::Relative) < grams(PolicyName::Baseline));
     assert!(grams(PolicyName::Static) < grams(PolicyName::Baseline));
     assert!(grams(PolicyName::Deferral) < grams(PolicyName::Baseline));
     let base = r.outcome(PolicyName::Baseline).unwrap();
     assert_eq!(base.tainted_node_steps, 0);
     assert!(r.outcome(PolicyName::Static).unwrap().tainted_node_steps > 0);
+    assert!(r.outcome(PolicyName::Relative).unwrap().tainted_node_steps > 0);
 }

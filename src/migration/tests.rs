@@ -100,6 +100,7 @@ fn view(z: &str, grams: f64, allowed: bool, nodes: u32) -> ZoneView {
         grams_per_kwh: grams,
         threshold_grams_per_kwh: 300.0,
         taint_allowed: allowed,
+        ranked: false,
         nodes,
         observed_at: at("2025-06-01T10:00:00Z"),
         source: "electricity-maps".into(),
@@ -123,6 +124,16 @@ fn greener_capacity_is_a_fresh_greener_zone_with_nodes_that_is_certainly_untaint
     assert_eq!(pick(&[view("ES", 279.0, true, 2)]).as_deref(), Some("ES"));
     // Dirty but the leader may not taint it: its nodes are schedulable.
     assert_eq!(pick(&[view("IT", 400.0, false, 2)]).as_deref(), Some("IT"));
+    // Under the relative policy the allowance is the verdict: a low level proves nothing.
+    let mut ranked = view("ES", 150.0, true, 2);
+    ranked.ranked = true;
+    assert_eq!(
+        pick(std::slice::from_ref(&ranked)),
+        None,
+        "ranked for a taint"
+    );
+    ranked.taint_allowed = false;
+    assert_eq!(pick(&[ranked]).as_deref(), Some("ES"));
     let mut stale = view("NO", 20.0, false, 2);
     stale.observed_at = at("2025-06-01T08:00:00Z");
     assert_eq!(pick(&[stale]), None, "stale");

@@ -11,6 +11,7 @@ use super::paper::{self, targets};
 use super::trace::{self, Series};
 use super::workload::WorkloadParams;
 use super::{report, svg, tune};
+use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
 use crate::config::parse_duration;
 use crate::decision::DecisionParams;
 use crate::planner::PlannerParams;
@@ -111,6 +112,15 @@ pub struct ClusterArgs {
     /// Share of jobs that must run in their home zone.
     #[arg(long, default_value_t = 0.3)]
     pub pinned_share: f64,
+    /// Relative policy: taint only zones dirtier than the cleanest by at least this (gCO2/kWh)…
+    #[arg(long, default_value_t = DEFAULT_MIN_SPREAD_GRAMS_PER_KWH)]
+    pub min_spread: f64,
+    /// …and by at least this share of the cleanest zone's intensity (per cent).
+    #[arg(long, default_value_t = DEFAULT_MIN_SPREAD_PERCENT)]
+    pub min_spread_percent: f64,
+    /// Relative policy: never taint below this intensity (gCO2/kWh; 0 = no floor).
+    #[arg(long, default_value_t = 0.0)]
+    pub taint_floor: f64,
     /// Static taint threshold (gCO2/kWh), and the tuner's starting point.
     #[arg(long, default_value_t = 300.0)]
     pub threshold: f64,
@@ -162,6 +172,14 @@ impl ClusterArgs {
                 return Err(invalid(format!("{name} must be between 0 and 1")));
             }
         }
+        if ![self.min_spread, self.min_spread_percent, self.taint_floor]
+            .iter()
+            .all(|v| *v >= 0.0)
+        {
+            return Err(invalid(
+                "--min-spread, --min-spread-percent and --taint-floor must be ≥ 0".into(),
+            ));
+        }
         if !(self.forecast_error >= 0.0 && self.threshold > 0.0 && self.mean_duration_hours >= 1.0)
         {
             return Err(invalid(
@@ -198,6 +216,9 @@ impl ClusterArgs {
                     max_age: std::time::Duration::from_secs(90 * 60),
                 },
                 max_tainted_fraction: self.max_tainted_fraction,
+                min_spread_grams_per_kwh: self.min_spread,
+                min_spread_percent: self.min_spread_percent,
+                floor_grams_per_kwh: self.taint_floor,
             },
             threshold_grams_per_kwh: self.threshold,
             tuner: TunerParams {
@@ -245,12 +266,16 @@ fn describe(series: &[Series], config: &ClusterConfig) -> String {
         })
         .collect();
     format!(
-        "zones: {}\nnodes: {} × {} vCPU; jobs: {}; forecast error σ = {} × mean; static threshold {} g/kWh\n",
+        "zones: {}\nnodes: {} × {} vCPU; jobs: {}; forecast error σ = {} × mean; \
+         relative taints: minimum spread {} g and {} %, floor {} g; static threshold {} g/kWh\n",
         zones.join(", "),
         config.nodes,
         config.vcpus_per_node,
         config.workload.jobs,
         config.forecast_error,
+        config.agent.min_spread_grams_per_kwh,
+        config.agent.min_spread_percent,
+        config.agent.floor_grams_per_kwh,
         config.threshold_grams_per_kwh
     )
 }

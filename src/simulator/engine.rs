@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::agent::{AgentSettings, Agents};
+use super::agent::{AgentSettings, Agents, TaintRule};
 use super::trace::Series;
 use super::workload::Job;
 use crate::carbon::GridZone;
@@ -56,7 +56,10 @@ impl Scenario<'_> {
 pub enum Policy<'a> {
     /// Carbon-agnostic: start at arrival.
     Baseline,
-    /// The agent as shipped: one threshold for every zone.
+    /// The agent as shipped: the leader taints the dirtiest zones, up to the
+    /// budget, where they are dirtier than the cleanest by the minimum spread.
+    Relative,
+    /// The absolute policy: one threshold for every zone.
     Static { threshold_grams_per_kwh: f64 },
     /// The agent with the leader's tuner setting each zone's threshold every step.
     Tuned { tuners: &'a mut [Tuner] },
@@ -380,7 +383,7 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
             threshold_grams_per_kwh,
         } => vec![*threshold_grams_per_kwh; zones],
         Policy::Tuned { tuners } => tuners.iter().map(Tuner::threshold).collect(),
-        Policy::Baseline => vec![f64::INFINITY; zones],
+        Policy::Baseline | Policy::Relative => vec![f64::INFINITY; zones],
     };
     let uses_taints = !matches!(policy, Policy::Baseline);
     let total_nodes: u64 = scenario.nodes.iter().map(|&n| n as u64).sum();
@@ -399,8 +402,14 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
         cluster.finish(t);
         let intensity: Vec<f64> = scenario.series.iter().map(|s| s.grams_per_kwh[t]).collect();
         let tainted: Vec<bool> = if uses_taints {
+            let rule = match policy {
+                Policy::Relative => TaintRule::Relative,
+                _ => TaintRule::Absolute {
+                    thresholds: &thresholds,
+                },
+            };
             agents
-                .step(scenario.series[0].at(t), step, &intensity, &thresholds)
+                .step(scenario.series[0].at(t), step, &intensity, rule)
                 .to_vec()
         } else {
             vec![false; zones]

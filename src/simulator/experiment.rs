@@ -56,6 +56,7 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyName {
     Baseline,
+    Relative,
     Static,
     Tuned,
     Deferral,
@@ -64,8 +65,9 @@ pub enum PolicyName {
 }
 
 impl PolicyName {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Baseline,
+        Self::Relative,
         Self::Static,
         Self::Tuned,
         Self::Deferral,
@@ -76,10 +78,11 @@ impl PolicyName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Baseline => "baseline",
+            Self::Relative => "relative-taints",
             Self::Static => "static-threshold",
             Self::Tuned => "tuned-threshold",
             Self::Deferral => "forecast-deferral",
-            Self::TaintsAndDeferral => "static-threshold+planner",
+            Self::TaintsAndDeferral => "relative-taints+planner",
             Self::Oracle => "oracle-bound",
         }
     }
@@ -247,13 +250,10 @@ pub fn replay(
         forecast: &forecast,
         sigma: &sigma,
     };
-    // The taint policy the planner is combined with.
-    let taints = || Policy::Static {
-        threshold_grams_per_kwh: config.threshold_grams_per_kwh,
-    };
     let mut learners = tuners(config, &series, tuner_states)?;
     let outcomes = vec![
         (PolicyName::Baseline, run(&sc, Policy::Baseline)),
+        (PolicyName::Relative, run(&sc, Policy::Relative)),
         (
             PolicyName::Static,
             run(
@@ -278,7 +278,8 @@ pub fn replay(
         ),
         (
             PolicyName::TaintsAndDeferral,
-            run_with(&sc, taints(), Some(&deferral)),
+            // With the default taint policy.
+            run_with(&sc, Policy::Relative, Some(&deferral)),
         ),
         (PolicyName::Oracle, oracle(&sc, &truth)),
     ];
@@ -353,6 +354,7 @@ mod tests {
                 name.as_str()
             );
         }
+        assert!(grams(PolicyName::Relative) < grams(PolicyName::Baseline));
         assert!(grams(PolicyName::Static) < grams(PolicyName::Baseline));
         assert!(grams(PolicyName::Deferral) < grams(PolicyName::Baseline));
         assert_eq!(replay.tuners.len(), 3);

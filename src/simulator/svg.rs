@@ -7,8 +7,8 @@ use super::experiment::{PolicyName, Replay};
 const WIDTH: f64 = 900.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
-const COLOURS: [&str; 6] = [
-    "#6b6b6b", "#e07b00", "#7b3fb5", "#1f77b4", "#d62728", "#2ca02c",
+const COLOURS: [&str; 7] = [
+    "#6b6b6b", "#8c564b", "#e07b00", "#7b3fb5", "#1f77b4", "#d62728", "#2ca02c",
 ];
 
 fn colour(name: PolicyName) -> &'static str {
@@ -53,9 +53,9 @@ fn tick_step(range: f64, target: f64) -> f64 {
         .unwrap_or(10.0 * magnitude)
 }
 
-/// Intensity of every zone over `days` from `first_day`, the static threshold
-/// (dashed) and the tuned one (dotted); shading marks hours the static policy
-/// kept the zone tainted, the strip under each panel the tuned policy's.
+/// Intensity of every zone over `days` from `first_day` and the static
+/// threshold (dashed); shading marks hours the relative policy (the default)
+/// kept the zone tainted, the strip under each panel the static threshold's.
 pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> String {
     let steps_per_day = replay
         .series
@@ -67,7 +67,7 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
     let _ = writeln!(
         body,
         "<text x=\"{LEFT}\" y=\"18\" font-size=\"13\">Intensity (gCO2/kWh), days {first_day}–{} of {}; \
-         shaded: static-threshold taint; strip: tuned-threshold taint</text>",
+         shaded: relative taint (the default); strip and dashed line: static threshold</text>",
         first_day + days,
         replay
             .series
@@ -75,9 +75,9 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
             .and_then(|s| s.start.to_string().get(..4).map(String::from))
             .unwrap_or_default()
     );
-    let (Some(fixed), Some(tuned)) = (
+    let (Some(relative), Some(fixed)) = (
+        replay.outcome(PolicyName::Relative),
         replay.outcome(PolicyName::Static),
-        replay.outcome(PolicyName::Tuned),
     ) else {
         return document(top, &body);
     };
@@ -85,18 +85,10 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
         let from = (first_day * steps_per_day).min(series.grams_per_kwh.len());
         let to = ((first_day + days) * steps_per_day).min(series.grams_per_kwh.len());
         let values = &series.grams_per_kwh[from..to];
-        let thresholds = [
-            &fixed.thresholds[z][from..to],
-            &tuned.thresholds[z][from..to],
-        ];
+        let thresholds = &fixed.thresholds[z][from..to];
         let max = values
             .iter()
-            .chain(
-                thresholds
-                    .iter()
-                    .flat_map(|t| t.iter())
-                    .filter(|v| v.is_finite()),
-            )
+            .chain(thresholds.iter().filter(|v| v.is_finite()))
             .fold(1.0f64, |m, v| m.max(*v))
             * 1.05;
         let width = WIDTH - LEFT - RIGHT;
@@ -104,21 +96,23 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
         let y = |v: f64| top + panel * (1.0 - v.min(max) / max);
         let bar = width / values.len().max(1) as f64;
         for (i, _) in values.iter().enumerate() {
+            if relative.tainted[z][from + i] {
+                let _ = writeln!(
+                    body,
+                    "<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.2}\" height=\"{panel}\" fill=\"{}\" fill-opacity=\"0.18\"/>",
+                    x(i),
+                    bar,
+                    colour(PolicyName::Relative)
+                );
+            }
             if fixed.tainted[z][from + i] {
                 let _ = writeln!(
                     body,
-                    "<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.2}\" height=\"{panel}\" fill=\"#e07b00\" fill-opacity=\"0.18\"/>",
-                    x(i),
-                    bar
-                );
-            }
-            if tuned.tainted[z][from + i] {
-                let _ = writeln!(
-                    body,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.2}\" height=\"5\" fill=\"#7b3fb5\"/>",
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.2}\" height=\"5\" fill=\"{}\"/>",
                     x(i),
                     top + panel + 2.0,
-                    bar
+                    bar,
+                    colour(PolicyName::Static)
                 );
             }
         }
@@ -148,10 +142,9 @@ pub fn intensity_and_taints(replay: &Replay, first_day: usize, days: usize) -> S
             )
         };
         body += &line(values, "#222", "none");
-        if thresholds[0].iter().all(|v| v.is_finite()) {
-            body += &line(thresholds[0], "#e07b00", "6 3");
+        if thresholds.iter().all(|v| v.is_finite()) {
+            body += &line(thresholds, colour(PolicyName::Static), "6 3");
         }
-        body += &line(thresholds[1], "#7b3fb5", "2 2");
         let _ = writeln!(
             body,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-weight=\"bold\">{}</text>",

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::time::Duration;
 
+use carbon_kube::budget::TaintPolicy;
 use carbon_kube::carbon::{ForecastPoint, GridZone, MAX_PLAUSIBLE_GRAMS_PER_KWH, Reading};
 use carbon_kube::config::{AgentConfig, agent_args, parse_cli_from};
 use carbon_kube::decision::{DwellState, ZoneScore, decide};
@@ -256,7 +257,16 @@ fn load(args: Vec<OsString>) -> bool {
 fn use_config(config: &AgentConfig) {
     let d = &config.decision;
     assert!(d.hysteresis_grams_per_kwh >= 0.0);
-    assert!(d.hysteresis_grams_per_kwh < config.default_threshold_grams_per_kwh);
+    match config.policy {
+        TaintPolicy::Absolute => {
+            assert!(d.hysteresis_grams_per_kwh < config.default_threshold_grams_per_kwh)
+        }
+        TaintPolicy::Relative => assert!(
+            d.hysteresis_grams_per_kwh == 0.0
+                || d.hysteresis_grams_per_kwh < config.min_spread_grams_per_kwh
+        ),
+    }
+    assert!(config.min_spread_percent >= 0.0 && config.floor_grams_per_kwh >= 0.0);
     assert!((0.0..=1.0).contains(&config.max_tainted_fraction));
     assert!(config.lease_duration >= Duration::from_secs(3));
     assert!(!config.providers.order.is_empty());
@@ -291,6 +301,7 @@ fn use_config(config: &AgentConfig) {
         threshold_grams_per_kwh: config.default_threshold_grams_per_kwh,
         observed_at: Timestamp::now(),
         taint_allowed: true,
+        ranking: None,
     };
     let _ = decide(
         d,

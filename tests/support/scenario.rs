@@ -20,6 +20,8 @@ pub fn agent_args(api: &CarbonApi, extra: &[&str]) -> Vec<String> {
 
 /// Agent flags for a fast test: poll every 2 s, no dwell, 4 s lease; the
 /// Electricity Maps API at `em_url`. A flag in `extra` replaces its default.
+/// The absolute policy, so that a test sets a zone's taint by its intensity
+/// alone; tests of the relative policy pass `--policy=relative`.
 pub fn fast_agent_args(em_url: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--providers=electricity-maps",
@@ -27,6 +29,7 @@ pub fn fast_agent_args(em_url: &str, extra: &[&str]) -> Vec<String> {
         "--dwell=0s",
         "--lease-duration=4s",
         "--sample-interval=1s",
+        "--policy=absolute",
         "--threshold=300",
         "--hysteresis=20",
         "--max-tainted-fraction=1",

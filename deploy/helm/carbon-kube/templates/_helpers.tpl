@@ -88,8 +88,15 @@ container), or an empty dict when the provider has no key configured.
 
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "carbon-kube.validate" -}}
+{{- if eq .Values.policy "absolute" -}}
 {{- if ge (float64 .Values.hysteresis) (float64 .Values.threshold) -}}
 {{- fail (printf "hysteresis (%v) must be below threshold (%v)" .Values.hysteresis .Values.threshold) -}}
+{{- end -}}
+{{- if gt (float64 .Values.taintFloor) 0.0 -}}
+{{- fail "taintFloor applies to policy relative only (under absolute, threshold is the line)" -}}
+{{- end -}}
+{{- else if and (gt (float64 .Values.hysteresis) 0.0) (ge (float64 .Values.hysteresis) (float64 .Values.minSpread)) -}}
+{{- fail (printf "hysteresis (%v) must be below minSpread (%v) under policy relative" .Values.hysteresis .Values.minSpread) -}}
 {{- end -}}
 {{- end -}}
 
