@@ -260,8 +260,10 @@ mod tests {
     #[test]
     fn relative_taints_follow_the_ranking_without_flapping_when_zones_cross() {
         // Budget: one node of three.
-        let mut settings = AgentSettings::default();
-        settings.max_tainted_fraction = 0.34;
+        let settings = AgentSettings {
+            max_tainted_fraction: 0.34,
+            ..AgentSettings::default()
+        };
         let zones = ["A", "B", "C"]
             .map(|z| GridZone::parse(z).unwrap())
             .to_vec();
