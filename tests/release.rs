@@ -1,6 +1,8 @@
 //! The release path: the GitHub workflows pass actionlint (with shellcheck on
 //! their scripts), the release workflow publishes what the chart and README
-//! name, and a tag must match the versions it publishes.
+//! name, a tag must match the versions it publishes, and the arm64 static
+//! binary, cross-built by the release script, runs under qemu-user and prints
+//! the same CRD as the amd64 one.
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::process::{Command, Output};
 
 use serde_yaml::Value;
 use support::cluster::{require_tool, temp_dir, tool};
-use support::deploy::{chart_dir, output_text, repo_root};
+use support::deploy::{carbon_kube, chart_dir, output_text, repo_root};
 
 fn workflows() -> Vec<PathBuf> {
     let dir = repo_root().join(".github/workflows");
@@ -249,4 +251,100 @@ fn a_release_tag_must_match_the_crate_and_chart_versions() {
         assert!(!out.status.success(), "{bad:?} accepted");
         assert!(output_text(&out).contains("is not vX.Y.Z"));
     }
+}
+
+/// Variables cargo sets for a test process (prefixes).
+const CARGO_TEST_ENV: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// The arm64 release binary, cross-built by deploy/build-static.sh (a no-op when
+/// up to date; tests/run.sh builds it before the tests so it does not compete
+/// with them for the CPUs).
+fn arm64_binary() -> PathBuf {
+    require_tool(
+        "aarch64-linux-gnu-gcc",
+        "bash deploy/cross-deps.sh arm64 (Debian gcc-aarch64-linux-gnu, rustup target add aarch64-unknown-linux-gnu)",
+    );
+    let mut build = Command::new("bash");
+    build
+        .arg(repo_root().join("deploy/build-static.sh"))
+        .args(["--arch", "arm64"]);
+    // What `cargo test` tells this test about its own package is not the build's:
+    // ring's build script tracks CARGO_MANIFEST_DIR, so inheriting it would rebuild
+    // ring and everything above it on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_TEST_ENV.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(&*name);
+        }
+    }
+    let out = build.output().expect("running deploy/build-static.sh");
+    assert!(
+        out.status.success(),
+        "deploy/build-static.sh --arch arm64:\n{}",
+        output_text(&out)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn under_qemu(bin: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool("qemu-aarch64-static"))
+        .arg(bin)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("running qemu-aarch64-static");
+    assert!(
+        out.status.success(),
+        "qemu-aarch64-static carbon-kube {args:?}:\n{}",
+        output_text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn arm64_static_binary_runs_under_qemu_and_prints_the_same_crd() {
+    require_tool(
+        "qemu-aarch64-static",
+        "apt-get install qemu-user-static (runs the arm64 binary on this host)",
+    );
+    require_tool(
+        "file",
+        "apt-get install file (tells the binary's architecture)",
+    );
+    let bin = arm64_binary();
+    let kind = Command::new("file").arg("-L").arg(&bin).output();
+    let kind = String::from_utf8(kind.expect("file(1)").stdout).unwrap();
+    assert!(kind.contains("ARM aarch64"), "{kind}");
+    // rustc links aarch64 crt-static as a plain static executable, x86_64 as static-pie.
+    assert!(
+        kind.contains("statically linked") || kind.contains("static-pie linked"),
+        "{kind}"
+    );
+
+    let native = carbon_kube(&["--version"], &[]);
+    assert_eq!(
+        under_qemu(&bin, &["--version"]),
+        String::from_utf8(native.stdout).unwrap()
+    );
+    let crd = under_qemu(&bin, &["crd"]);
+    let checked_in =
+        std::fs::read_to_string(chart_dir().join("files/carbonscores.carbon-kube.io.yaml"))
+            .unwrap();
+    assert!(
+        crd == checked_in,
+        "the arm64 binary's CRD differs from the chart's"
+    );
+    assert_eq!(
+        crd,
+        String::from_utf8(carbon_kube(&["crd"], &[]).stdout).unwrap()
+    );
 }

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 export PATH="$(bash tests/tools/install.sh):$PATH"
 
 bash tests/controlplane/build.sh >/dev/null
+# The arm64 release binary that tests/release.rs runs under qemu-user: cross-built
+# before the tests (cold, the longest build of the suite) so it does not compete
+# with them for the CPUs; the test's own call is then a no-op.
+bash deploy/build-static.sh --arch arm64 >/dev/null
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # Benches are compiled by clippy above and run on their own (`cargo bench`, see README).
