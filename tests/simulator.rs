@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use carbon_kube::simulator::experiment::{ClusterConfig, PolicyName, hourly_year, replay};
+use carbon_kube::simulator::paper::any_year;
 use carbon_kube::simulator::paper::ml::DeadlineRule;
 use carbon_kube::simulator::paper::targets::{self, TOLERANCE_PP, Target};
 use carbon_kube::simulator::paper::{self, window_label};
@@ -124,10 +125,79 @@ fn the_policies_keep_their_order_on_a_shipped_year() {
         );
     }
     assert!(grams(PolicyName::Relative) < grams(PolicyName::Baseline));
+    // The capacity-aware schedule: above the oracle (which ignores capacity), below every
+    // online policy, and below time shifting alone.
+    for p in [
+        PolicyName::Baseline,
+        PolicyName::Static,
+        PolicyName::Tuned,
+        PolicyName::Deferral,
+        PolicyName::Relative,
+        PolicyName::TaintsAndDeferral,
+        PolicyName::TemporalBound,
+    ] {
+        assert!(
+            grams(PolicyName::CapacityBound) < grams(p),
+            "{} below the capacity-aware schedule",
+            p.as_str()
+        );
+    }
+    assert!(grams(PolicyName::Oracle) < grams(PolicyName::CapacityBound));
     assert!(grams(PolicyName::Static) < grams(PolicyName::Baseline));
     assert!(grams(PolicyName::Deferral) < grams(PolicyName::Baseline));
     let base = r.outcome(PolicyName::Baseline).unwrap();
     assert_eq!(base.tainted_node_steps, 0);
     assert!(r.outcome(PolicyName::Static).unwrap().tainted_node_steps > 0);
     assert!(r.outcome(PolicyName::Relative).unwrap().tainted_node_steps > 0);
+}
+
+#[test]
+fn the_nightly_table_runs_on_another_year_with_the_lead_in() {
+    let traces = trace::load_dir(&data("electricitymaps")).unwrap();
+    // BR, ES, NO and US-CAL-CISO have 2021, so 2022's first night has its lead-in.
+    let with_2021: Vec<_> = traces
+        .iter()
+        .filter(|t| ["BR", "ES", "NO", "US-CAL-CISO"].contains(&t.zone.to_string().as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(with_2021.len(), 4);
+    let rows = any_year::table(&with_2021, 2022, 8).unwrap();
+    assert_eq!(rows.len(), 4 * 9 * any_year::models().len());
+    for zone in ["BR", "ES", "NO", "US-CAL-CISO"] {
+        let perfect: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.zone == zone && r.model == "none")
+            .map(|r| r.savings_pct)
+            .collect();
+        // A wider window contains the narrower one: with a perfect forecast it never saves less.
+        assert_eq!(perfect[0], 0.0);
+        assert!(
+            perfect.windows(2).all(|w| w[1] >= w[0]),
+            "{zone}: {perfect:?}"
+        );
+        assert!(perfect[8] > 1.0, "{zone}: ±8 h saves only {} %", perfect[8]);
+        // A forecast error can only lose part of what the perfect forecast finds.
+        for model in ["iid_0.05", "ar1"] {
+            let at_8 = rows
+                .iter()
+                .find(|r| r.zone == zone && r.model == model && r.window_hours == 8)
+                .unwrap();
+            assert!(at_8.savings_pct <= perfect[8] + 1e-9, "{zone} {model}");
+        }
+    }
+    let text = any_year::text(&rows);
+    assert!(
+        text.lines().count() == 10 && text.contains("+-8h"),
+        "{text}"
+    );
+    // DE's trace starts on 2022-01-01: no lead-in for the first night.
+    let de: Vec<_> = traces
+        .into_iter()
+        .filter(|t| t.zone.to_string() == "DE")
+        .collect();
+    let err = any_year::table(&de, 2022, 8).unwrap_err().to_string();
+    assert!(
+        err.contains("zone DE") && err.contains("lead-in") && err.contains("2021"),
+        "{err}"
+    );
 }

@@ -7,9 +7,10 @@ use clap::{Args, Subcommand};
 use super::SimError;
 use super::agent::AgentSettings;
 use super::experiment::{ClusterConfig, hourly_year, replay};
-use super::paper::{self, targets};
+use super::forecast::ErrorModel;
+use super::paper::{self, any_year, targets};
 use super::trace::{self, Series};
-use super::workload::WorkloadParams;
+use super::workload::{WorkloadKind, WorkloadParams};
 use super::{report, svg, tune};
 use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
 use crate::config::parse_duration;
@@ -76,15 +77,32 @@ pub struct TuneArgs {
 
 #[derive(Debug, Args)]
 pub struct ReproduceArgs {
-    /// Folder with the DE, GB and FR 2020 series of Let's Wait Awhile.
+    /// Folder with the DE, GB and FR 2020 series of Let's Wait Awhile; with --year, any
+    /// folder of hourly traces.
     #[arg(long, default_value = "benches/data/lets-wait-awhile_2020")]
     pub traces: PathBuf,
     /// The numbers to match.
     #[arg(long, default_value = "benches/data/lets_wait_awhile_targets.csv")]
     pub targets: PathBuf,
-    /// Folder for reproduction.csv and reproduction.txt.
+    /// Instead of the paper's 2020 comparison, run its nightly experiment on this calendar
+    /// year of hourly data: the first night's window reads the previous year's last hours.
+    #[arg(long)]
+    pub year: Option<i16>,
+    /// With --year: only these zones (comma-separated); default every trace in the folder.
+    #[arg(long, value_delimiter = ',')]
+    pub zones: Vec<String>,
+    /// With --year: the widest window, ±hours around 01:00 (also the lead-in's length).
+    #[arg(long, default_value_t = 8)]
+    pub max_window_hours: usize,
+    /// Folder for reproduction.csv and reproduction.txt (with --year: nightly_YEAR.csv, .txt).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForecastModel {
+    Iid,
+    Ar1,
 }
 
 /// The cluster, the workload, the agent and the tuner of a replay.
@@ -95,23 +113,28 @@ pub struct ClusterArgs {
     pub nodes: usize,
     #[arg(long, default_value_t = 16)]
     pub vcpus_per_node: u32,
-    /// Jobs in the year.
-    #[arg(long, default_value_t = 60_000)]
-    pub jobs: usize,
+    /// The kind of work: long batch jobs, nightly CronJobs or CI-like short jobs;
+    /// the flags below override its settings.
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Batch)]
+    pub workload: WorkloadKind,
+    /// Jobs in the year [batch 60000, nightly 20000, ci 150000].
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Seed of the synthetic workload.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, default_value_t = 8.0)]
-    pub mean_duration_hours: f64,
-    /// Share of jobs that opt in to waiting for greener power.
-    #[arg(long, default_value_t = 0.5)]
-    pub flexible_share: f64,
-    /// A flexible job's slack is uniform in 1..=this many hours.
-    #[arg(long, default_value_t = 24)]
-    pub max_slack_hours: usize,
-    /// Share of jobs that must run in their home zone.
-    #[arg(long, default_value_t = 0.3)]
-    pub pinned_share: f64,
+    /// Mean job duration [batch 8, nightly and ci 1].
+    #[arg(long)]
+    pub mean_duration_hours: Option<f64>,
+    /// Share of jobs that opt in to waiting for greener power [batch 0.5, nightly 1, ci 0.33].
+    #[arg(long)]
+    pub flexible_share: Option<f64>,
+    /// A flexible job's longest slack, hours [batch 24, nightly 8, ci 6].
+    #[arg(long)]
+    pub max_slack_hours: Option<usize>,
+    /// Share of jobs that must run in their home zone [batch and nightly 0.3, ci 0.1].
+    #[arg(long)]
+    pub pinned_share: Option<f64>,
     /// Relative policy: taint only zones dirtier than the cleanest by at least this (gCO2/kWh)…
     #[arg(long, default_value_t = DEFAULT_MIN_SPREAD_GRAMS_PER_KWH)]
     pub min_spread: f64,
@@ -130,9 +153,19 @@ pub struct ClusterArgs {
     pub dwell: String,
     #[arg(long, default_value_t = 0.5)]
     pub max_tainted_fraction: f64,
-    /// Forecast error σ as a fraction of each zone's mean (0 = perfect forecast).
+    /// Forecast error model: `iid` (Let's Wait Awhile's, σ = --forecast-error, the same at
+    /// every horizon) or `ar1` (autocorrelated, growing with the horizon; see --ar1-*).
+    #[arg(long, value_enum, default_value_t = ForecastModel::Iid)]
+    pub forecast_model: ForecastModel,
+    /// i.i.d. forecast error σ as a fraction of each zone's mean (0 = perfect forecast).
     #[arg(long, default_value_t = 0.05)]
     pub forecast_error: f64,
+    /// AR(1) error σ one step ahead, as a fraction of each zone's mean.
+    #[arg(long, default_value_t = 0.03)]
+    pub ar1_step_error: f64,
+    /// AR(1) error persistence φ in [0, 1): σ at 24 h is about 4 × the one-step σ at 0.98.
+    #[arg(long, default_value_t = 0.98)]
+    pub ar1_phi: f64,
     #[arg(long, default_value_t = 0)]
     pub forecast_seed: u64,
     /// Deferral planner: share of the free CPU deferred work never books.
@@ -156,16 +189,41 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    pub fn workload(&self) -> WorkloadParams {
+        let preset = self.workload.params();
+        let mean_duration_steps = self
+            .mean_duration_hours
+            .unwrap_or(preset.mean_duration_steps);
+        let max_slack_steps = self.max_slack_hours.unwrap_or(preset.max_slack_steps);
+        WorkloadParams {
+            jobs: self.jobs.unwrap_or(preset.jobs),
+            seed: self.seed,
+            // A longer mean than the preset's needs room: durations are capped at 9 × the mean.
+            max_duration_steps: self
+                .mean_duration_hours
+                .map_or(preset.max_duration_steps, |m| {
+                    preset.max_duration_steps.max((9.0 * m) as usize)
+                }),
+            mean_duration_steps,
+            flexible_share: self.flexible_share.unwrap_or(preset.flexible_share),
+            min_slack_steps: preset.min_slack_steps.min(max_slack_steps),
+            max_slack_steps,
+            pinned_share: self.pinned_share.unwrap_or(preset.pinned_share),
+            ..preset
+        }
+    }
+
     pub fn config(&self) -> Result<ClusterConfig, SimError> {
         let invalid = |m: String| SimError::Invalid(m);
+        let workload = self.workload();
         if self.nodes == 0 || self.vcpus_per_node == 0 {
             return Err(invalid(
                 "--nodes and --vcpus-per-node must be at least 1".into(),
             ));
         }
         for (name, share) in [
-            ("--flexible-share", self.flexible_share),
-            ("--pinned-share", self.pinned_share),
+            ("--flexible-share", workload.flexible_share),
+            ("--pinned-share", workload.pinned_share),
             ("--max-tainted-fraction", self.max_tainted_fraction),
         ] {
             if !(0.0..=1.0).contains(&share) {
@@ -180,10 +238,17 @@ impl ClusterArgs {
                 "--min-spread, --min-spread-percent and --taint-floor must be ≥ 0".into(),
             ));
         }
-        if !(self.forecast_error >= 0.0 && self.threshold > 0.0 && self.mean_duration_hours >= 1.0)
+        if !(self.forecast_error >= 0.0
+            && self.threshold > 0.0
+            && workload.mean_duration_steps >= 1.0)
         {
             return Err(invalid(
                 "--forecast-error must be ≥ 0, --threshold > 0, --mean-duration-hours ≥ 1".into(),
+            ));
+        }
+        if !(self.ar1_step_error >= 0.0 && (0.0..1.0).contains(&self.ar1_phi)) {
+            return Err(invalid(
+                "--ar1-step-error must be ≥ 0 and --ar1-phi in [0, 1)".into(),
             ));
         }
         let dwell = parse_duration("dwell", &self.dwell).map_err(|e| invalid(e.to_string()))?;
@@ -199,15 +264,7 @@ impl ClusterArgs {
         Ok(ClusterConfig {
             nodes: self.nodes,
             vcpus_per_node: self.vcpus_per_node,
-            workload: WorkloadParams {
-                jobs: self.jobs,
-                seed: self.seed,
-                mean_duration_steps: self.mean_duration_hours,
-                max_duration_steps: 72,
-                flexible_share: self.flexible_share,
-                max_slack_steps: self.max_slack_hours,
-                pinned_share: self.pinned_share,
-            },
+            workload,
             agent: AgentSettings {
                 decision: DecisionParams {
                     hysteresis_grams_per_kwh: self.hysteresis,
@@ -229,7 +286,15 @@ impl ClusterArgs {
                 seed: self.tuner_seed,
                 ..TunerParams::default()
             },
-            forecast_error: self.forecast_error,
+            forecast: match self.forecast_model {
+                ForecastModel::Iid => ErrorModel::Iid {
+                    sigma_fraction: self.forecast_error,
+                },
+                ForecastModel::Ar1 => ErrorModel::Ar1 {
+                    step_fraction: self.ar1_step_error,
+                    phi: self.ar1_phi,
+                },
+            },
             forecast_seed: self.forecast_seed,
             coefficients: PowerCoefficients::for_architecture("unknown"),
             planner,
@@ -266,13 +331,13 @@ fn describe(series: &[Series], config: &ClusterConfig) -> String {
         })
         .collect();
     format!(
-        "zones: {}\nnodes: {} × {} vCPU; jobs: {}; forecast error σ = {} × mean; \
+        "zones: {}\nnodes: {} × {} vCPU; jobs: {}; forecast error {}; \
          relative taints: minimum spread {} g and {} %, floor {} g; static threshold {} g/kWh\n",
         zones.join(", "),
         config.nodes,
         config.vcpus_per_node,
         config.workload.jobs,
-        config.forecast_error,
+        config.forecast.describe(),
         config.agent.min_spread_grams_per_kwh,
         config.agent.min_spread_percent,
         config.agent.floor_grams_per_kwh,
@@ -293,9 +358,10 @@ fn run_policies(args: &RunArgs) -> Result<(), SimError> {
     let replay = replay(&config, series, &trained)?;
     let rows = report::rows(&replay);
     let mut text = format!(
-        "{} {}\n{}",
+        "{} {}; {} workload\n{}",
         args.traces.display(),
         args.year,
+        args.cluster.workload.name(),
         describe(&replay.series, &config)
     );
     let busy: f64 = replay
@@ -339,7 +405,43 @@ fn run_policies(args: &RunArgs) -> Result<(), SimError> {
     write(&args.out, "tuner_state.json", &json)
 }
 
+fn nightly_year(args: &ReproduceArgs, year: i16) -> Result<(), SimError> {
+    prepare(&args.out)?;
+    let mut traces = trace::load_dir(&args.traces)?;
+    if !args.zones.is_empty() {
+        for zone in &args.zones {
+            if !traces.iter().any(|t| t.zone.to_string() == *zone) {
+                return Err(SimError::Invalid(format!(
+                    "--zones: no trace for {zone} in {}",
+                    args.traces.display()
+                )));
+            }
+        }
+        traces.retain(|t| args.zones.contains(&t.zone.to_string()));
+    }
+    let rows = any_year::table(&traces, year, args.max_window_hours)?;
+    let text = format!(
+        "Let's Wait Awhile nightly job (01:00 UTC, ±window) on {} {year}, {}-hour lead-in from {}; \
+         % saved against 01:00 sharp; forecast error: none, i.i.d. σ = 5 % of the mean, {}\n\n{}",
+        args.traces.display(),
+        args.max_window_hours,
+        year - 1,
+        ErrorModel::AR1_PUBLISHED.describe(),
+        any_year::text(&rows)
+    );
+    print!("{text}");
+    write(&args.out, &format!("nightly_{year}.txt"), &text)?;
+    write(
+        &args.out,
+        &format!("nightly_{year}.csv"),
+        &any_year::csv(&rows),
+    )
+}
+
 fn reproduce(args: &ReproduceArgs) -> Result<(), SimError> {
+    if let Some(year) = args.year {
+        return nightly_year(args, year);
+    }
     prepare(&args.out)?;
     let series = trace::load_dir(&args.traces)?
         .iter()

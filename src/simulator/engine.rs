@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::agent::{AgentSettings, Agents, TaintRule};
+use super::forecast::Forecasts;
 use super::trace::Series;
 use super::workload::Job;
 use crate::carbon::GridZone;
@@ -71,10 +72,10 @@ pub enum Policy<'a> {
 #[derive(Debug, Clone)]
 pub struct Deferral<'a> {
     pub params: PlannerParams,
-    /// What the planner sees of each zone's future: one value per step (the
-    /// value at the current step is replaced by the truth, as the live
+    /// What the planner sees of each zone's future, as issued at each step
+    /// (the value at the current step is replaced by the truth, as the live
     /// CarbonScore carries the measured intensity).
-    pub forecast: &'a [Vec<f64>],
+    pub forecast: &'a Forecasts,
     /// σ of the forecast error per zone and step of horizon, g/kWh.
     pub sigma: &'a [Vec<f64>],
 }
@@ -306,7 +307,7 @@ impl Planned<'_, '_> {
         let mut ledger = Ledger::new(&self.deferral.params, &capacity, horizon);
         let seen: Vec<Vec<f64>> = (0..zones)
             .map(|z| {
-                let mut f = self.deferral.forecast[z][t..t + horizon].to_vec();
+                let mut f = self.deferral.forecast.issued(z, t, horizon);
                 f[0] = truth[z];
                 f
             })
@@ -493,6 +494,7 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
 mod tests {
     use super::*;
     use crate::power::PowerCoefficients;
+    use crate::simulator::forecast::ErrorModel;
 
     fn series(zone: &str, values: &[f64]) -> Series {
         Series {
@@ -559,7 +561,13 @@ mod tests {
         let jobs = [job(0, 3, 0, true), job(1, 0, 0, true)];
         let sc = scenario(&s, &jobs);
         let truth = [super::super::plan::Prefix::new(&s[0].grams_per_kwh)];
-        let forecast = [s[0].grams_per_kwh.clone()];
+        let forecast = Forecasts::new(
+            &s,
+            ErrorModel::Iid {
+                sigma_fraction: 0.0,
+            },
+            0,
+        );
         let deferral = Deferral {
             params: PlannerParams {
                 headroom: 0.0,

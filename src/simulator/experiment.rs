@@ -6,8 +6,9 @@ use jiff::tz::TimeZone;
 
 use super::SimError;
 use super::agent::AgentSettings;
+use super::bound::{self, Reach};
 use super::engine::{Deferral, Outcome, Policy, Scenario, run, run_with};
-use super::forecast::noisy;
+use super::forecast::{ErrorModel, Forecasts};
 use super::plan::{Prefix, oracle};
 use super::trace::{Series, Trace};
 use super::workload::{Job, WorkloadParams, generate};
@@ -28,8 +29,8 @@ pub struct ClusterConfig {
     pub agent: AgentSettings,
     pub threshold_grams_per_kwh: f64,
     pub tuner: TunerParams,
-    /// σ of the forecast error as a fraction of each zone's mean; 0 = perfect forecast.
-    pub forecast_error: f64,
+    /// How wrong the deferral policy's forecasts are.
+    pub forecast: ErrorModel,
     pub forecast_seed: u64,
     pub coefficients: PowerCoefficients,
     /// The deferral planner's knobs (the leader's defaults unless set).
@@ -45,7 +46,9 @@ impl Default for ClusterConfig {
             agent: AgentSettings::default(),
             threshold_grams_per_kwh: 300.0,
             tuner: TunerParams::default(),
-            forecast_error: 0.05,
+            forecast: ErrorModel::Iid {
+                sigma_fraction: 0.05,
+            },
             forecast_seed: 0,
             coefficients: PowerCoefficients::for_architecture("unknown"),
             planner: PlannerParams::default(),
@@ -61,17 +64,24 @@ pub enum PolicyName {
     Tuned,
     Deferral,
     TaintsAndDeferral,
+    /// Best feasible offline schedule, time shifts only ([`bound::Reach::TimeOnly`]).
+    TemporalBound,
+    /// Best feasible offline schedule, zones and times ([`bound::Reach::SpaceAndTime`]).
+    CapacityBound,
+    /// Every job at its cheapest zone and start, capacity ignored.
     Oracle,
 }
 
 impl PolicyName {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Baseline,
         Self::Relative,
         Self::Static,
         Self::Tuned,
         Self::Deferral,
         Self::TaintsAndDeferral,
+        Self::TemporalBound,
+        Self::CapacityBound,
         Self::Oracle,
     ];
 
@@ -83,6 +93,8 @@ impl PolicyName {
             Self::Tuned => "tuned-threshold",
             Self::Deferral => "forecast-deferral",
             Self::TaintsAndDeferral => "relative-taints+planner",
+            Self::TemporalBound => "temporal-only-schedule",
+            Self::CapacityBound => "capacity-aware-schedule",
             Self::Oracle => "oracle-bound",
         }
     }
@@ -226,23 +238,15 @@ pub fn replay(
         .iter()
         .map(|s| Prefix::new(&s.grams_per_kwh))
         .collect();
-    let forecast: Vec<Vec<f64>> = series
-        .iter()
-        .enumerate()
-        .map(|(z, s)| {
-            noisy(
-                &s.grams_per_kwh,
-                config.forecast_error,
-                config.forecast_seed + z as u64,
-            )
-        })
-        .collect();
-    // The planner assumes the error model the forecast was drawn from.
+    let forecast = Forecasts::new(&series, config.forecast, config.forecast_seed);
+    // The planner assumes the error model the forecast was drawn from, by horizon.
     let sigma: Vec<Vec<f64>> = series
         .iter()
         .map(|s| {
-            let mean = s.grams_per_kwh.iter().sum::<f64>() / s.grams_per_kwh.len().max(1) as f64;
-            vec![config.forecast_error * mean]
+            let horizon = config.workload.max_slack_steps + config.workload.max_duration_steps + 1;
+            (0..horizon.max(1))
+                .map(|h| config.forecast.sigma_at(h) * s.mean())
+                .collect()
         })
         .collect();
     let deferral = Deferral {
@@ -280,6 +284,14 @@ pub fn replay(
             PolicyName::TaintsAndDeferral,
             // With the default taint policy.
             run_with(&sc, Policy::Relative, Some(&deferral)),
+        ),
+        (
+            PolicyName::TemporalBound,
+            bound::schedule(&sc, Reach::TimeOnly).outcome,
+        ),
+        (
+            PolicyName::CapacityBound,
+            bound::schedule(&sc, Reach::SpaceAndTime).outcome,
         ),
         (PolicyName::Oracle, oracle(&sc, &truth)),
     ];
@@ -358,5 +370,21 @@ mod tests {
         assert!(grams(PolicyName::Static) < grams(PolicyName::Baseline));
         assert!(grams(PolicyName::Deferral) < grams(PolicyName::Baseline));
         assert_eq!(replay.tuners.len(), 3);
+        // The capacity-aware schedule beats every online policy here, and moving in
+        // space as well as time beats time alone.
+        for name in [
+            PolicyName::Baseline,
+            PolicyName::Static,
+            PolicyName::Tuned,
+            PolicyName::Deferral,
+            PolicyName::TemporalBound,
+        ] {
+            assert!(
+                grams(PolicyName::CapacityBound) < grams(name),
+                "{}",
+                name.as_str()
+            );
+        }
+        assert!(grams(PolicyName::TemporalBound) < grams(PolicyName::Deferral));
     }
 }

@@ -1,15 +1,19 @@
 //! Replay simulator: real intensity traces, a workload and a cluster, under
 //! the agent's own decision code and the policies it is compared with.
 //!
-//! - [`trace`] loads the shipped traces; [`forecast`] adds the paper's noise.
-//! - [`paper`] reproduces Let's Wait Awhile (Wiesner et al., Middleware '21).
+//! - [`trace`] loads the shipped traces; [`forecast`] adds forecast error
+//!   (the paper's i.i.d. noise, or an AR(1) error growing with the horizon).
+//! - [`paper`] reproduces Let's Wait Awhile (Wiesner et al., Middleware '21),
+//!   and runs its nightly experiment on any hourly year.
 //! - [`workload`], [`agent`], [`engine`] and [`plan`] replay jobs on nodes in
-//!   several zones; [`experiment`] runs every policy on a year and [`tune`]
-//!   pits the tuner against the best static threshold.
+//!   several zones; [`bound`] schedules them offline with capacity;
+//!   [`experiment`] runs every policy on a year and [`tune`] pits the tuner
+//!   against the best static threshold.
 //! - [`report`] and [`svg`] write the table and the plots; [`cli`] is
 //!   `carbon-kube simulate`.
 
 pub mod agent;
+pub mod bound;
 pub mod cli;
 pub mod engine;
 pub mod experiment;

@@ -13,6 +13,8 @@ pub struct Row {
     pub saved_pct: f64,
     /// Share of the oracle's savings achieved; `None` if the oracle saves nothing.
     pub oracle_share_pct: Option<f64>,
+    /// Share of the capacity-aware schedule's savings; `None` where it was not computed.
+    pub bound_share_pct: Option<f64>,
     pub deadline_misses: usize,
     pub mean_delay_hours: f64,
     pub p95_delay_hours: f64,
@@ -38,12 +40,12 @@ pub fn row(
     let mut delays = outcome.delays.clone();
     delays.sort_unstable();
     let saved = baseline_grams - outcome.grams;
-    let possible = baseline_grams - oracle_grams;
     Row {
         policy: policy.to_string(),
         co2_kg: outcome.grams / 1000.0,
         saved_pct: 100.0 * saved / baseline_grams.max(f64::MIN_POSITIVE),
-        oracle_share_pct: (possible > 0.0).then(|| 100.0 * saved / possible),
+        oracle_share_pct: share(baseline_grams, outcome.grams, oracle_grams),
+        bound_share_pct: None,
         deadline_misses: outcome.deadline_misses,
         mean_delay_hours: delays.iter().sum::<usize>() as f64 / delays.len().max(1) as f64
             * step_hours,
@@ -52,10 +54,12 @@ pub fn row(
     }
 }
 
-/// The table for a replay: every policy against the baseline and the oracle.
+/// The table for a replay: every policy against the baseline, the oracle and
+/// the capacity-aware schedule.
 pub fn rows(replay: &Replay) -> Vec<Row> {
     let grams = |n| replay.outcome(n).map_or(0.0, |o| o.grams);
     let (baseline, oracle) = (grams(PolicyName::Baseline), grams(PolicyName::Oracle));
+    let bound = replay.outcome(PolicyName::CapacityBound).map(|o| o.grams);
     let step_hours = replay
         .series
         .first()
@@ -63,14 +67,27 @@ pub fn rows(replay: &Replay) -> Vec<Row> {
     replay
         .outcomes
         .iter()
-        .map(|(name, outcome)| row(name.as_str(), outcome, baseline, oracle, step_hours))
+        .map(|(name, outcome)| {
+            let mut r = row(name.as_str(), outcome, baseline, oracle, step_hours);
+            r.bound_share_pct = bound.and_then(|b| share(baseline, outcome.grams, b));
+            r
+        })
         .collect()
 }
 
-const HEADER: [&str; 8] = [
+/// Savings of `grams` as a percentage of the savings of `reference`, both against `baseline`.
+fn share(baseline: f64, grams: f64, reference: f64) -> Option<f64> {
+    let possible = baseline - reference;
+    (possible > 0.0).then(|| 100.0 * (baseline - grams) / possible)
+}
+
+const COLUMNS: usize = 9;
+
+const HEADER: [&str; COLUMNS] = [
     "policy",
     "co2_kg",
     "saved_vs_baseline_pct",
+    "share_of_capacity_aware_savings_pct",
     "share_of_oracle_savings_pct",
     "deadline_misses",
     "mean_delay_h",
@@ -78,13 +95,14 @@ const HEADER: [&str; 8] = [
     "time_tainted_pct",
 ];
 
-fn cells(r: &Row) -> [String; 8] {
+fn cells(r: &Row) -> [String; COLUMNS] {
+    let pct = |v: Option<f64>| v.map_or_else(|| "-".into(), |s| format!("{s:.1}"));
     [
         r.policy.clone(),
         format!("{:.1}", r.co2_kg),
         format!("{:.2}", r.saved_pct),
-        r.oracle_share_pct
-            .map_or_else(|| "-".into(), |s| format!("{s:.1}")),
+        pct(r.bound_share_pct),
+        pct(r.oracle_share_pct),
         r.deadline_misses.to_string(),
         format!("{:.2}", r.mean_delay_hours),
         format!("{:.1}", r.p95_delay_hours),
@@ -102,10 +120,10 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// Columns padded to their widest cell, numbers right-aligned.
 pub fn text(rows: &[Row]) -> String {
-    let table: Vec<[String; 8]> = std::iter::once(HEADER.map(String::from))
+    let table: Vec<[String; COLUMNS]> = std::iter::once(HEADER.map(String::from))
         .chain(rows.iter().map(cells))
         .collect();
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..COLUMNS)
         .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

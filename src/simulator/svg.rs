@@ -7,13 +7,14 @@ use super::experiment::{PolicyName, Replay};
 const WIDTH: f64 = 900.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
-const COLOURS: [&str; 7] = [
-    "#6b6b6b", "#8c564b", "#e07b00", "#7b3fb5", "#1f77b4", "#d62728", "#2ca02c",
+const COLOURS: [&str; 10] = [
+    "#6b6b6b", "#e07b00", "#7b3fb5", "#1f77b4", "#17becf", "#2ca02c", "#98df8a", "#d62728",
+    "#8c564b", "#e377c2",
 ];
 
 fn colour(name: PolicyName) -> &'static str {
     let index = PolicyName::ALL.iter().position(|n| *n == name).unwrap_or(0);
-    COLOURS[index]
+    COLOURS[index % COLOURS.len()]
 }
 
 fn escape(text: &str) -> String {

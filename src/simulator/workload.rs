@@ -27,39 +27,103 @@ impl Job {
     }
 }
 
+/// When jobs arrive, by hour of the week (steps are hours from a midnight UTC).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    /// Any hour, `weight` times as likely in weekday working hours (08–18 UTC).
+    WorkingWeek { weight: f64 },
+    /// Only at this hour of every day (a CronJob).
+    Daily { hour: usize },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadParams {
     pub jobs: usize,
     pub seed: u64,
+    pub arrivals: Arrivals,
     pub mean_duration_steps: f64,
     pub max_duration_steps: usize,
     /// Share of jobs that opt in to waiting for greener power.
     pub flexible_share: f64,
-    /// A flexible job's slack is uniform in 1..=this.
+    /// A flexible job's slack is uniform in min..=max.
+    pub min_slack_steps: usize,
     pub max_slack_steps: usize,
     pub pinned_share: f64,
 }
 
+/// Workload scenarios: which kind of work a cluster runs decides whether waiting pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadKind {
+    /// Long batch jobs (geometric, mean 8 h, up to 72 h), half of them may wait up to
+    /// 24 h, arrivals twice as likely in working hours: the default.
+    Batch,
+    /// Let's Wait Awhile's nightly jobs: every job starts from a CronJob at 01:00 UTC,
+    /// runs an hour, and may wait up to 8 h (the paper's ±8 h, forward only).
+    Nightly,
+    /// CI-like: one-hour jobs, mostly in weekday working hours (8 ×); a third (main-branch
+    /// builds, scheduled suites) may wait up to 6 h, the rest have someone waiting.
+    Ci,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::Nightly => "nightly",
+            Self::Ci => "ci",
+        }
+    }
+
+    pub fn params(self) -> WorkloadParams {
+        match self {
+            Self::Batch => WorkloadParams {
+                jobs: 60_000,
+                seed: 42,
+                arrivals: Arrivals::WorkingWeek { weight: 2.0 },
+                mean_duration_steps: 8.0,
+                max_duration_steps: 72,
+                flexible_share: 0.5,
+                min_slack_steps: 1,
+                max_slack_steps: 24,
+                pinned_share: 0.3,
+            },
+            // About 55 jobs a night, ~200 vCPUs at 01:00: the night fits a 512-vCPU cluster.
+            Self::Nightly => WorkloadParams {
+                jobs: 20_000,
+                arrivals: Arrivals::Daily { hour: 1 },
+                mean_duration_steps: 1.0,
+                max_duration_steps: 1,
+                flexible_share: 1.0,
+                min_slack_steps: 8,
+                max_slack_steps: 8,
+                ..Self::Batch.params()
+            },
+            Self::Ci => WorkloadParams {
+                jobs: 150_000,
+                arrivals: Arrivals::WorkingWeek { weight: 8.0 },
+                mean_duration_steps: 1.0,
+                max_duration_steps: 1,
+                flexible_share: 1.0 / 3.0,
+                min_slack_steps: 1,
+                max_slack_steps: 6,
+                pinned_share: 0.1,
+                ..Self::Batch.params()
+            },
+        }
+    }
+}
+
 impl Default for WorkloadParams {
     fn default() -> Self {
-        Self {
-            jobs: 60_000,
-            seed: 42,
-            mean_duration_steps: 8.0,
-            max_duration_steps: 72,
-            flexible_share: 0.5,
-            max_slack_steps: 24,
-            pinned_share: 0.3,
-        }
+        WorkloadKind::Batch.params()
     }
 }
 
 /// Pod sizes and their weights: mostly small pods, some large ones.
 const VCPU_SIZES: [(u32, f64); 5] = [(1, 0.3), (2, 0.3), (4, 0.2), (8, 0.15), (16, 0.05)];
 
-/// Jobs sorted by arrival. Arrivals are twice as likely in weekday working
-/// hours (08–18 UTC) as at other times, so load follows a working week;
-/// durations are geometric around the mean; home zones follow node counts.
+/// Jobs sorted by arrival. Arrivals follow [`Arrivals`]; durations are
+/// geometric around the mean; home zones follow node counts.
 /// Every job's deadline falls within the `steps` simulated, so no policy is
 /// credited for pushing work past the end of the trace.
 pub fn generate(
@@ -72,10 +136,10 @@ pub fn generate(
     let busy = |step: usize| {
         let weekday = (first_weekday + step / 24) % 7;
         let hour = step % 24;
-        if weekday < 5 && (8..18).contains(&hour) {
-            2.0
-        } else {
-            1.0
+        match params.arrivals {
+            Arrivals::WorkingWeek { weight } if weekday < 5 && (8..18).contains(&hour) => weight,
+            Arrivals::WorkingWeek { .. } => 1.0,
+            Arrivals::Daily { hour: at } => f64::from(u8::from(hour == at)),
         }
     };
     let horizon = steps
@@ -92,7 +156,10 @@ pub fn generate(
             let duration = (1.0 + ((1.0 - rng.next_f64()).ln() / (1.0 - p).ln()).floor()) as usize;
             let flexible = rng.next_f64() < params.flexible_share;
             let slack = if flexible {
-                1 + rng.below(params.max_slack_steps.max(1) as u32) as usize
+                let min = params
+                    .min_slack_steps
+                    .clamp(1, params.max_slack_steps.max(1));
+                min + rng.below((params.max_slack_steps.max(1) + 1 - min) as u32) as usize
             } else {
                 0
             };
@@ -159,6 +226,36 @@ mod tests {
         assert!((mean - 8.0).abs() < 0.5, "{mean}");
         let big_zone = a.iter().filter(|j| j.home == 2).count() as f64 / 5_000.0;
         assert!((big_zone - 0.5).abs() < 0.03, "{big_zone}");
+    }
+
+    #[test]
+    fn nightly_jobs_start_at_one_and_may_wait_eight_hours() {
+        let params = WorkloadKind::Nightly.params();
+        let jobs = generate(&params, 8760, &[4, 4], 5);
+        assert_eq!(jobs.len(), 20_000);
+        assert!(jobs.iter().all(|j| j.arrival % 24 == 1));
+        assert!(jobs.iter().all(|j| j.duration == 1 && j.slack == 8));
+        // Every night of the year gets some: about 55 a night.
+        let nights: std::collections::BTreeSet<usize> =
+            jobs.iter().map(|j| j.arrival / 24).collect();
+        assert!(nights.len() > 360, "{}", nights.len());
+    }
+
+    #[test]
+    fn ci_jobs_are_short_and_crowd_into_working_hours() {
+        let params = WorkloadKind::Ci.params();
+        // The trace starts on a Monday.
+        let jobs = generate(&params, 8760, &[4, 4], 0);
+        assert!(jobs.iter().all(|j| j.duration == 1 && j.slack <= 6));
+        let working = jobs
+            .iter()
+            .filter(|j| (j.arrival / 24) % 7 < 5 && (8..18).contains(&(j.arrival % 24)))
+            .count() as f64
+            / jobs.len() as f64;
+        // 50 of 168 hours a week at 8 × weight: 400 / 518 of the jobs.
+        assert!((working - 400.0 / 518.0).abs() < 0.01, "{working}");
+        let flexible = jobs.iter().filter(|j| j.flexible()).count() as f64 / jobs.len() as f64;
+        assert!((flexible - 1.0 / 3.0).abs() < 0.01, "{flexible}");
     }
 
     #[test]

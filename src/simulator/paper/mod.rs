@@ -6,6 +6,7 @@
 //! The setting is the paper's, not the agent's: one node, every job draws one
 //! unit of power, 30-minute slots, emissions `Σ CI_true × active jobs`.
 
+pub mod any_year;
 pub mod ml;
 pub mod nightly;
 pub mod targets;
