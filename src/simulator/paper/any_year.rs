@@ -208,7 +208,7 @@ mod tests {
         let t = trace("2020-12-31T16:00:00Z", 8 + 8760, |h| {
             if (h + 16) % 24 == 20 { 50.0 } else { 100.0 }
         });
-        let rows = table(&[t.clone()], 2021, 8).unwrap();
+        let rows = table(std::slice::from_ref(&t), 2021, 8).unwrap();
         let at = |w: usize, m: &str| {
             rows.iter()
                 .find(|r| r.window_hours == w && r.model == m)
