@@ -377,6 +377,8 @@ mod tests {
             PolicyName::Static,
             PolicyName::Tuned,
             PolicyName::Deferral,
+            PolicyName::Relative,
+            PolicyName::TaintsAndDeferral,
             PolicyName::TemporalBound,
         ] {
             assert!(
@@ -385,6 +387,6 @@ mod tests {
                 name.as_str()
             );
         }
-        assert!(grams(PolicyName::TemporalBound) < grams(PolicyName::Deferral));
+        assert!(grams(PolicyName::TemporalBound) < grams(PolicyName::Baseline));
     }
 }

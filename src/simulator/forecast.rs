@@ -255,24 +255,23 @@ mod tests {
     }
 
     #[test]
-    fn ar1_forecasts_know_the_present_and_plan_inside_the_window() {
-        let truth: Vec<f64> = (0..100)
-            .map(|h| if h == 30 { 10.0 } else { 200.0 })
-            .collect();
+    fn ar1_forecasts_know_the_present_and_are_redrawn_when_reissued() {
+        let truth: Vec<f64> = (0..100).map(|h| 100.0 + h as f64).collect();
         let f = Forecasts::new(&[series(truth.clone())], ErrorModel::AR1_PUBLISHED, 1);
         assert_eq!(f.issued(0, 20, 5)[0], truth[20]);
         assert_eq!(f.issued(0, 20, 5), f.issued(0, 20, 5));
         assert_ne!(f.issued(0, 20, 5)[1..], truth[21..25]);
-        let start = f.cheapest_start(0, 20, 40, 2);
-        assert!((20..=40).contains(&start));
+        // Issued an hour later, the forecast for the same hours is another draw.
+        assert_ne!(f.issued(0, 20, 5)[2..], f.issued(0, 21, 4)[1..]);
+        assert_eq!(f.issued(0, 98, 10).len(), 2);
         let perfect = Forecasts::new(
-            &[series(truth)],
+            &[series(truth.clone())],
             ErrorModel::Ar1 {
                 step_fraction: 0.0,
                 phi: 0.98,
             },
             1,
         );
-        assert_eq!(perfect.cheapest_start(0, 20, 40, 2), 29);
+        assert_eq!(perfect.issued(0, 20, 5), truth[20..25]);
     }
 }
