@@ -60,6 +60,15 @@ struct Held {
     first_now_mean: f64,
 }
 
+/// A pod this leader released a moment ago.
+struct Released {
+    at: Instant,
+    /// Where it was booked: until bound, its CPU counts there.
+    zone: Option<GridZone>,
+    /// Its binding was seen (and its wait measured).
+    bound: bool,
+}
+
 /// Why a pod goes now, for its event and the metric.
 enum Release {
     Planned {
@@ -87,8 +96,8 @@ pub struct Deferral {
     settings: DeferralSettings,
     recorder: Recorder,
     held: HashMap<String, Held>,
-    /// Pods released recently: when, and whether their binding was seen yet.
-    released: HashMap<String, (Instant, bool)>,
+    /// Pods released recently, by uid.
+    released: HashMap<String, Released>,
     rigid: Option<RigidLoad>,
     /// Zones in the order `rigid` knows them.
     rigid_zones: Vec<GridZone>,
@@ -296,29 +305,48 @@ impl Deferral {
             }
         }
         for pod in pods.iter().filter(|p| !is_terminal(p)) {
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+            let uid = pod.uid().unwrap_or_default();
+            // A pod we just released may still show the gate in the cache.
+            if is_gated(pod) && !self.released.contains_key(&uid) {
                 continue;
+            }
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
+            let index = match node {
+                Some(node) => zone_of_node.get(node).copied(),
+                // Released by us and not bound yet: it will take the CPU it was booked for.
+                None => self
+                    .released
+                    .get(&uid)
+                    .and_then(|r| r.zone.as_ref())
+                    .and_then(|zone| zones.iter().position(|z| &z.zone == zone)),
             };
-            let Some(&index) = zone_of_node.get(node) else {
+            let Some(index) = index else {
                 continue;
             };
             let vcpus = pod_cpu_request(pod);
             zones[index].requested += vcpus;
-            if is_deferrable(pod) && !is_gated(pod) {
-                let uid = pod.uid().unwrap_or_default();
-                if let Some((at, seen)) = self.released.get_mut(&uid).filter(|(_, seen)| !*seen) {
-                    *seen = true;
-                    self.wait.observe(at.elapsed().as_secs_f64());
-                }
-                let duration = pod
-                    .annotations()
-                    .get(DURATION)
-                    .and_then(|d| super::parse_duration(d).ok())
-                    .unwrap_or(super::DEFAULT_DURATION);
-                let started = bound_at(pod).unwrap_or(now);
-                let end = started + SignedDuration::try_from(duration).unwrap_or_default();
-                zones[index].deferred.push((end, vcpus));
+            if !is_deferrable(pod) {
+                continue;
             }
+            if let Some(released) = self
+                .released
+                .get_mut(&uid)
+                .filter(|r| node.is_some() && !r.bound)
+            {
+                released.bound = true;
+                self.wait.observe(released.at.elapsed().as_secs_f64());
+            }
+            let duration = pod
+                .annotations()
+                .get(DURATION)
+                .and_then(|d| super::parse_duration(d).ok())
+                .unwrap_or(super::DEFAULT_DURATION);
+            let started = match node {
+                Some(_) => bound_at(pod).unwrap_or(now),
+                None => now,
+            };
+            let end = started + SignedDuration::try_from(duration).unwrap_or_default();
+            zones[index].deferred.push((end, vcpus));
         }
         zones
     }
@@ -327,7 +355,7 @@ impl Deferral {
     async fn round(&mut self, pods: &Store<Pod>, nodes: &Store<Node>, scores: &Store<CarbonScore>) {
         let now = Timestamp::now();
         self.released
-            .retain(|_, (at, _)| at.elapsed() < RELEASE_GRACE);
+            .retain(|_, released| released.at.elapsed() < RELEASE_GRACE);
         let all = pods.state();
         let zones = self.zones(&all, nodes, scores, now);
         let names: Vec<GridZone> = zones.iter().map(|z| z.zone.clone()).collect();
@@ -469,7 +497,18 @@ impl Deferral {
             }
         }
         let uid = pod.uid().unwrap_or_default();
-        self.released.insert(uid.clone(), (Instant::now(), false));
+        let zone = match &release {
+            Release::Planned { zone, .. } => zone.clone(),
+            _ => None,
+        };
+        self.released.insert(
+            uid.clone(),
+            Released {
+                at: Instant::now(),
+                zone,
+                bound: false,
+            },
+        );
         let held = self.held.remove(&uid);
         let created = pod
             .metadata
