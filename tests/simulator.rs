@@ -127,15 +127,10 @@ fn the_policies_keep_their_order_on_a_shipped_year() {
     assert!(grams(PolicyName::Relative) < grams(PolicyName::Baseline));
     // The capacity-aware schedule: above the oracle (which ignores capacity), below every
     // online policy, and below time shifting alone.
-    for p in [
-        PolicyName::Baseline,
-        PolicyName::Static,
-        PolicyName::Tuned,
-        PolicyName::Deferral,
-        PolicyName::Relative,
-        PolicyName::TaintsAndDeferral,
-        PolicyName::TemporalBound,
-    ] {
+    let online = PolicyName::ALL
+        .into_iter()
+        .take_while(|&p| p != PolicyName::CapacityBound);
+    for p in online {
         assert!(
             grams(PolicyName::CapacityBound) < grams(p),
             "{} below the capacity-aware schedule",

@@ -277,19 +277,12 @@ pub fn schedule(scenario: &Scenario, reach: Reach) -> Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::carbon::GridZone;
     use crate::power::PowerCoefficients;
     use crate::simulator::agent::AgentSettings;
     use crate::simulator::trace::Series;
 
     fn series(zone: &str, values: &[f64]) -> Series {
-        Series {
-            zone: GridZone::parse(zone).unwrap(),
-            start: "2022-01-01T00:00:00Z".parse().unwrap(),
-            step_seconds: 3600,
-            grams_per_kwh: values.to_vec(),
-            filled: 0,
-        }
+        Series::hourly_for_tests(zone, values)
     }
 
     fn job(arrival: usize, slack: usize, vcpus: u32, home: usize, pinned: bool) -> Job {

@@ -497,13 +497,7 @@ mod tests {
     use crate::simulator::forecast::ErrorModel;
 
     fn series(zone: &str, values: &[f64]) -> Series {
-        Series {
-            zone: GridZone::parse(zone).unwrap(),
-            start: "2022-01-01T00:00:00Z".parse().unwrap(),
-            step_seconds: 3600,
-            grams_per_kwh: values.to_vec(),
-            filled: 0,
-        }
+        Series::hourly_for_tests(zone, values)
     }
 
     fn job(arrival: usize, slack: usize, home: usize, pinned: bool) -> Job {

@@ -73,6 +73,7 @@ pub enum PolicyName {
 }
 
 impl PolicyName {
+    /// The online policies first, then the offline references, loosest last.
     pub const ALL: [Self; 9] = [
         Self::Baseline,
         Self::Relative,
@@ -372,15 +373,10 @@ mod tests {
         assert_eq!(replay.tuners.len(), 3);
         // The capacity-aware schedule beats every online policy here, and moving in
         // space as well as time beats time alone.
-        for name in [
-            PolicyName::Baseline,
-            PolicyName::Static,
-            PolicyName::Tuned,
-            PolicyName::Deferral,
-            PolicyName::Relative,
-            PolicyName::TaintsAndDeferral,
-            PolicyName::TemporalBound,
-        ] {
+        let online = PolicyName::ALL
+            .into_iter()
+            .take_while(|&n| n != PolicyName::CapacityBound);
+        for name in online {
             assert!(
                 grams(PolicyName::CapacityBound) < grams(name),
                 "{}",

@@ -191,13 +191,7 @@ mod tests {
     }
 
     fn series(values: Vec<f64>) -> Series {
-        Series {
-            zone: crate::carbon::GridZone::parse("X").unwrap(),
-            start: "2022-01-01T00:00:00Z".parse().unwrap(),
-            step_seconds: 3600,
-            grams_per_kwh: values,
-            filled: 0,
-        }
+        Series::hourly_for_tests("X", &values)
     }
 
     #[test]

@@ -36,6 +36,20 @@ impl Series {
     }
 }
 
+#[cfg(test)]
+impl Series {
+    /// An hourly series from 2022-01-01 00:00 UTC.
+    pub fn hourly_for_tests(zone: &str, values: &[f64]) -> Self {
+        Self {
+            zone: GridZone::parse(zone).unwrap(),
+            start: "2022-01-01T00:00:00Z".parse().unwrap(),
+            step_seconds: 3600,
+            grams_per_kwh: values.to_vec(),
+            filled: 0,
+        }
+    }
+}
+
 /// Reads one normalised CSV file.
 pub fn load(path: &Path) -> Result<Trace, SimError> {
     let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
