@@ -3,7 +3,9 @@
 # the end-to-end tests against the real control plane (built on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$(bash tests/tools/install.sh):$PATH"
+# Assigned apart from the export, so that a failing install stops the run.
+tools="$(bash tests/tools/install.sh)"
+export PATH="$tools:$PATH"
 
 bash tests/controlplane/build.sh >/dev/null
 # The arm64 release binary that tests/release.rs runs under qemu-user: cross-built
