@@ -125,6 +125,31 @@ fn every_action_is_pinned_to_a_commit() {
 }
 
 #[test]
+fn workflows_build_with_the_dockerfiles_rust() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let pinned = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .expect("Dockerfile pins ARG RUST_VERSION");
+    for file in workflows() {
+        let wf: Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(
+            wf["env"]["RUST_VERSION"].as_str(),
+            Some(pinned),
+            "{}: env RUST_VERSION",
+            file.display()
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.contains(r#"rustup toolchain install "$RUST_VERSION""#)
+                || text.contains("RUST_VERSION=${{ env.RUST_VERSION }}"),
+            "{} does not use RUST_VERSION",
+            file.display()
+        );
+    }
+}
+
+#[test]
 fn release_workflow_publishes_the_chart_image_binaries_and_signs_them() {
     let wf = release_workflow();
     assert_eq!(
