@@ -15,6 +15,7 @@ pub mod decision;
 pub mod deferral;
 pub mod election;
 pub mod emissions;
+pub mod learner;
 pub mod metrics;
 pub mod migration;
 pub mod node;

@@ -221,7 +221,7 @@ fn greedy(values: &[f64; 3]) -> usize {
 }
 
 /// SplitMix64, mapped to [0, 1).
-fn uniform(state: &mut u64) -> f64 {
+pub(crate) fn uniform(state: &mut u64) -> f64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

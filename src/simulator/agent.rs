@@ -88,6 +88,12 @@ impl Agents {
         }
     }
 
+    /// Changes the relative policy's budget and minimum spread (the outcome tuner's choice).
+    pub fn set_relative(&mut self, max_tainted_fraction: f64, min_spread_grams_per_kwh: f64) {
+        self.settings.max_tainted_fraction = max_tainted_fraction;
+        self.settings.min_spread_grams_per_kwh = min_spread_grams_per_kwh;
+    }
+
     /// Taints for the step that starts at `now` with these intensities.
     ///
     /// The leader writes intensity and allowance at `now`; the agents decide at

@@ -31,7 +31,7 @@ pub enum Experiment {
     Run(Box<RunArgs>),
     /// Reproduce Let's Wait Awhile (Middleware '21) and compare with the published numbers.
     Reproduce(ReproduceArgs),
-    /// Train the tuner on one year, evaluate on another, against the best static threshold.
+    /// Train the outcome tuner on one year, evaluate on another, against the best fixed knobs.
     Tune(Box<TuneArgs>),
 }
 
@@ -526,14 +526,15 @@ fn run_tune(args: &TuneArgs) -> Result<(), SimError> {
     let (train, eval) = (keep(train.clone(), &eval), keep(eval, &train));
     let result = tune::tune(&config, &train, &eval)?;
     let mut text = format!(
-        "train {} → evaluate {}; {}objective = grams CO2 + {} g per vCPU-hour of delay\n\
-         best static threshold on the training year: {:.0} g/kWh; on the evaluation year itself: {:.0} g/kWh\n\n",
+        "train {} → evaluate {}; {}every row: relative taints with the planner; \
+         objective = grams CO2 + {} g per vCPU-hour of delay\n\
+         best fixed knobs on the training year: {}; on the evaluation year itself: {}\n\n",
         args.train_year,
         args.eval_year,
         describe(&eval, &config),
         config.tuner.delay_cost_grams_per_vcpu_hour,
-        result.best_on_train,
-        result.best_on_eval
+        tune::describe(&result.best_on_train),
+        tune::describe(&result.best_on_eval)
     );
     let rows: Vec<report::Row> = result.rows.iter().map(|(r, _)| r.clone()).collect();
     let table = report::text(&rows);
@@ -549,11 +550,16 @@ fn run_tune(args: &TuneArgs) -> Result<(), SimError> {
     print!("{text}");
     write(&args.out, "tune.txt", &text)?;
     write(&args.out, "tune.csv", &report::csv(&rows))?;
-    let mut grid = String::from("threshold_g_per_kwh,train_objective_kg,eval_objective_kg\n");
+    let mut grid = String::from(
+        "max_tainted_fraction,min_spread_g_per_kwh,headroom,margin_h,train_objective_kg,eval_objective_kg\n",
+    );
     for p in &result.grid {
         grid += &format!(
-            "{},{:.3},{:.3}\n",
-            p.threshold,
+            "{},{},{},{},{:.3},{:.3}\n",
+            p.knobs.max_tainted_fraction,
+            p.knobs.min_spread_grams_per_kwh,
+            p.knobs.headroom,
+            p.knobs.margin.as_secs() / 3600,
             p.train_cost / 1000.0,
             p.eval_cost / 1000.0
         );

@@ -15,6 +15,7 @@ use super::forecast::Forecasts;
 use super::trace::Series;
 use super::workload::Job;
 use crate::carbon::GridZone;
+use crate::learner::{Context, EpochCost, Learner};
 use crate::planner::{
     self, ExpectedWait, Ledger, PlannerParams, RigidLoad, Step, Waiting, ZoneCapacity,
     ZoneForecast, hour_of_week,
@@ -64,7 +65,14 @@ pub enum Policy<'a> {
     Static { threshold_grams_per_kwh: f64 },
     /// The agent with the leader's tuner setting each zone's threshold every step.
     Tuned { tuners: &'a mut [Tuner] },
+    /// Relative taints (and the planner, when deferring) with the budget, the
+    /// minimum spread, the headroom and the margin chosen by the outcome tuner
+    /// once per epoch.
+    Learned { learner: &'a mut Learner },
 }
+
+/// Steps between the outcome tuner's choices: a day of hourly data.
+pub const LEARNER_EPOCH_STEPS: usize = 24;
 
 /// Deferral by the leader's planner ([`crate::planner`]): jobs with slack
 /// wait behind the gate until the planner releases them, then prefer the zone
@@ -237,6 +245,8 @@ pub fn run(scenario: &Scenario, policy: Policy) -> Outcome {
 /// The planner's side of a replay: jobs it holds, jobs it released.
 struct Planned<'a, 'b> {
     deferral: &'b Deferral<'a>,
+    /// The deferral's settings, or the outcome tuner's.
+    params: PlannerParams,
     /// Held jobs in arrival order.
     waiting: Vec<usize>,
     /// Released, not started yet: job and release step.
@@ -304,7 +314,7 @@ impl Planned<'_, '_> {
                 deferred_running,
             });
         }
-        let mut ledger = Ledger::new(&self.deferral.params, &capacity, horizon);
+        let mut ledger = Ledger::new(&self.params, &capacity, horizon);
         let seen: Vec<Vec<f64>> = (0..zones)
             .map(|z| {
                 let mut f = self.deferral.forecast.issued(z, t, horizon);
@@ -334,7 +344,7 @@ impl Planned<'_, '_> {
             .collect();
         let step = Duration::from_secs(scenario.series[0].step_seconds.max(1) as u64);
         let plan = planner::plan(
-            &self.deferral.params,
+            &self.params,
             step,
             self.wait.get(),
             &forecasts,
@@ -384,12 +394,15 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
             threshold_grams_per_kwh,
         } => vec![*threshold_grams_per_kwh; zones],
         Policy::Tuned { tuners } => tuners.iter().map(Tuner::threshold).collect(),
-        Policy::Baseline | Policy::Relative => vec![f64::INFINITY; zones],
+        Policy::Baseline | Policy::Relative | Policy::Learned { .. } => {
+            vec![f64::INFINITY; zones]
+        }
     };
     let uses_taints = !matches!(policy, Policy::Baseline);
     let total_nodes: u64 = scenario.nodes.iter().map(|&n| n as u64).sum();
     let mut planned = deferral.map(|deferral| Planned {
         deferral,
+        params: deferral.params,
         waiting: Vec::new(),
         released_at: vec![None; scenario.jobs.len()],
         running: Vec::new(),
@@ -399,12 +412,40 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
     // Jobs the scheduler sees: index and the zone it tries first.
     let mut pending: Vec<(usize, usize)> = Vec::new();
     let mut next_job = 0;
+    let mut epoch: Option<EpochCost> = None;
+    let mut waiting_vcpus = 0u64;
+    let mut held_vcpus = 0u64;
     for t in 0..steps {
         cluster.finish(t);
         let intensity: Vec<f64> = scenario.series.iter().map(|s| s.grams_per_kwh[t]).collect();
+        if let Policy::Learned { learner } = &mut policy {
+            if t % LEARNER_EPOCH_STEPS == 0 {
+                let busy: u64 = cluster.running.iter().flatten().sum();
+                let (min, max, sum) = intensity.iter().fold(
+                    (f64::INFINITY, f64::NEG_INFINITY, 0.0),
+                    |(lo, hi, sum), &g| (lo.min(g), hi.max(g), sum + g),
+                );
+                let mean = sum / zones.max(1) as f64;
+                let capacity = total_nodes * u64::from(scenario.vcpus_per_node);
+                let demand = (busy + held_vcpus + waiting_vcpus).max(1);
+                let knobs = learner.step(
+                    epoch.take(),
+                    Context {
+                        relative_spread: (max - min) / mean.max(1e-9),
+                        utilisation: busy as f64 / capacity.max(1) as f64,
+                        waiting_share: (held_vcpus + waiting_vcpus) as f64 / demand as f64,
+                    },
+                );
+                agents.set_relative(knobs.max_tainted_fraction, knobs.min_spread_grams_per_kwh);
+                if let Some(planned) = &mut planned {
+                    planned.params.headroom = knobs.headroom;
+                    planned.params.margin = knobs.margin;
+                }
+            }
+        }
         let tainted: Vec<bool> = if uses_taints {
             let rule = match policy {
-                Policy::Relative => TaintRule::Relative,
+                Policy::Relative | Policy::Learned { .. } => TaintRule::Relative,
                 _ => TaintRule::Absolute {
                     thresholds: &thresholds,
                 },
@@ -447,6 +488,14 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
                 Placement::NoRoom => true,
             }
         });
+        held_vcpus = held.iter().sum();
+        waiting_vcpus = planned.as_ref().map_or(0, |p| {
+            p.waiting
+                .iter()
+                .map(|&i| u64::from(scenario.jobs[i].vcpus))
+                .sum()
+        });
+        let before = outcome.grams;
         for z in 0..zones {
             let per_vcpu = scenario.grams_per_vcpu_step(intensity[z]);
             for home in 0..zones {
@@ -459,6 +508,23 @@ pub fn run_with(scenario: &Scenario, mut policy: Policy, deferral: Option<&Defer
             }
         }
         outcome.node_steps += total_nodes;
+        if matches!(policy, Policy::Learned { .. }) {
+            let busy: u64 = cluster.running.iter().flatten().sum();
+            let mean = intensity
+                .iter()
+                .zip(&scenario.nodes)
+                .map(|(i, &n)| i * n as f64)
+                .sum::<f64>()
+                / total_nodes.max(1) as f64;
+            let cost = epoch.get_or_insert(EpochCost {
+                emitted_grams: 0.0,
+                delayed_vcpu_hours: 0.0,
+                at_mean_grams: 0.0,
+            });
+            cost.emitted_grams += outcome.grams - before;
+            cost.delayed_vcpu_hours += (held_vcpus + waiting_vcpus) as f64 * scenario.step_hours();
+            cost.at_mean_grams += scenario.grams_per_vcpu_step(mean) * busy as f64;
+        }
         if let Policy::Tuned { tuners } = &mut policy {
             let cluster_mean = intensity
                 .iter()

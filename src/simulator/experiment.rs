@@ -225,6 +225,23 @@ pub fn train_tuners(
     Ok(states(series, &learners))
 }
 
+/// What the planner sees of each zone: the forecast (the truth plus the
+/// configured error) and the σ of its error, which the planner assumes.
+pub fn forecasts(config: &ClusterConfig, series: &[Series]) -> (Forecasts, Vec<Vec<f64>>) {
+    let forecast = Forecasts::new(series, config.forecast, config.forecast_seed);
+    // The planner assumes the error model the forecast was drawn from, by horizon.
+    let sigma = series
+        .iter()
+        .map(|s| {
+            let horizon = config.workload.max_slack_steps + config.workload.max_duration_steps + 1;
+            (0..horizon.max(1))
+                .map(|h| config.forecast.sigma_at(h) * s.mean())
+                .collect()
+        })
+        .collect();
+    (forecast, sigma)
+}
+
 /// Every policy on one year. The tuned policy continues from `tuner_states`
 /// where they have the zone (trained on another year), else learns from scratch.
 pub fn replay(
@@ -239,17 +256,7 @@ pub fn replay(
         .iter()
         .map(|s| Prefix::new(&s.grams_per_kwh))
         .collect();
-    let forecast = Forecasts::new(&series, config.forecast, config.forecast_seed);
-    // The planner assumes the error model the forecast was drawn from, by horizon.
-    let sigma: Vec<Vec<f64>> = series
-        .iter()
-        .map(|s| {
-            let horizon = config.workload.max_slack_steps + config.workload.max_duration_steps + 1;
-            (0..horizon.max(1))
-                .map(|h| config.forecast.sigma_at(h) * s.mean())
-                .collect()
-        })
-        .collect();
+    let (forecast, sigma) = forecasts(config, &series);
     let deferral = Deferral {
         params: config.planner,
         forecast: &forecast,
