@@ -252,6 +252,8 @@ fn every_setting_the_chart_passes_is_one_the_agent_knows() {
         "power.pue=1.2",
         "--set",
         "podAttribution.enabled=true",
+        "--set",
+        "deferral.enabled=true",
     ]));
     let help = carbon_kube(&["agent", "--help"], &[]);
     // Wrapped help lines joined, so an `[env: NAME=]` split over two lines still matches.
@@ -274,8 +276,9 @@ fn every_setting_the_chart_passes_is_one_the_agent_knows() {
         );
     }
 
-    // And the agent accepts the chart's default values as they are rendered.
-    let defaults = documents(&template_ok(&[]));
+    // And the agent accepts the chart's default values as they are rendered (the deferral
+    // planner's too).
+    let defaults = documents(&template_ok(&["--set", "deferral.enabled=true"]));
     let env =
         find(&defaults, "DaemonSet", None)["spec"]["template"]["spec"]["containers"][0]["env"]
             .clone();
@@ -369,6 +372,13 @@ fn values_schema_rejects_bad_values_at_template_time() {
         (&["--set", "image.digest=latest"], "/image/digest"),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
         (&["--set", "power.pue=0.5"], "/power/pue"),
+        (&["--set", "deferral.headroom=1"], "/deferral/headroom"),
+        (&["--set", "deferral.margin=soon"], "/deferral/margin"),
+        (&["--set-json", "deferral.kSigma=-1"], "/deferral/kSigma"),
+        (
+            &["--set", "deferral.forecastError=2"],
+            "/deferral/forecastError",
+        ),
         (&["--set", "treshold=250"], "treshold"),
         // Checks across fields, made by the templates.
         (
