@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::Verdict;
+use crate::budget::{Ranking, Verdict};
 
 /// Settings of the decision, from the agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +53,22 @@ pub struct ZoneRanking {
 }
 
 impl ZoneRanking {
+    /// Zone `index` of the leader's ranking, ranked by `value`.
+    pub fn of(ranking: &Ranking, index: usize, value: Option<f64>) -> Self {
+        // Hundredths of a gram are far below any provider's precision.
+        let centi = |g: f64| (g * 100.0).round() / 100.0;
+        let ranked = &ranking.zones[index];
+        Self {
+            verdict: ranked.verdict,
+            rank: ranked.rank.map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+            ranked_zones: u32::try_from(ranking.ranked).unwrap_or(u32::MAX),
+            ranked_by_grams_per_kwh: value.map(centi),
+            cleanest_zone: ranking.cleanest.as_ref().map(|(z, _)| z.to_string()),
+            cleanest_grams_per_kwh: ranking.cleanest.as_ref().map(|(_, g)| centi(*g)),
+            required_spread_grams_per_kwh: ranking.required_spread_grams_per_kwh,
+        }
+    }
+
     /// The ranking in words, e.g. "ranked 1 of 3 (dirtiest first) at 450 gCO2/kWh,
     /// 390 g above the cleanest zone FR (60 g); a taint needs 50 g".
     pub fn describe(&self) -> String {

@@ -15,7 +15,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::budget::{
-    RankInput, Ranking, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, rank_zones,
+    RankInput, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, rank_zones,
 };
 use crate::carbon::{GridZone, Reading};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
@@ -86,23 +86,6 @@ pub fn rank_value(reading: &Reading, window: Duration) -> f64 {
         .map(|p| p.grams_per_kwh)
         .collect();
     (reading.grams_per_kwh + ahead.iter().sum::<f64>()) / (1 + ahead.len()) as f64
-}
-
-/// One zone's ranking as its CarbonScore shows it.
-fn zone_ranking(ranking: &Ranking, index: usize, value: Option<f64>) -> ZoneRanking {
-    let ranked = &ranking.zones[index];
-    ZoneRanking {
-        verdict: ranked.verdict,
-        rank: ranked.rank.map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
-        ranked_zones: u32::try_from(ranking.ranked).unwrap_or(u32::MAX),
-        ranked_by_grams_per_kwh: value.map(|v| (v * 100.0).round() / 100.0),
-        cleanest_zone: ranking.cleanest.as_ref().map(|(z, _)| z.to_string()),
-        cleanest_grams_per_kwh: ranking
-            .cleanest
-            .as_ref()
-            .map(|(_, g)| (g * 100.0).round() / 100.0),
-        required_spread_grams_per_kwh: ranking.required_spread_grams_per_kwh,
-    }
 }
 
 /// Counts nodes per zone from their labels.
@@ -257,7 +240,7 @@ impl Poller {
                 .and_then(|s| s.status.clone());
             let ranked = ranking
                 .as_ref()
-                .map(|r| zone_ranking(r, index, rank_inputs[index].grams_per_kwh));
+                .map(|r| ZoneRanking::of(r, index, rank_inputs[index].grams_per_kwh));
             let taint_allowed = match &ranked {
                 Some(r) => r.verdict.taints(),
                 None => allowed.contains(zone) && result.as_ref().map_or(true, is_live),

@@ -179,15 +179,7 @@ impl Agents {
                     threshold_grams_per_kwh: self.settings.floor_grams_per_kwh,
                     observed_at: now,
                     taint_allowed: ranked.verdict.taints(),
-                    ranking: Some(ZoneRanking {
-                        verdict: ranked.verdict,
-                        rank: ranked.rank.map(|r| r as u32),
-                        ranked_zones: ranking.ranked as u32,
-                        ranked_by_grams_per_kwh: Some(grams_per_kwh[z]),
-                        cleanest_zone: ranking.cleanest.as_ref().map(|(c, _)| c.to_string()),
-                        cleanest_grams_per_kwh: ranking.cleanest.as_ref().map(|(_, g)| *g),
-                        required_spread_grams_per_kwh: ranking.required_spread_grams_per_kwh,
-                    }),
+                    ranking: Some(ZoneRanking::of(&ranking, z, Some(grams_per_kwh[z]))),
                 }
             })
             .collect()
