@@ -400,6 +400,46 @@ async fn relative_taints_follow_a_change_of_rank_without_flapping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_zone_cluster_says_there_is_nothing_to_shift() {
+    let _serial = SERIAL.lock().await;
+    let Cluster {
+        cp,
+        api: _api,
+        agents,
+    } = cluster_with_intensity(
+        &[("s1", "PL"), ("s2", "PL")],
+        &[("PL", 800.0)],
+        &["--policy=relative"],
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        let reason = wait_for("a condition on s1", Duration::from_secs(30), || {
+            condition(&cp, "s1").map(|c| c["reason"].clone())
+        });
+        assert_eq!(reason, "SingleGridZone");
+        let message = condition(&cp, "s1").expect("condition")["message"].clone();
+        assert!(
+            message
+                .as_str()
+                .is_some_and(|m| m.contains("PL is the cluster's only grid zone")),
+            "{message}"
+        );
+        let pl = cp.kubectl_json(&["get", "carbonscore", "pl"]);
+        assert_eq!(pl["status"]["ranking"]["verdict"], "SingleZone");
+        assert!(
+            pl["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing to shift between zones")),
+            "{}",
+            pl["status"]
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(!has_taint(&cp, "s1") && !has_taint(&cp, "s2"));
+    });
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_leader_hands_over_at_once() {
     let _serial = SERIAL.lock().await;
     // A long lease: only a release on SIGTERM explains a quick takeover.
