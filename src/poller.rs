@@ -217,12 +217,10 @@ impl Poller {
                             Some(rank_value(reading, self.settings.rank_window))
                         }
                         Ok(_) => None,
-                        Err(_) => previous.and_then(|p| {
-                            p.ranking
-                                .as_ref()?
-                                .ranked_by_grams_per_kwh
-                                .or(load.grams_per_kwh)
-                        }),
+                        // No answer: rank by what was ranked last time, or the kept intensity.
+                        Err(_) => previous
+                            .and_then(|p| p.ranking.as_ref()?.ranked_by_grams_per_kwh)
+                            .or(load.grams_per_kwh),
                     },
                     tainted_before: previous
                         .and_then(|p| p.ranking.as_ref())
