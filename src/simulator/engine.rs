@@ -670,4 +670,35 @@ mod tests {
         assert_eq!(out.delays, [0, 3]);
         assert_eq!(out.deadline_misses, 1);
     }
+
+    #[test]
+    fn the_outcome_tuner_chooses_once_a_day_and_its_relative_taints_move_work() {
+        let days = 3;
+        let s = [
+            series("DIRTY", &vec![500.0; 24 * days]),
+            series("CLEAN", &vec![50.0; 24 * days]),
+        ];
+        let jobs: Vec<Job> = (0..24 * days).map(|t| job(t, 0, 0, false)).collect();
+        let sc = scenario(&s, &jobs);
+        let mut learner = Learner::new(crate::learner::LearnerParams {
+            exploration: 0.0,
+            delay_cost_grams_per_vcpu_hour: 0.0,
+            seed: 1,
+        });
+        let learned = run(
+            &sc,
+            Policy::Learned {
+                learner: &mut learner,
+            },
+        );
+        assert_eq!(learner.state().epochs, days as u64);
+        // Day one runs the middle values (half the nodes: the dirty zone's
+        // one); later days try the untried ones first, a budget of 0.3 among them.
+        assert!(learned.tainted[0][..24].iter().all(|&t| t));
+        assert!(
+            !learned.tainted[1].iter().any(|&t| t),
+            "the clean zone never"
+        );
+        assert!(learned.grams < run(&sc, Policy::Baseline).grams);
+    }
 }
