@@ -1,5 +1,5 @@
 //! Per-pod power and carbon: the node's dynamic power shared out to its pods
-//! by their cgroup v2 CPU time.
+//! by their cgroup CPU time (v2 `cpu.stat`, or v1 `cpuacct`).
 //!
 //! Under the linear power model every busy vCPU adds `(max − min) × PUE`
 //! watts over idle, so a pod that kept `v` vCPUs busy over a sample drew
@@ -24,7 +24,9 @@ use tracing::{info, warn};
 use crate::metrics::{Metrics, PodEmissions};
 use crate::power::{self, PowerCoefficients};
 
-pub use cgroup::{CpuUsage, has_kubepods, pod_cpu_usage, pod_uid, usage_usec};
+pub use cgroup::{
+    CpuUsage, accounting_root, cpuacct_usage_usec, pod_cpu_usage, pod_uid, usage_usec,
+};
 pub use directory::{PodDirectory, by_uid};
 
 /// A pod's identity in metric labels.
@@ -134,17 +136,17 @@ pub fn start(
     node_name: &str,
     metrics: Arc<Metrics>,
 ) -> Option<(Attribution, impl Future<Output = ()> + use<>)> {
-    if !has_kubepods(root) {
+    let Some(root) = accounting_root(root) else {
         info!(
             cgroup_root = %root.display(),
-            "per-pod attribution off: no kubepods cgroup (needs cgroup v2 and the host's cgroup tree, e.g. a read-only hostPath mount and --cgroup-root)"
+            "per-pod attribution off: no kubepods cgroup (needs the host's cgroup tree, v2 or v1 with cpuacct, e.g. a read-only hostPath mount and --cgroup-root)"
         );
         return None;
-    }
+    };
     info!(cgroup_root = %root.display(), "per-pod attribution on");
     let (directory, watch) = PodDirectory::watch(client, node_name);
     let attribution = Attribution {
-        root: root.to_path_buf(),
+        root,
         directory,
         metrics,
         previous: None,

@@ -170,9 +170,9 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_SAMPLE_INTERVAL", default_value = "15s")]
     pub sample_interval: String,
 
-    /// The host's cgroup v2 root, for per-pod power and CO2 (in a pod: mount the
-    /// host's /sys/fs/cgroup read-only and point this at it). Without a kubepods
-    /// cgroup under it, per-pod attribution is off.
+    /// The host's cgroup mount, v2 or v1 (then its cpuacct hierarchy is read), for
+    /// per-pod power and CO2 (in a pod: mount the host's /sys/fs/cgroup read-only and
+    /// point this at it). Without a kubepods cgroup under it, per-pod attribution is off.
     #[arg(
         long,
         env = "CARBON_KUBE_CGROUP_ROOT",

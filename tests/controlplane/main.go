@@ -7,12 +7,15 @@
 //	controlplane scheduler [kube-scheduler flags]                 used by run (child process)
 //	controlplane controller-manager [kube-controller-manager flags] used by run (child process)
 //	controlplane apiserver [kube-apiserver flags]                 stand-alone apiserver (debugging)
+//	controlplane kubelet [kubelet flags]                          a real node's kubelet
+//	controlplane node-credentials --dir DIR --node NAME --out F   a kubelet kubeconfig for NAME
 //	controlplane version                                          print the Kubernetes version
 //
 // See README.md for the contract.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	_ "time/tzdata" // CronJob time zones, as in the upstream mains
@@ -26,6 +29,7 @@ import (
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	cmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 const usage = `usage: controlplane <command> [flags]
@@ -36,6 +40,9 @@ commands:
   scheduler            run kube-scheduler (flags as upstream; used by "run")
   controller-manager   run kube-controller-manager (flags as upstream; used by "run")
   apiserver            run kube-apiserver alone (flags as upstream; for debugging)
+  kubelet              run a kubelet (flags as upstream), for real nodes under "run"
+  node-credentials     write a kubeconfig with a client certificate for node NAME
+                       (system:node:NAME), signed by the CA of a "run" state directory
   version              print the Kubernetes version this binary was built from
 `
 
@@ -60,6 +67,12 @@ func main() {
 		cmd := apiserverapp.NewAPIServerCommand()
 		cmd.SetArgs(args)
 		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubeletapp.NewKubeletCommand(context.Background())
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "node-credentials":
+		os.Exit(nodeCredentialsMain(args))
 	case "version", "--version", "-version":
 		fmt.Println(version.Get().GitVersion)
 	case "help", "-h", "--help":

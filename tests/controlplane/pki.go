@@ -108,20 +108,7 @@ func generatePKI(dir string) (*pki, error) {
 	}
 
 	issue := func(certPath, keyPath string, tmpl *x509.Certificate) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		sn, err := serial()
-		if err != nil {
-			return err
-		}
-		tmpl.SerialNumber = sn
-		tmpl.NotBefore = now.Add(-time.Hour)
-		tmpl.NotAfter = now.Add(365 * 24 * time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-		tmpl.BasicConstraintsValid = true
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+		der, key, err := signLeaf(caCert, caKey, tmpl)
 		if err != nil {
 			return err
 		}
@@ -195,4 +182,25 @@ func generatePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// signLeaf issues a certificate for a new P-256 key from tmpl (subject, usages, SANs),
+// valid for a year, signed by the CA.
+func signLeaf(caCert *x509.Certificate, caKey crypto.Signer, tmpl *x509.Certificate) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := serial()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl.SerialNumber = sn
+	tmpl.NotBefore = now.Add(-time.Hour)
+	tmpl.NotAfter = now.Add(365 * 24 * time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	tmpl.BasicConstraintsValid = true
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	return der, key, err
 }

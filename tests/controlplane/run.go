@@ -406,6 +406,12 @@ func run(c runConfig) (code int, retErr error) {
 		"--enable-admission-plugins=NodeRestriction",
 		"--disable-admission-plugins=TaintNodesByCondition",
 		"--allow-privileged=true",
+		// For real nodes (kubelet subcommand): logs, exec and port-forward reach a kubelet
+		// at its node IP (its hostname would need DNS) with the admin client certificate,
+		// which the kubelet authorises through a SubjectAccessReview.
+		"--kubelet-preferred-address-types=InternalIP",
+		"--kubelet-client-certificate=" + p.AdminCert,
+		"--kubelet-client-key=" + p.AdminKey,
 		// The lease reconciler would try to publish 127.0.0.1 as the endpoint of the
 		// "kubernetes" Service, which validation rejects (loopback) every 10s.
 		"--endpoint-reconciler-type=none",

@@ -23,15 +23,21 @@ pub struct Prometheus {
 impl Prometheus {
     /// Scrapes `targets` (host:port) every second as job `carbon-kube`, with `rules` loaded.
     pub fn start(dir: &Path, targets: &[String], rules: &Path) -> Self {
+        let scrape = serde_json::json!([{
+            "job_name": "carbon-kube",
+            "static_configs": [{ "targets": targets }],
+        }]);
+        Self::start_with(dir, scrape, &[rules])
+    }
+
+    /// Runs `scrape_configs` (a JSON array of Prometheus scrape configs) every second.
+    pub fn start_with(dir: &Path, scrape_configs: Value, rules: &[&Path]) -> Self {
         require_tool("prometheus", INSTALL);
         let addr = format!("127.0.0.1:{}", free_port());
         let config = serde_json::json!({
             "global": { "scrape_interval": "1s", "evaluation_interval": "1s" },
-            "rule_files": [rules],
-            "scrape_configs": [{
-                "job_name": "carbon-kube",
-                "static_configs": [{ "targets": targets }],
-            }],
+            "rule_files": rules,
+            "scrape_configs": scrape_configs,
         });
         // JSON is YAML, so the config needs no YAML writer.
         let config_file = dir.join("prometheus.yml");

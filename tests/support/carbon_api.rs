@@ -99,9 +99,12 @@ impl Drop for CarbonApi {
 
 impl CarbonApi {
     pub async fn start() -> CarbonApi {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind test server");
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Listening on `ip`, e.g. a real node's IP, which that node's pods can reach.
+    pub async fn start_on(ip: &str) -> CarbonApi {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind test server");
         let addr = listener.local_addr().expect("test server address");
         let state = Arc::new(Mutex::new(State {
             intensity: BTreeMap::new(),

