@@ -519,7 +519,8 @@ fn manifests_deleted(cp: &ControlPlane) {
 
 /// The chart's values for the real-node checks: the local carbon API as Electricity
 /// Maps, fast polling and leases, a hard taint so the scheduler's choice is certain,
-/// per-pod attribution and migration on.
+/// per-pod attribution and migration on, and the absolute policy, so that the 300 g
+/// threshold alone decides which zone is dirty (the policies have their own tests).
 fn helm_values(api: &CarbonApi) -> Vec<String> {
     [
         "providers.order={electricity-maps}".to_string(),
@@ -533,6 +534,7 @@ fn helm_values(api: &CarbonApi) -> Vec<String> {
         "dwell=0s".into(),
         "leaseDuration=4s".into(),
         "sampleInterval=1s".into(),
+        "policy=absolute".into(),
         "taintEffect=NoSchedule".into(),
         "podAttribution.enabled=true".into(),
         "migration.enabled=true".into(),
