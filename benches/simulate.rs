@@ -63,12 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  load traces                      {:>8.3} s",
         loaded.as_secs_f64()
     );
+    let rows = r.outcomes.len();
     println!(
-        "  all 5 policies, one year         {:>8.3} s",
+        "  all {rows} rows, one year            {:>8.3} s",
         all_policies.as_secs_f64()
     );
     println!(
-        "  sweep: {} thresholds × 5 policies {:>8.3} s ({:.3} s per replay)",
+        "  sweep: {} thresholds × {rows} rows  {:>8.3} s ({:.3} s per replay)",
         grid.len(),
         sweep.as_secs_f64(),
         sweep.as_secs_f64() / grid.len() as f64

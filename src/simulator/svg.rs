@@ -7,6 +7,8 @@ use super::experiment::{PolicyName, Replay};
 const WIDTH: f64 = 900.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
+/// Room for one legend entry (swatch and the longest policy name).
+const LEGEND_ENTRY_WIDTH: f64 = 205.0;
 const COLOURS: [&str; 10] = [
     "#6b6b6b", "#e07b00", "#7b3fb5", "#1f77b4", "#17becf", "#2ca02c", "#98df8a", "#d62728",
     "#8c564b", "#e377c2",
@@ -250,9 +252,12 @@ pub fn savings_by_zone(replay: &Replay, title: &str) -> String {
             escape(label)
         );
     }
+    let per_row = ((WIDTH - LEFT - RIGHT) / LEGEND_ENTRY_WIDTH)
+        .floor()
+        .max(1.0) as usize;
     for (p, policy) in policies.iter().enumerate() {
-        let x = LEFT + p as f64 * 170.0;
-        let legend_y = plot_top + plot_height + 36.0;
+        let x = LEFT + (p % per_row) as f64 * LEGEND_ENTRY_WIDTH;
+        let legend_y = plot_top + plot_height + 36.0 + (p / per_row) as f64 * 18.0;
         let _ = writeln!(
             body,
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{legend_y:.1}\">{}</text>",
@@ -262,7 +267,11 @@ pub fn savings_by_zone(replay: &Replay, title: &str) -> String {
             policy.as_str()
         );
     }
-    document(plot_top + plot_height + 50.0, &body)
+    let legend_rows = policies.len().div_ceil(per_row);
+    document(
+        plot_top + plot_height + 32.0 + 18.0 * legend_rows as f64,
+        &body,
+    )
 }
 
 #[cfg(test)]
