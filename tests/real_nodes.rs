@@ -188,7 +188,13 @@ fn release_image_is_the_dockerfiles_final_stage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carbon_kube_runs_on_real_nodes() {
+    // The static release binary (which CI builds anyway) and the images first, so the
+    // suite's own wall time is measured apart from a release build.
+    let build = Instant::now();
+    tokio::task::block_in_place(images);
+    eprintln!("images ready after {:.1}s", build.elapsed().as_secs_f64());
     let started = Instant::now();
+    let host_before = host_state();
     let cp = tokio::task::block_in_place(ControlPlane::start);
     let nodes = tokio::task::block_in_place(|| RealNodes::start(&cp, &NODES));
     eprintln!(
@@ -235,6 +241,14 @@ async fn carbon_kube_runs_on_real_nodes() {
         helm_uninstall_cleans_up_with_a_real_job(&cp, &nodes);
         done("helm uninstall: cleanup Job ran as a pod, nodes clean");
         drop(nodes);
+        let host_after = host_state();
+        for (what, before) in &host_before {
+            assert_eq!(
+                host_after.get(what),
+                Some(before),
+                "the host's {what} restored after the nodes are gone"
+            );
+        }
     });
     eprintln!(
         "real-node suite wall time: {:.1}s",
@@ -245,6 +259,69 @@ async fn carbon_kube_runs_on_real_nodes() {
 // ---------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------
+
+/// What real nodes change on the host and must put back: the sysctls the kubelet and
+/// the bridge plugin set, iptables rules and chains, links and addresses, network
+/// namespaces, mounts and cgroups under the nodes' directories.
+fn host_state() -> std::collections::BTreeMap<&'static str, String> {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let without_comments = |text: String| {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.contains("carbon-kube"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("carbon-kube-nodes") || l.contains("netns"))
+        .count()
+        .to_string();
+    std::collections::BTreeMap::from([
+        (
+            "sysctls",
+            run(
+                "sysctl",
+                &[
+                    "vm.overcommit_memory",
+                    "kernel.panic",
+                    "kernel.panic_on_oops",
+                    "net.ipv4.ip_forward",
+                ],
+            ),
+        ),
+        ("iptables", without_comments(run("iptables-save", &[]))),
+        ("ip6tables", without_comments(run("ip6tables-save", &[]))),
+        (
+            "links",
+            run("ip", &["-br", "link"])
+                .lines()
+                .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "addresses",
+            run("ip", &["-br", "addr", "show", "dev", "lo"]),
+        ),
+        ("network namespaces", run("ip", &["netns", "list"])),
+        ("mounts", mounts),
+        ("cgroups", cgroups),
+    ])
+}
 
 fn kubectl_apply_server_side(cp: &ControlPlane, path: &Path) {
     cp.kubectl_ok(&[
