@@ -12,10 +12,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::node::{CLASS_LABEL, CONDITION_TYPE, OwnedState, taints_with_ours};
+use crate::node::{CLASS_LABEL, CONDITION_TYPE, OwnedState, patch_fenced, taints_with_ours};
 
 const FIELD_MANAGER: &str = "carbon-kube-cleanup";
-const CONFLICT_RETRIES: usize = 5;
 
 /// Whether a Node carries any carbon-kube mark.
 pub fn is_marked(node: &Node) -> bool {
@@ -60,13 +59,13 @@ pub async fn run(api: Api<Node>, timeout: Duration, settle: Duration) -> Result<
     }
 }
 
-async fn clean(api: &Api<Node>, mut node: Node) -> Result<String, kube::Error> {
+async fn clean(api: &Api<Node>, node: Node) -> Result<String, kube::Error> {
     let name = node.name_any();
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    for attempt in 0..CONFLICT_RETRIES {
+    let (node, _) = patch_fenced(api, &params, node, |node| {
         let taints = node
             .spec
             .as_ref()
@@ -74,20 +73,15 @@ async fn clean(api: &Api<Node>, mut node: Node) -> Result<String, kube::Error> {
             .unwrap_or_default();
         let without = taints_with_ours(&taints, false, "", Timestamp::now());
         if without.is_none() && !node.labels().contains_key(CLASS_LABEL) {
-            break;
+            return None;
         }
-        let mut patch = json!({"metadata": {"resourceVersion": node.resource_version(), "labels": {CLASS_LABEL: null}}});
+        let mut patch = json!({"metadata": {"labels": {CLASS_LABEL: null}}});
         if let Some(list) = without {
             patch["spec"] = json!({ "taints": list });
         }
-        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt + 1 < CONFLICT_RETRIES => {
-                node = api.get(&name).await?
-            }
-            Err(e) => return Err(e),
-        }
-    }
+        Some((patch, ()))
+    })
+    .await?;
     if OwnedState::of_node(&node).condition_status.is_some() {
         let patch =
             json!({"status": {"conditions": [{"type": CONDITION_TYPE, "$patch": "delete"}]}});

@@ -102,6 +102,39 @@ pub fn taints_with_ours(
     }
 }
 
+/// Merge-patches a Node with what `build` makes of the latest copy, carrying
+/// the resourceVersion it was built from, so that a concurrent change by
+/// another component fails with 409 instead of being overwritten; then reads
+/// the Node again and rebuilds. `build` returns `None` when there is nothing to
+/// write. Returns the copy the last build saw and what `build` returned with
+/// the patch that was written, if any.
+pub async fn patch_fenced<T>(
+    api: &Api<Node>,
+    params: &PatchParams,
+    mut node: Node,
+    mut build: impl FnMut(&Node) -> Option<(serde_json::Value, T)>,
+) -> Result<(Node, Option<T>), kube::Error> {
+    let name = node.name_any();
+    let mut attempt = 0;
+    loop {
+        let Some((mut patch, written)) = build(&node) else {
+            return Ok((node, None));
+        };
+        patch["metadata"]["resourceVersion"] = json!(node.resource_version());
+        match api.patch(&name, params, &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok((node, Some(written))),
+            Err(kube::Error::Api(status))
+                if status.code == 409 && attempt + 1 < CONFLICT_RETRIES =>
+            {
+                warn!(node = %name, attempt, "node changed while patching it; reading it again");
+                node = api.get(&name).await?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes our taint, label and condition onto one Node.
 pub struct NodeWriter {
     api: Api<Node>,
@@ -138,15 +171,18 @@ impl NodeWriter {
         Ok(taint_changed)
     }
 
-    /// Taints have no merge key: send the whole list with the resourceVersion
-    /// we read, so a concurrent change by another component fails with 409
-    /// instead of being overwritten, then read again and retry.
+    /// Taints have no merge key: the whole list goes out, fenced by
+    /// [`patch_fenced`]. Returns whether the taint changed.
     async fn write_taint_and_label(
         &self,
-        mut node: Node,
+        node: Node,
         wanted: &OwnedState,
     ) -> Result<bool, kube::Error> {
-        for attempt in 0..CONFLICT_RETRIES {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let (_, written) = patch_fenced(&self.api, &params, node, |node| {
             let taints = node
                 .spec
                 .as_ref()
@@ -156,42 +192,21 @@ impl NodeWriter {
                 taints_with_ours(&taints, wanted.tainted, &self.effect, Timestamp::now());
             let label_changed = node.labels().get(CLASS_LABEL) != wanted.class.as_ref();
             if new_taints.is_none() && !label_changed {
-                return Ok(false);
+                return None;
             }
-            let mut patch = json!({
-                "metadata": {
-                    "resourceVersion": node.resource_version(),
-                    "labels": { CLASS_LABEL: wanted.class },
-                }
-            });
-            if let Some(list) = &new_taints {
+            let taint_changed = new_taints.is_some();
+            let mut patch = json!({ "metadata": { "labels": { CLASS_LABEL: wanted.class } } });
+            if let Some(list) = new_taints {
                 patch["spec"] = json!({ "taints": list });
             }
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_string()),
-                ..Default::default()
-            };
-            match self
-                .api
-                .patch(&self.name, &params, &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    if new_taints.is_some() {
-                        info!(node = %self.name, tainted = wanted.tainted, class = ?wanted.class, "carbon taint changed");
-                    }
-                    return Ok(new_taints.is_some());
-                }
-                Err(kube::Error::Api(status))
-                    if status.code == 409 && attempt + 1 < CONFLICT_RETRIES =>
-                {
-                    warn!(node = %self.name, attempt, "node changed while writing the taint; reading it again");
-                    node = self.api.get(&self.name).await?;
-                }
-                Err(e) => return Err(e),
-            }
+            Some((patch, taint_changed))
+        })
+        .await?;
+        let taint_changed = written.unwrap_or(false);
+        if taint_changed {
+            info!(node = %self.name, tainted = wanted.tainted, class = ?wanted.class, "carbon taint changed");
         }
-        Ok(false)
+        Ok(taint_changed)
     }
 
     /// Conditions merge by `type` in a strategic merge patch, so this touches only ours.
