@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics::{Metrics, PodEmissions};
@@ -135,6 +136,7 @@ pub fn start(
     client: Client,
     node_name: &str,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 ) -> Option<(Attribution, impl Future<Output = ()> + use<>)> {
     let Some(root) = accounting_root(root) else {
         info!(
@@ -144,7 +146,7 @@ pub fn start(
         return None;
     };
     info!(cgroup_root = %root.display(), "per-pod attribution on");
-    let (directory, watch) = PodDirectory::watch(client, node_name);
+    let (directory, watch) = PodDirectory::watch(client, node_name, shutdown);
     let attribution = Attribution {
         root,
         directory,

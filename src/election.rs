@@ -18,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use rand::Rng;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -147,7 +148,9 @@ impl Elector {
     /// Runs until `shutdown` turns true; then releases the Lease if held.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let (seen_tx, mut seen_rx) = watch::channel::<(bool, Option<Lease>)>((false, None));
-        let watch_task = tokio::spawn(watch_lease(self.api.clone(), self.name.clone(), seen_tx));
+        // Dropping the set aborts the watch, however this loop ends.
+        let mut watch = JoinSet::new();
+        watch.spawn(watch_lease(self.api.clone(), self.name.clone(), seen_tx));
         let mut observed: Option<Observed> = None;
         let mut latest: Option<Lease> = None;
         let mut last_renewed: Option<Instant> = None;
@@ -156,7 +159,7 @@ impl Elector {
         while !seen_rx.borrow().0 {
             tokio::select! {
                 changed = seen_rx.changed() => if changed.is_err() { return },
-                _ = shutdown.changed() => { watch_task.abort(); return }
+                _ = shutdown.changed() => return,
             }
         }
         loop {
@@ -242,7 +245,7 @@ impl Elector {
                 _ = shutdown.changed() => break,
             }
         }
-        watch_task.abort();
+        watch.abort_all();
         if *self.is_leader.borrow() {
             self.set_leader(false);
             self.release(latest).await;

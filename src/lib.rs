@@ -26,6 +26,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod resources;
 pub mod simulator;
+pub mod supervise;
 pub mod tuner;
 pub mod tuning;
 pub mod zones;

@@ -12,6 +12,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,8 +36,11 @@ use carbon_kube::poller::{Poller, PollerSettings};
 use carbon_kube::power::PowerCoefficients;
 use carbon_kube::providers::build_chain;
 use carbon_kube::reconcile::Reconciler;
+use carbon_kube::supervise::Supervisor;
 
 const LEASE_NAME: &str = "carbon-kube-leader";
+/// Well inside the pod's 30 s termination grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> Result<()> {
     // One TLS provider for kube and reqwest alike; two would make rustls panic.
@@ -144,8 +148,11 @@ async fn agent(config: AgentConfig) -> Result<()> {
     let listener = metrics::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics server to {}", config.metrics_addr))?;
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn(
+        "metrics server",
+        metrics::serve(listener, metrics.clone(), shutdown.clone()),
+    );
 
     // Election: followers only watch; the leader polls and writes CarbonScores.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
@@ -156,7 +163,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         Timing::new(config.lease_duration),
     );
     let fence = elector.fence();
-    let elector_task = tokio::spawn(elector.run(shutdown.clone()));
+    tasks.spawn("leader election", elector.run(shutdown.clone()));
     let chain = Arc::new(build_chain(&config.providers));
     let settings = PollerSettings {
         interval: config.poll_interval,
@@ -198,7 +205,10 @@ async fn agent(config: AgentConfig) -> Result<()> {
         };
         move || Deferral::new(client.clone(), metrics.clone(), settings.clone())
     });
-    tasks.spawn(leader_work(is_leader, metrics.clone(), poller, deferral));
+    tasks.spawn(
+        "leader work",
+        leader_work(is_leader, metrics.clone(), poller, deferral),
+    );
 
     // Every agent: its own node, and its own emissions.
     let (intensity_tx, intensity_rx) = watch::channel(None);
@@ -216,7 +226,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         metrics: metrics.clone(),
         intensity: intensity_tx,
     };
-    tasks.spawn(reconciler.run(shutdown.clone()));
+    tasks.spawn("reconciler", reconciler.run(shutdown.clone()));
     let mut emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
     // Per-pod power and CO2, where the host's pod cgroups are visible.
     let pods = attribution::start(
@@ -224,12 +234,13 @@ async fn agent(config: AgentConfig) -> Result<()> {
         client.clone(),
         &config.node_name,
         metrics.clone(),
+        shutdown.clone(),
     );
     if let Some((attribution, pod_watch)) = pods {
-        tasks.spawn(pod_watch);
+        tasks.spawn("pod watch", pod_watch);
         emissions = emissions.with_attribution(attribution);
     }
-    tasks.spawn(emissions.run(intensity_rx, shutdown.clone()));
+    tasks.spawn("emissions", emissions.run(intensity_rx, shutdown.clone()));
     // Every agent, opt-in per pod: move labelled pods off its node while it stays tainted.
     if config.migration {
         let settings = MigrationSettings {
@@ -241,19 +252,24 @@ async fn agent(config: AgentConfig) -> Result<()> {
             identity: config.identity.clone(),
         };
         let migrator = Migrator::new(&kube_config, &config.node_name, metrics.clone(), settings)?;
-        tasks.spawn(migrator.run(shutdown.clone()));
+        tasks.spawn("migration", migrator.run(shutdown.clone()));
     }
 
     info!(node = %config.node_name, identity = %config.identity, "agent started");
-    shutdown_signal().await;
-    info!("shutting down");
+    // Every task runs until shutdown: one that ends first stops the agent,
+    // with a non-zero exit, and the kubelet restarts it.
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        exit = tasks.first_exit() => Err(exit),
+    };
+    match &outcome {
+        Ok(()) => info!("shutting down"),
+        Err(exit) => error!(task = exit.task, "{exit}; stopping the agent"),
+    }
     let _ = shutdown_tx.send(true);
     // The elector releases the Lease so a follower takes over at once.
-    if let Err(e) = elector_task.await {
-        error!(error = %e, "election task failed");
-    }
-    tasks.shutdown().await;
-    Ok(())
+    tasks.stop(SHUTDOWN_GRACE).await;
+    Ok(outcome?)
 }
 
 /// Runs the poller (and deferral, when on) while this agent leads, and stops

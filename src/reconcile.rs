@@ -12,6 +12,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::carbon::GridZone;
@@ -120,7 +121,10 @@ impl Reconciler {
         let node_config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
-        let node_task = tokio::spawn(async move {
+        // Dropping the set aborts the watches, however this loop ends; one
+        // that ends on its own closes its channel, which ends this loop.
+        let mut watches = JoinSet::new();
+        watches.spawn(async move {
             let mut events = watcher(nodes, node_config)
                 .default_backoff()
                 .applied_objects()
@@ -137,7 +141,7 @@ impl Reconciler {
         let (store, writer) = reflector::store::<CarbonScore>();
         let scores: Api<CarbonScore> = Api::all(self.client.clone());
         let (score_tx, mut score_rx) = watch::channel(());
-        let score_task = tokio::spawn(async move {
+        watches.spawn(async move {
             let mut events = watcher(scores, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer)
@@ -174,8 +178,6 @@ impl Reconciler {
             }
             dwell = self.reconcile(&node, &store, dwell, &mut last_zone).await;
         }
-        node_task.abort();
-        score_task.abort();
     }
 
     async fn reconcile(

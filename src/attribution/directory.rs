@@ -12,6 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::PodKey;
@@ -27,7 +28,12 @@ pub struct PodDirectory {
 
 impl PodDirectory {
     /// The directory, and the watch that fills it (to be spawned).
-    pub fn watch(client: Client, node_name: &str) -> (Self, impl Future<Output = ()> + use<>) {
+    /// The watch runs until `shutdown` turns true.
+    pub fn watch(
+        client: Client,
+        node_name: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> (Self, impl Future<Output = ()> + use<>) {
         // An Api of PartialObjectMeta asks the API server for metadata only.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
@@ -37,9 +43,17 @@ impl PodDirectory {
                 .default_backoff()
                 .reflect(writer)
                 .boxed();
-            while let Some(event) = events.next().await {
-                if let Err(e) = event {
-                    warn!(error = %e, "watching this node's pods failed (per-pod metrics need RBAC pods list/watch); retrying");
+            loop {
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    _ = shutdown.changed() => return,
+                };
+                match event {
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watching this node's pods failed (per-pod metrics need RBAC pods list/watch); retrying")
+                    }
+                    Some(Ok(_)) => {}
+                    None => return,
                 }
             }
         };

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -13,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::Metrics;
@@ -57,6 +59,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Accept errors (out of file descriptors, mostly) are retried after a pause
+/// that doubles up to this, rather than at once in a spin.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -66,16 +72,28 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving /metrics, /healthz and /readyz");
     }
+    // Connections end with the server, not after it.
+    let mut connections = JoinSet::new();
+    let mut backoff = Duration::ZERO;
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => { warn!(error = %e, "accept failed"); continue }
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    warn!(error = %e, ?backoff, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
             },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => return,
         };
+        backoff = Duration::ZERO;
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let response = route(&metrics, request.uri().path());
                 async move { Ok::<_, Infallible>(response) }
