@@ -12,6 +12,7 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::carbon::GridZone;
 use crate::cli::{AgentArgs, Cli, Command, ProviderArgs, TaintEffect, TaintPolicy};
 use crate::decision::DecisionParams;
+use crate::duration;
 use crate::providers::{ProviderKind, ProvidersConfig, Secret};
 
 /// A setting that cannot be used, with the flag it came from.
@@ -147,43 +148,19 @@ fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-/// The longest duration any setting accepts: a year.
-const MAX_DURATION_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// Flags: a bare number is seconds, fractions are fine, zero is allowed (see
+/// [`parse_period`] where it is not), and no setting needs more than a year.
+const FLAG_DURATIONS: duration::Rules = duration::Rules {
+    loose_numbers: true,
+    zero_allowed: true,
+    max: (Duration::from_secs(365 * 24 * 3600), "a year"),
+    examples: "30s, 5m or 1h",
+};
 
-/// Parses `90s`, `5m`, `1h`, `250ms` or plain seconds.
+/// Parses `90s`, `5m`, `1h`, `250ms`, `1h30m` or plain seconds.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        invalid(
-            field,
-            format!("{text:?} is not a duration like 30s, 5m or 1h"),
-        )
-    })?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(invalid(
-                field,
-                format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)"),
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(invalid(field, format!("{text:?} must not be negative")));
-    }
-    // No setting needs more, and larger values overflow: `Duration` panics
-    // past u64 seconds, deadlines (`Instant + d`) overflow long before.
-    if seconds > MAX_DURATION_SECONDS {
-        return Err(invalid(field, format!("{text:?} is longer than a year")));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    duration::parse(text, &FLAG_DURATIONS)
+        .map_err(|why| invalid(field, format!("{:?} {why}", text.trim())))
 }
 
 /// Like [`parse_duration`], for periods where zero would mean a busy loop.
@@ -536,6 +513,16 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("x", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert!(
+            parse_duration("x", "-1s")
+                .unwrap_err()
+                .to_string()
+                .contains("must not be negative")
+        );
         assert_eq!(
             parse_duration("x", "1.5h").unwrap(),
             Duration::from_secs(5400)

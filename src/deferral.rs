@@ -21,6 +21,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::carbon::GridZone;
 use crate::crd::CarbonScoreStatus;
+use crate::duration;
 
 /// The scheduling gate that holds a pod for carbon-kube.
 pub const GATE: &str = "carbon-kube.io/defer";
@@ -105,42 +106,16 @@ pub fn parse_request(
     })
 }
 
-/// `45s`, `90m`, `2h`, `1h30m`, `1d`; more than zero and at most a week.
+/// `45s`, `90m`, `2h`, `1h30m`, `1d`; whole numbers with units, more than zero
+/// and at most a week.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const HOW: &str = "is not a duration like 90m, 2h or 1h30m";
-    let text = text.trim();
-    let mut seconds = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(HOW.into()),
-        };
-        let value: u64 = number.parse().map_err(|_| HOW.to_string())?;
-        seconds = value
-            .checked_mul(unit)
-            .and_then(|s| seconds.checked_add(s))
-            .ok_or_else(|| HOW.to_string())?;
-        number.clear();
-    }
-    if !number.is_empty() || text.is_empty() {
-        return Err(HOW.into());
-    }
-    let duration = Duration::from_secs(seconds);
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    if duration > MAX_DURATION {
-        return Err("is longer than a week".into());
-    }
-    Ok(duration)
+    const ANNOTATION_DURATIONS: duration::Rules = duration::Rules {
+        loose_numbers: false,
+        zero_allowed: false,
+        max: (MAX_DURATION, "a week"),
+        examples: "90m, 2h or 1h30m",
+    };
+    duration::parse(text, &ANNOTATION_DURATIONS)
 }
 
 // ---- What the forecast says --------------------------------------------------

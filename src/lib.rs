@@ -13,6 +13,7 @@ pub mod config;
 pub mod crd;
 pub mod decision;
 pub mod deferral;
+pub mod duration;
 pub mod election;
 pub mod emissions;
 pub mod learner;

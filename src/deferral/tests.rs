@@ -146,6 +146,17 @@ fn durations() {
     for bad in ["", "h", "2", "1.5h", "-1h", "2x", "99999999999999999999h"] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
+    // A bare number on a pod could mean hours to whoever wrote it.
+    assert!(
+        parse_duration("2")
+            .unwrap_err()
+            .contains("a unit is needed")
+    );
+    assert!(
+        parse_duration("1.5h")
+            .unwrap_err()
+            .contains("whole numbers")
+    );
 }
 
 #[test]
