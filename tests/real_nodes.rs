@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN};
 use support::cluster::{ControlPlane, http_get, tool, wait_for};
@@ -398,20 +400,9 @@ fn mounted_token(node: &RealNode, pod: &Value) -> String {
 /// The claims of a JWT (not verified: the apiserver does that when it is used).
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("a JWT");
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = 0u32;
-    let mut count = 0;
-    let mut bytes = Vec::new();
-    for c in payload.bytes().take_while(|c| *c != b'=') {
-        let value = alphabet.iter().position(|a| *a == c).expect("base64url") as u32;
-        bits = (bits << 6) | value;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            bytes.push((bits >> count) as u8);
-            bits &= (1 << count) - 1;
-        }
-    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("base64url");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 

@@ -1,6 +1,8 @@
 //! The four APIs' routes for the test server in `carbon_api.rs`: each renders
 //! the documented response shape from the server's state.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use carbon_kube::carbon::GridZone;
 use carbon_kube::providers::watttime::{G_PER_KWH_PER_LB_PER_MWH, builtin_region};
 use jiff::{SignedDuration, Timestamp};
@@ -173,11 +175,13 @@ fn em_forecast(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
 // ---- WattTime v3 ----
 
 fn wt_login(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
-    let expected = format!(
-        "Basic {}",
-        base64(format!("{WT_USERNAME}:{WT_PASSWORD}").as_bytes())
-    );
-    if request.headers.get("authorization") != Some(&expected) {
+    // Decoded as a server would, not encoded the way the client does.
+    let credentials = request
+        .headers
+        .get("authorization")
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| STANDARD.decode(encoded).ok());
+    if credentials.as_deref() != Some(format!("{WT_USERNAME}:{WT_PASSWORD}").as_bytes()) {
         return Reply::json(401, r#"{"error":"invalid credentials"}"#.into());
     }
     ctx.state.issued += 1;
@@ -417,25 +421,4 @@ fn noaa_grid(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
             start.strftime("%Y-%m-%dT%H:%M:%S+00:00")
         ),
     )
-}
-
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
