@@ -6,6 +6,7 @@
 //!
 //! The HTTP server that exposes it lives in `metrics/server.rs`.
 
+mod heartbeat;
 mod server;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use tracing::warn;
 
 use crate::providers::Attempt;
 
+pub use heartbeat::{Heartbeat, STALLED_AFTER};
 pub use server::{bind, serve};
 
 /// A gauge that is absent from /metrics until first set, so that "no data
@@ -80,6 +82,8 @@ pub struct Metrics {
     deferral_room: GaugeVec,
     evictions: IntCounterVec,
     pub ready: AtomicBool,
+    /// The reconcile loop's, for /healthz.
+    pub heartbeat: Heartbeat,
 }
 
 /// Metric names and label sets are static, so a failure here is a programming
@@ -291,6 +295,7 @@ impl Metrics {
                 &["outcome"],
             )),
             ready: AtomicBool::new(false),
+            heartbeat: Heartbeat::default(),
             registry: registry.clone(),
         };
         let build = c.gauges("build_info", "Build information; always 1.", &["version"]);

@@ -165,6 +165,7 @@ impl Reconciler {
                 changed = score_rx.changed() => if changed.is_err() { break },
                 _ = shutdown.changed() => break,
             }
+            self.metrics.heartbeat.beat();
             let Some(node) = node_rx.borrow_and_update().clone() else {
                 continue;
             };

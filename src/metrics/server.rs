@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -37,7 +37,17 @@ pub(super) fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" => match metrics.heartbeat.stalled_at(Instant::now()) {
+            None => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+            Some(age) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!(
+                    "reconcile loop stalled: last round {} s ago\n",
+                    age.as_secs()
+                ),
+            ),
+        },
         "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
             respond(StatusCode::OK, "text/plain", "ok\n".into())
         }
