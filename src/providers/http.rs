@@ -473,22 +473,6 @@ mod tests {
     }
 
     #[test]
-    fn basic_auth_is_standard_base64() {
-        // RFC 7617's example.
-        let password = Secret::new("open sesame".into());
-        let headers = auth_headers(&Auth::Basic {
-            username: "Aladdin",
-            password: &password,
-        })
-        .unwrap();
-        assert_eq!(
-            headers[header::AUTHORIZATION],
-            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-        assert!(headers[header::AUTHORIZATION].is_sensitive());
-    }
-
-    #[test]
     fn auth_headers_are_sensitive() {
         let secret = Secret::new("tok".into());
         let headers = auth_headers(&Auth::Header {
@@ -499,6 +483,19 @@ mod tests {
         assert!(headers["auth-token"].is_sensitive());
         let bearer = auth_headers(&Auth::Bearer(&secret)).unwrap();
         assert_eq!(bearer[header::AUTHORIZATION], "Bearer tok");
+        assert!(bearer[header::AUTHORIZATION].is_sensitive());
+        // RFC 7617's example.
+        let password = Secret::new("open sesame".into());
+        let basic = auth_headers(&Auth::Basic {
+            username: "Aladdin",
+            password: &password,
+        })
+        .unwrap();
+        assert_eq!(
+            basic[header::AUTHORIZATION],
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert!(basic[header::AUTHORIZATION].is_sensitive());
         let bad = Secret::new("line\nbreak".into());
         let err = auth_headers(&Auth::Bearer(&bad)).unwrap_err().to_string();
         assert!(!err.contains("line"), "{err}");
