@@ -55,4 +55,15 @@ impl SimError {
             source,
         }
     }
+
+    /// Reads a CSV file whole; the closure makes the error for one of its lines.
+    pub fn read_csv(path: &Path) -> Result<(String, impl Fn(usize, String) -> Self + '_), Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Self::io(path, e))?;
+        let bad = |line: usize, why: String| Self::Trace {
+            path: path.to_path_buf(),
+            line,
+            why,
+        };
+        Ok((text, bad))
+    }
 }

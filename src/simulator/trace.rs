@@ -52,12 +52,7 @@ impl Series {
 
 /// Reads one normalised CSV file.
 pub fn load(path: &Path) -> Result<Trace, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-    let bad = |line: usize, why: String| SimError::Trace {
-        path: path.to_path_buf(),
-        line,
-        why,
-    };
+    let (text, bad) = SimError::read_csv(path)?;
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, header)) if header.trim() == "zone,timestamp_utc,g_co2_per_kwh" => {}

@@ -53,12 +53,7 @@ fn fields(line: &str) -> Vec<String> {
 }
 
 pub fn load(path: &Path) -> Result<Vec<Target>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-    let bad = |line: usize, why: String| SimError::Trace {
-        path: path.to_path_buf(),
-        line,
-        why,
-    };
+    let (text, bad) = SimError::read_csv(path)?;
     let mut lines = text.lines().enumerate();
     let header = lines.next().map(|(_, h)| fields(h)).unwrap_or_default();
     let column = |name: &str| {
