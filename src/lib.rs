@@ -30,4 +30,5 @@ pub mod simulator;
 pub mod supervise;
 pub mod tuner;
 pub mod tuning;
+pub mod watches;
 pub mod zones;

@@ -138,14 +138,13 @@ impl Reconciler {
                 }
             }
         });
-        let (store, writer) = reflector::store::<CarbonScore>();
-        let scores: Api<CarbonScore> = Api::all(self.client.clone());
+        let (store, events) = crate::watches::cached(
+            Api::<CarbonScore>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
         let (score_tx, mut score_rx) = watch::channel(());
         watches.spawn(async move {
-            let mut events = watcher(scores, watcher::Config::default())
-                .default_backoff()
-                .reflect(writer)
-                .boxed();
+            let mut events = events.boxed();
             while let Some(event) = events.next().await {
                 if let Err(e) = event {
                     warn!(error = %e, "CarbonScore watch failed; is the CRD installed? (carbon-kube crd | kubectl apply -f -)");

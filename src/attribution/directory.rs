@@ -9,13 +9,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::warn;
 
 use super::PodKey;
+use crate::watches;
 
 /// The kubelet's annotation on a static pod's mirror: the static pod's own
 /// UID, which is the one its cgroup is named after.
@@ -37,12 +38,9 @@ impl PodDirectory {
         // An Api of PartialObjectMeta asks the API server for metadata only.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let (store, writer) = reflector::store();
+        let (store, events) = watches::cached(api, config);
         let task = async move {
-            let mut events = watcher(api, config)
-                .default_backoff()
-                .reflect(writer)
-                .boxed();
+            let mut events = events.boxed();
             loop {
                 let event = tokio::select! {
                     event = events.next() => event,
@@ -63,7 +61,7 @@ impl PodDirectory {
     /// A directory of fixed pods, for tests of what reads it.
     #[cfg(test)]
     pub(crate) fn fixed(pods: Vec<ObjectMeta>) -> Self {
-        let (store, mut writer) = reflector::store();
+        let (store, mut writer) = kube::runtime::reflector::store();
         for metadata in pods {
             let pod = PartialObjectMeta::<Pod> {
                 metadata,

@@ -11,12 +11,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::round::{Ask, Decision, RoundSettings, ZoneState, plan_round};
 use super::{
@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::planner::{ExpectedWait, ReleaseReason, RigidLoad};
 use crate::power::PowerCoefficients;
 use crate::resources::{node_allocatable_cpu, pod_cpu_request};
+use crate::watches::{self, FailureLog};
 use crate::zones;
 
 /// Re-plan at least this often, so a latest start is met without any event.
@@ -154,23 +155,17 @@ fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
-/// Wakes the loop on every watch event. A failure (the watcher retries with
-/// backoff) is a warning when it starts, then debug until the watch recovers,
-/// so a missing permission does not flood the log.
-fn notify<T>(
+/// Wakes the loop on every watch event, and logs failures quietly.
+fn notify(
     tx: watch::Sender<()>,
     what: &'static str,
-) -> impl FnMut(Result<T, watcher::Error>) -> futures::future::Ready<()> {
-    let mut failing = false;
+) -> impl FnMut(Result<(), watcher::Error>) -> futures::future::Ready<()> {
+    let mut log = FailureLog::new(
+        format!("deferral: {what}"),
+        " (needs RBAC pods get/list/watch/patch and nodes list/watch, or --deferral=false)",
+    );
     move |event| {
-        match event {
-            Err(e) if !failing => {
-                failing = true;
-                warn!(error = %e, "deferral: {what} watch failed; retrying (needs RBAC pods get/list/watch/patch and nodes list/watch, or --deferral=false)");
-            }
-            Err(e) => debug!(error = %e, "deferral: {what} watch still failing"),
-            Ok(_) => failing = false,
-        }
+        log.see(&event);
         let _ = tx.send(());
         futures::future::ready(())
     }
@@ -207,27 +202,18 @@ impl Deferral {
     pub async fn run(mut self) {
         let (changed_tx, mut changed) = watch::channel(());
         // Every pod that holds or may hold CPU: gated ones, and those bound to nodes.
-        let (pods, pod_writer) = reflector::store::<Pod>();
-        let pod_events = watcher(
+        let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
-        )
-        .default_backoff()
-        .reflect(pod_writer);
-        let (nodes, node_writer) = reflector::store::<Node>();
-        let node_events = watcher(
+        );
+        let (nodes, node_events) = watches::cached(
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(node_writer);
-        let (scores, score_writer) = reflector::store::<CarbonScore>();
-        let score_events = watcher(
+        );
+        let (scores, score_events) = watches::cached(
             Api::<CarbonScore>::all(self.client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(score_writer);
+        );
         let pod_watch = pod_events.for_each(notify(changed_tx.clone(), "pod"));
         let node_watch = node_events.for_each(notify(changed_tx.clone(), "node"));
         let score_watch = score_events.for_each(notify(changed_tx, "CarbonScore"));

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::EvictParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -24,6 +24,7 @@ use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
 use crate::deferral::controller::{CONTROLLER, human};
 use crate::metrics::Metrics;
+use crate::watches::{self, FailureLog};
 use crate::zones;
 
 /// How often the loop looks; evictions are rare, so this need not be fast.
@@ -96,51 +97,32 @@ impl Migrator {
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // A failure is a warning when it starts, then debug until the watch recovers.
         let log = |what: &'static str| {
-            let mut failing = false;
+            let mut log = FailureLog::new(format!("migration: {what}"), "");
             move |event: Result<(), watcher::Error>| {
-                match event {
-                    Err(e) if !failing => {
-                        failing = true;
-                        warn!(error = %e, "migration: {what} watch failed; retrying");
-                    }
-                    Err(e) => debug!(error = %e, "migration: {what} watch still failing"),
-                    Ok(()) => failing = false,
-                }
+                log.see(&event);
                 futures::future::ready(())
             }
         };
-        let (node, node_writer) = reflector::store::<Node>();
-        let node_watch = watcher(
+        let (node, node_events) = watches::cached(
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
-        )
-        .default_backoff()
-        .reflect(node_writer)
-        .map(|e| e.map(|_| ()))
-        .for_each(log("node"));
-        let (scores, score_writer) = reflector::store::<CarbonScore>();
-        let score_watch = watcher(
+        );
+        let node_watch = node_events.for_each(log("node"));
+        let (scores, score_events) = watches::cached(
             Api::<CarbonScore>::all(self.client.clone()),
             watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(score_writer)
-        .map(|e| e.map(|_| ()))
-        .for_each(log("CarbonScore"));
+        );
+        let score_watch = score_events.for_each(log("CarbonScore"));
         // Only this node's opted-in pods, as a kubelet watches its own.
-        let (pods, pod_writer) = reflector::store::<Pod>();
-        let pod_watch = watcher(
+        let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
             watcher::Config::default()
                 .fields(&format!("spec.nodeName={}", self.node_name))
                 .labels(&format!("{OPT_IN_LABEL}=true")),
-        )
-        .default_backoff()
-        .reflect(pod_writer)
-        .map(|e| e.map(|_| ()))
-        .for_each(log("pod (RBAC: pods list/watch, pods/eviction create)"));
+        );
+        let pod_watch =
+            pod_events.for_each(log("pod (RBAC: pods list/watch, pods/eviction create)"));
         info!(
             node = %self.node_name,
             migrate_after = %human(self.settings.migrate_after),

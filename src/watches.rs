@@ -1,0 +1,120 @@
+//! Cached watches for the controllers: a reflector store with the watch that
+//! fills it, and the quiet way to log a watch that keeps failing.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+/// A store of what `config` selects, and the watch that keeps it current: it
+/// retries with backoff and never ends, and must be polled for the store to
+/// fill. Its items say only whether the watch works.
+pub fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<(), watcher::Error>> + Send + use<K>,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .map(|event| event.map(|_| ()));
+    (store, events)
+}
+
+/// Logs a watch's failures (the watcher retries with backoff) as a warning
+/// when they start, then at debug until the watch recovers, so a missing
+/// permission does not flood the log.
+pub struct FailureLog {
+    what: String,
+    hint: &'static str,
+    failing: bool,
+}
+
+impl FailureLog {
+    /// `what` names the watch; `hint`, appended to the warning, says what it needs.
+    pub fn new(what: String, hint: &'static str) -> Self {
+        Self {
+            what,
+            hint,
+            failing: false,
+        }
+    }
+
+    pub fn see(&mut self, event: &Result<(), watcher::Error>) {
+        let what = &self.what;
+        match event {
+            Err(e) if !self.failing => {
+                self.failing = true;
+                warn!(error = %e, "{what} watch failed; retrying{}", self.hint);
+            }
+            Err(e) => debug!(error = %e, "{what} watch still failing"),
+            Ok(()) => self.failing = false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[test]
+    fn a_failing_watch_warns_once_until_it_recovers() {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut log = FailureLog::new("test: pod".into(), " (needs RBAC)");
+            let failed = || Err(watcher::Error::NoResourceVersion);
+            for event in [failed(), failed(), Ok(()), failed()] {
+                log.see(&event);
+            }
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        let levels: Vec<&str> = text
+            .lines()
+            .map(|line| {
+                if line.contains("WARN") {
+                    "warn"
+                } else {
+                    "debug"
+                }
+            })
+            .collect();
+        assert_eq!(levels, ["warn", "debug", "warn"], "{text}");
+        assert!(
+            text.contains("test: pod watch failed; retrying (needs RBAC)"),
+            "{text}"
+        );
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
