@@ -49,6 +49,19 @@ pub struct ZoneLoad {
     pub threshold_grams_per_kwh: f64,
 }
 
+#[cfg(test)]
+impl ZoneLoad {
+    /// A zone with a 300 g/kWh threshold.
+    pub fn for_tests(zone: &str, nodes: usize, grams_per_kwh: Option<f64>) -> Self {
+        Self {
+            zone: GridZone::parse(zone).unwrap(),
+            nodes,
+            grams_per_kwh,
+            threshold_grams_per_kwh: 300.0,
+        }
+    }
+}
+
 /// Largest number of nodes that may be tainted at once.
 pub fn node_budget(total_nodes: usize, max_tainted_fraction: f64) -> usize {
     // Rounding down keeps the promise "at most this share" for small clusters.
@@ -275,12 +288,7 @@ mod tests {
     use super::*;
 
     fn load(zone: &str, nodes: usize, grams_per_kwh: Option<f64>) -> ZoneLoad {
-        ZoneLoad {
-            zone: GridZone::parse(zone).unwrap(),
-            nodes,
-            grams_per_kwh,
-            threshold_grams_per_kwh: 300.0,
-        }
+        ZoneLoad::for_tests(zone, nodes, grams_per_kwh)
     }
 
     fn names(set: &BTreeSet<GridZone>) -> Vec<&str> {

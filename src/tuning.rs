@@ -139,12 +139,7 @@ mod tests {
     use super::*;
 
     fn load(zone: &str, nodes: usize, grams_per_kwh: Option<f64>) -> ZoneLoad {
-        ZoneLoad {
-            zone: GridZone::parse(zone).unwrap(),
-            nodes,
-            grams_per_kwh,
-            threshold_grams_per_kwh: 300.0,
-        }
+        ZoneLoad::for_tests(zone, nodes, grams_per_kwh)
     }
 
     #[test]
