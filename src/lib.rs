@@ -4,6 +4,8 @@
 //! live in modules without Kubernetes I/O; the async edges (election, poller,
 //! reconcile, emissions, metrics server) are thin.
 
+#![forbid(unsafe_code)]
+
 pub mod attribution;
 pub mod budget;
 pub mod carbon;

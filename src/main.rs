@@ -9,6 +9,8 @@
 //! --migration: own node tainted long enough + a greener zone ──▶ evict opted-in pods (PDBs hold)
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
