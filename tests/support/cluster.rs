@@ -277,8 +277,8 @@ impl ControlPlane {
         self.kubectl_json(&["get", "node", name])
     }
 
-    /// Sum of `apiserver_request_total` by (verb, resource) for requests from `user_agent_prefix`? The
-    /// apiserver does not label by client, so callers diff totals around a quiet window.
+    /// Sum of `apiserver_request_total` by (verb, resource). The apiserver does
+    /// not label by client, so callers diff totals around a quiet window.
     pub fn request_totals(&self) -> std::collections::BTreeMap<(String, String), f64> {
         let text = self.kubectl_ok(&["get", "--raw", "/metrics"]);
         let mut totals = std::collections::BTreeMap::new();
