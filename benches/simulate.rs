@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use carbon_kube::simulator::experiment::{ClusterConfig, hourly_year, replay};
-use carbon_kube::simulator::report;
-use carbon_kube::simulator::trace;
-use carbon_kube::simulator::workload::WorkloadParams;
+use carbon_kube_sim::experiment::{ClusterConfig, hourly_year, replay};
+use carbon_kube_sim::report;
+use carbon_kube_sim::trace;
+use carbon_kube_sim::workload::WorkloadParams;
 
 /// Peak resident set size of this process (kB), from the kernel's own accounting.
 fn peak_rss_kb() -> Option<u64> {

@@ -46,8 +46,6 @@ pub enum Command {
     Crd,
     /// Fetch one zone's intensity through the provider chain and print it (for debugging keys and zones).
     Intensity(Box<IntensityArgs>),
-    /// Replay real intensity traces against a workload and compare policies (no cluster needed).
-    Simulate(Box<crate::simulator::cli::SimulateArgs>),
     /// Remove carbon-kube's taint, label and condition from every node (the uninstall hook).
     Cleanup(CleanupArgs),
 }

@@ -148,19 +148,9 @@ fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-/// Flags: a bare number is seconds, fractions are fine, zero is allowed (see
-/// [`parse_period`] where it is not), and no setting needs more than a year.
-const FLAG_DURATIONS: duration::Rules = duration::Rules {
-    loose_numbers: true,
-    zero_allowed: true,
-    max: (Duration::from_secs(365 * 24 * 3600), "a year"),
-    examples: "30s, 5m or 1h",
-};
-
 /// Parses `90s`, `5m`, `1h`, `250ms`, `1h30m` or plain seconds.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    duration::parse(text, &FLAG_DURATIONS)
-        .map_err(|why| invalid(field, format!("{:?} {why}", text.trim())))
+    duration::parse_flag(text).map_err(|why| invalid(field, format!("{:?} {why}", text.trim())))
 }
 
 /// Like [`parse_duration`], for periods where zero would mean a busy loop.

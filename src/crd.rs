@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::TaintPolicy;
-use crate::carbon::{GridZone, Reading};
+use crate::carbon::{ForecastPoint, GridZone, Reading, Snapshot, SourceKind};
 use crate::decision::{ZoneRanking, ZoneScore};
 
 /// Forecast points kept in the status: 48 h at hourly resolution is plenty
@@ -62,7 +62,7 @@ pub const MAX_FORECAST_POINTS: usize = 48;
     printcolumn(
         name = "Estimated",
         type_ = "boolean",
-        json_path = ".status.estimated",
+        json_path = ".status.kind.is_estimated()",
         priority = 1
     ),
     printcolumn(
@@ -98,6 +98,9 @@ pub struct CarbonScoreStatus {
     pub source: String,
     /// True when the provider modelled rather than measured the value.
     pub estimated: bool,
+    /// What the value rests on; the agents never act on `Static`.
+    #[serde(default)]
+    pub kind: SourceKind,
     /// When the grid was in this state.
     pub observed_at: Option<Time>,
     /// When the leader fetched it.
@@ -128,6 +131,24 @@ pub struct CarbonScoreStatus {
     /// The threshold tuner's learned state for this zone (JSON), so that a new
     /// leader continues learning; absent while the tuner is off.
     pub tuner_state: Option<String>,
+}
+
+impl From<&CarbonScoreStatus> for Snapshot {
+    fn from(status: &CarbonScoreStatus) -> Self {
+        Self {
+            grams_per_kwh: status.intensity_grams_per_kwh,
+            source: status.source.clone(),
+            observed_at: status.observed_at.as_ref().map(|t| t.0),
+            forecast: status
+                .forecast
+                .iter()
+                .map(|p| ForecastPoint {
+                    at: p.at.0,
+                    grams_per_kwh: p.grams_per_kwh,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -173,7 +194,8 @@ impl CarbonScoreStatus {
         Self {
             intensity_grams_per_kwh: round_centi(reading.grams_per_kwh),
             source: reading.source.clone(),
-            estimated: reading.estimated,
+            estimated: reading.kind.is_estimated(),
+            kind: reading.kind,
             observed_at: Some(Time(reading.observed_at)),
             fetched_at: Some(Time(fetched_at)),
             forecast_min_grams_per_kwh: min.map(|p| p.grams_per_kwh),
@@ -249,7 +271,7 @@ mod tests {
             grams_per_kwh: 420.0,
             source: "electricity-maps".into(),
             observed_at: at("2024-01-01T10:00:00Z"),
-            estimated: false,
+            kind: SourceKind::Measured,
             forecast: vec![
                 ForecastPoint {
                     at: at("2024-01-01T09:00:00Z"),

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::attribution::Attribution;
+use crate::host::HostSampler;
 use crate::metrics::Metrics;
-use crate::power::{self, EmissionCounter, HostSampler, PowerCoefficients, PowerOverrides};
+use crate::power::{self, EmissionCounter, PowerCoefficients, PowerOverrides};
 use crate::zones::Cloud;
 
 pub struct EmissionsLoop {

@@ -59,7 +59,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),
-        Command::Simulate(args) => Ok(carbon_kube::simulator::cli::run(&args)?),
         Command::Cleanup(args) => runtime.block_on(cleanup(args)),
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
@@ -93,12 +92,12 @@ async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
     }
     let reading = fetch.result.map_err(|e| anyhow::anyhow!("{zone}: {e}"))?;
     println!(
-        "{} {:.1} gCO2/kWh (source {}, observed {}, estimated {}, {} forecast points{})",
+        "{} {:.1} gCO2/kWh (source {}, observed {}, {:?}, {} forecast points{})",
         reading.zone,
         reading.grams_per_kwh,
         reading.source,
         reading.observed_at,
-        reading.estimated,
+        reading.kind,
         reading.forecast.len(),
         reading
             .forecast_min()

@@ -17,12 +17,12 @@ use tracing::{info, warn};
 use crate::budget::{
     RankInput, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, rank_zones,
 };
-use crate::carbon::{GridZone, Reading};
+use crate::carbon::{GridZone, Reading, SourceKind};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
 use crate::decision::ZoneRanking;
 use crate::election::Fence;
 use crate::metrics::Metrics;
-use crate::providers::{Chain, ChainError, static_table};
+use crate::providers::{Chain, ChainError};
 use crate::tuner::TunerParams;
 use crate::tuning::{self, Tuned};
 use crate::zones;
@@ -72,7 +72,7 @@ pub struct Poller {
 
 /// A yearly average says nothing about this hour: it may be shown, never acted on.
 fn is_live(reading: &Reading) -> bool {
-    reading.source != static_table::NAME
+    reading.kind != SourceKind::Static
 }
 
 /// What the relative policy ranks a zone by: the intensity, averaged with the
@@ -392,7 +392,7 @@ mod tests {
             grams_per_kwh: 400.0,
             source: "electricity-maps".into(),
             observed_at: at("2024-01-01T10:00:00Z"),
-            estimated: false,
+            kind: SourceKind::Measured,
             forecast: vec![
                 point("2024-01-01T10:00:00Z", 999.0),
                 point("2024-01-01T10:30:00Z", 300.0),

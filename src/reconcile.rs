@@ -15,12 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::carbon::GridZone;
+use crate::carbon::{GridZone, SourceKind};
 use crate::crd::CarbonScore;
 use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
-use crate::providers::static_table;
 use crate::zones;
 
 /// Re-decide at least this often, so dwell and staleness take effect without events.
@@ -202,19 +201,15 @@ impl Reconciler {
             self.metrics.ready.store(true, Ordering::Relaxed);
         }
         let score = object.as_ref().and_then(|o| o.zone_score());
-        let source = object
-            .as_ref()
-            .and_then(|o| o.status.as_ref())
-            .map(|s| s.source.clone())
-            .unwrap_or_default();
+        let status = object.as_ref().and_then(|o| o.status.as_ref());
+        let source = status.map(|s| s.source.clone()).unwrap_or_default();
+        let static_only = status.is_some_and(|s| s.kind == SourceKind::Static);
         let now = Timestamp::now();
         let found = OwnedState::of_node(node);
         let mut decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
         // The leader withholds the taint on static data; say so rather than
         // blame the taint budget.
-        if matches!(decision.reason, Reason::BudgetExhausted | Reason::NotRanked)
-            && source == static_table::NAME
-        {
+        if matches!(decision.reason, Reason::BudgetExhausted | Reason::NotRanked) && static_only {
             decision.reason = Reason::StaticOnly;
         }
 

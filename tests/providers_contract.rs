@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use carbon_api::*;
-use carbon_kube::carbon::{GridZone, Reading};
+use carbon_kube::carbon::{GridZone, Reading, SourceKind};
 use carbon_kube::providers::electricity_maps::ElectricityMaps;
 use carbon_kube::providers::noaa::{self, Noaa};
 use carbon_kube::providers::static_table;
@@ -77,7 +77,7 @@ impl Provider for Fallback {
             grams_per_kwh: 999.0,
             source: "fallback".into(),
             observed_at: Timestamp::now(),
-            estimated: true,
+            kind: SourceKind::Estimated,
             forecast: Vec::new(),
         })
     }
@@ -164,7 +164,7 @@ async fn electricity_maps_contract() {
     let provider = em(&api, EM_TOKEN);
     let reading = provider.fetch(&zone("DE")).await.unwrap();
     assert_eq!(reading.grams_per_kwh, 312.5);
-    assert!(!reading.estimated);
+    assert!(!reading.kind.is_estimated());
     assert_eq!(reading.forecast.len(), 24);
     check_faults(&api, provider, "DE", EM_LATEST).await;
 }
@@ -217,7 +217,7 @@ async fn watttime_contract() {
         "lbs/MWh converted back: {}",
         reading.grams_per_kwh
     );
-    assert!(reading.estimated);
+    assert!(reading.kind.is_estimated());
     assert_eq!(reading.forecast.len(), 24 * 12);
     check_faults(&api, provider, "US-CAL-CISO", WT_FORECAST).await;
 }
@@ -288,7 +288,10 @@ async fn uk_national_contract() {
     let provider = uk(&api, &[]);
     let reading = provider.fetch(&zone("GB")).await.unwrap();
     assert_eq!(reading.grams_per_kwh, 180.0);
-    assert!(!reading.estimated, "the current slot has an actual");
+    assert!(
+        !reading.kind.is_estimated(),
+        "the current slot has an actual"
+    );
     assert!(reading.forecast.len() >= 90, "{}", reading.forecast.len());
     assert!(reading.observed_at <= Timestamp::now());
     check_faults(&api, provider, "GB", UK_NATIONAL).await;
@@ -302,7 +305,10 @@ async fn uk_regional_contract() {
     let provider = uk(&api, &[("GB-LDN", 13)]);
     let reading = provider.fetch(&zone("GB-LDN")).await.unwrap();
     assert_eq!(reading.grams_per_kwh, 140.0);
-    assert!(reading.estimated, "regional figures are forecasts");
+    assert!(
+        reading.kind.is_estimated(),
+        "regional figures are forecasts"
+    );
     assert_eq!(api.requests(UK_REGIONAL), 1);
     assert!(provider.fetch(&zone("FR")).await.unwrap_err().is_skip());
     check_faults(&api, provider, "GB-LDN", UK_REGIONAL).await;
@@ -320,7 +326,7 @@ async fn noaa_contract() {
         (reading.grams_per_kwh - average * noaa::MAX_FACTOR).abs() < 1e-9,
         "calm and overcast"
     );
-    assert!(reading.estimated);
+    assert!(reading.kind.is_estimated());
     assert_eq!(reading.source, "noaa-estimate");
     assert_eq!(reading.forecast.len(), 24);
     assert_eq!(api.requests(NOAA_POINTS), 1);

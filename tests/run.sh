@@ -12,9 +12,9 @@ bash tests/controlplane/build.sh >/dev/null
 # before the tests (cold, the longest build of the suite) so it does not compete
 # with them for the CPUs; the test's own call is then a no-op.
 bash deploy/build-static.sh --arch arm64 >/dev/null
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 # Benches are compiled by clippy above and run on their own (`cargo bench`, see README).
-cargo test --lib --bins --tests -- --test-threads=2
+cargo test --workspace --lib --bins --tests -- --test-threads=2
 # The AWS lab: synthesised offline and checked with aws_cdk.assertions.
 bash cdk/test.sh

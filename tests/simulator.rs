@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use carbon_kube::simulator::experiment::{ClusterConfig, PolicyName, hourly_year, replay};
-use carbon_kube::simulator::paper::any_year;
-use carbon_kube::simulator::paper::ml::DeadlineRule;
-use carbon_kube::simulator::paper::targets::{self, TOLERANCE_PP, Target};
-use carbon_kube::simulator::paper::{self, window_label};
-use carbon_kube::simulator::trace::{self, Series};
-use carbon_kube::simulator::workload::WorkloadParams;
+use carbon_kube_sim::experiment::{ClusterConfig, PolicyName, hourly_year, replay};
+use carbon_kube_sim::paper::any_year;
+use carbon_kube_sim::paper::ml::DeadlineRule;
+use carbon_kube_sim::paper::targets::{self, TOLERANCE_PP, Target};
+use carbon_kube_sim::paper::{self, window_label};
+use carbon_kube_sim::trace::{self, Series};
+use carbon_kube_sim::workload::WorkloadParams;
 
 fn data(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -256,7 +256,7 @@ impl Deferral {
                 let zone = GridZone::parse(&s.spec.zone).ok()?;
                 let forecast = match &s.status {
                     Some(status) => {
-                        ZoneSeries::from_status(&zone, status, now, self.settings.max_age)
+                        ZoneSeries::from_snapshot(&zone, &status.into(), now, self.settings.max_age)
                     }
                     None => Err(format!("zone {zone} has no carbon data yet")),
                 };

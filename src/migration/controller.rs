@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     OPT_IN_LABEL, RateLimiter, ZoneView, eligibility, greener_capacity, long_enough, taint_effect,
-    tainted_since,
+    tainted_since, zone_view,
 };
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
@@ -178,11 +178,7 @@ impl Migrator {
         else {
             return self.idle("node has no grid zone".into());
         };
-        let views: Vec<ZoneView> = scores
-            .state()
-            .iter()
-            .filter_map(|s| ZoneView::of(s))
-            .collect();
+        let views: Vec<ZoneView> = scores.state().iter().filter_map(|s| zone_view(s)).collect();
         let Some(own) = views.iter().find(|v| v.zone == zone).cloned() else {
             return self.idle(format!("no carbon data for zone {zone}"));
         };

@@ -3,7 +3,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
+use std::time::{Duration, Instant};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
 use super::*;
+use crate::carbon::SourceKind;
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -103,7 +108,7 @@ fn view(z: &str, grams: f64, allowed: bool, nodes: u32) -> ZoneView {
         ranked: false,
         nodes,
         observed_at: at("2025-06-01T10:00:00Z"),
-        source: "electricity-maps".into(),
+        source: SourceKind::Measured,
     }
 }
 
@@ -138,7 +143,7 @@ fn greener_capacity_is_a_fresh_greener_zone_with_nodes_that_is_certainly_untaint
     stale.observed_at = at("2025-06-01T08:00:00Z");
     assert_eq!(pick(&[stale]), None, "stale");
     let mut yearly = view("SE", 30.0, false, 2);
-    yearly.source = static_table::NAME.into();
+    yearly.source = SourceKind::Static;
     assert_eq!(pick(&[yearly]), None, "a yearly average is never acted on");
     assert_eq!(
         pick(&[

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::http::{Auth, HttpClient, Secret, endpoint};
 use super::{Provider, ProviderError};
-use crate::carbon::{ForecastPoint, GridZone, Reading, check_intensity};
+use crate::carbon::{ForecastPoint, GridZone, Reading, SourceKind, check_intensity};
 
 pub const NAME: &str = "electricity-maps";
 pub const DEFAULT_URL: &str = "https://api.electricitymap.org/v3";
@@ -154,7 +154,11 @@ pub fn parse_latest(zone: &GridZone, latest: Latest) -> Result<Reading, Provider
         grams_per_kwh: check_intensity(value).map_err(ProviderError::Invalid)?,
         source: NAME.to_string(),
         observed_at: latest.datetime,
-        estimated: latest.is_estimated.unwrap_or(false),
+        kind: if latest.is_estimated.unwrap_or(false) {
+            SourceKind::Estimated
+        } else {
+            SourceKind::Measured
+        },
         forecast: Vec::new(),
     })
 }
@@ -189,7 +193,7 @@ mod tests {
         let reading = parse_latest(&zone("FR"), serde_json::from_str(body).unwrap()).unwrap();
         assert_eq!(reading.grams_per_kwh, 103.0);
         assert_eq!(reading.observed_at, "2023-01-23T17:00:00Z".parse().unwrap());
-        assert!(reading.estimated);
+        assert!(reading.kind.is_estimated());
         assert_eq!(reading.source, "electricity-maps");
     }
 
@@ -198,7 +202,7 @@ mod tests {
         let body = r#"{"zone":"DE","carbonIntensity":412.5,"datetime":"2024-05-01T10:00:00.000Z",
             "isEstimated":false,"estimationMethod":null}"#;
         let reading = parse_latest(&zone("DE"), serde_json::from_str(body).unwrap()).unwrap();
-        assert!(!reading.estimated);
+        assert!(!reading.kind.is_estimated());
         assert_eq!(reading.grams_per_kwh, 412.5);
     }
 

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::http::{Auth, HttpClient, endpoint, same_origin};
 use super::{Provider, ProviderError, static_table};
-use crate::carbon::{ForecastPoint, GridZone, Reading, check_intensity};
+use crate::carbon::{ForecastPoint, GridZone, Reading, SourceKind, check_intensity};
 
 pub const NAME: &str = "noaa-estimate";
 pub const DEFAULT_URL: &str = "https://api.weather.gov";
@@ -329,7 +329,7 @@ pub fn estimate(
         grams_per_kwh,
         source: NAME.to_string(),
         observed_at: now,
-        estimated: true,
+        kind: SourceKind::Estimated,
         forecast,
     }
     .validated()
@@ -420,7 +420,7 @@ mod tests {
         )
         .unwrap();
         assert!((reading.grams_per_kwh - 300.0).abs() < 1e-9);
-        assert!(reading.estimated);
+        assert!(reading.kind.is_estimated());
         assert_eq!(reading.source, "noaa-estimate");
         // The data covers 06:00–09:00, so only 08:00 is a forecast hour.
         assert_eq!(reading.forecast.len(), 1);

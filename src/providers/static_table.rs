@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use super::{Provider, ProviderError};
-use crate::carbon::{GridZone, Reading, check_intensity};
+use crate::carbon::{GridZone, Reading, SourceKind, check_intensity};
 use crate::zones::{self, Cloud};
 
-const CCF_FACTORS_CSV: &str = include_str!("../data/ccf_grid_emission_factors.csv");
-const EXTRA_ZONES_CSV: &str = include_str!("../data/static_extra_zones.csv");
+use crate::zones::{
+    CCF_GRID_FACTORS_CSV as CCF_FACTORS_CSV, STATIC_EXTRA_ZONES_CSV as EXTRA_ZONES_CSV,
+};
 
 /// Yearly average intensity of `zone` in g/kWh, if the table has one.
 pub fn yearly_average(zone: &GridZone) -> Option<f64> {
@@ -56,7 +57,7 @@ impl Provider for StaticTable {
             source: self.name().to_string(),
             // A yearly average holds for any hour, so it is as fresh as the asking.
             observed_at: Timestamp::now(),
-            estimated: true,
+            kind: SourceKind::Static,
             forecast: Vec::new(),
         })
     }
@@ -215,7 +216,7 @@ mod tests {
         let reading = StaticTable::new().fetch(&zone("FR")).await.unwrap();
         assert_eq!(reading.zone, zone("FR"));
         assert_eq!(reading.source, "static");
-        assert!(reading.estimated);
+        assert!(reading.kind.is_estimated());
         assert!(reading.forecast.is_empty());
         assert!(reading.observed_at >= before);
         assert_close(reading.grams_per_kwh, yearly_average(&zone("FR")).unwrap());

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::http::{Auth, HttpClient, endpoint};
 use super::{Provider, ProviderError};
-use crate::carbon::{ForecastPoint, GridZone, Reading};
+use crate::carbon::{ForecastPoint, GridZone, Reading, SourceKind};
 
 pub const NAME: &str = "uk-carbon-intensity";
 pub const DEFAULT_URL: &str = "https://api.carbonintensity.org.uk";
@@ -191,7 +191,11 @@ fn reading(zone: &GridZone, slots: &[Slot], now: Timestamp) -> Result<Reading, P
         grams_per_kwh,
         source: NAME.to_string(),
         observed_at: current.from,
-        estimated,
+        kind: if estimated {
+            SourceKind::Estimated
+        } else {
+            SourceKind::Measured
+        },
         forecast,
     }
     .validated()
@@ -230,7 +234,7 @@ mod tests {
         let body: NationalBody = serde_json::from_str(body).unwrap();
         let reading = reading(&gb(), &body.data, ts("2018-01-20T12:10:00Z")).unwrap();
         assert_eq!(reading.grams_per_kwh, 263.0);
-        assert!(!reading.estimated);
+        assert!(!reading.kind.is_estimated());
         assert_eq!(reading.observed_at, ts("2018-01-20T12:00:00Z"));
         assert!(reading.forecast.is_empty());
     }
@@ -245,7 +249,7 @@ mod tests {
         let body: NationalBody = serde_json::from_str(body).unwrap();
         let reading = reading(&gb(), &body.data, ts("2018-01-20T12:15:00Z")).unwrap();
         assert_eq!(reading.grams_per_kwh, 266.0);
-        assert!(reading.estimated);
+        assert!(reading.kind.is_estimated());
         assert_eq!(reading.forecast.len(), 1);
         assert_eq!(reading.forecast[0].at, ts("2018-01-20T12:30:00Z"));
 
@@ -267,7 +271,10 @@ mod tests {
             let reading =
                 reading(&zone, &body.slots(9).unwrap(), ts("2018-01-20T12:00:00Z")).unwrap();
             assert_eq!(reading.grams_per_kwh, 312.0);
-            assert!(reading.estimated, "regional figures are forecasts");
+            assert!(
+                reading.kind.is_estimated(),
+                "regional figures are forecasts"
+            );
         }
         let wrong: RegionalBody = serde_json::from_str(array).unwrap();
         assert_eq!(wrong.slots(3).unwrap_err().outcome(), "malformed");

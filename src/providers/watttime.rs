@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::http::{Auth, HttpClient, Secret, endpoint};
 use super::{Provider, ProviderError};
-use crate::carbon::{ForecastPoint, GridZone, Reading, check_intensity};
+use crate::carbon::{ForecastPoint, GridZone, Reading, SourceKind, check_intensity};
 
 pub const NAME: &str = "watttime";
 pub const DEFAULT_URL: &str = "https://api.watttime.org";
@@ -266,7 +266,7 @@ pub fn parse_forecast(
         grams_per_kwh: now.grams_per_kwh,
         source: NAME.to_string(),
         observed_at: now.at,
-        estimated: true,
+        kind: SourceKind::Estimated,
         forecast: forecast.clone(),
     }
     .validated()
@@ -305,7 +305,7 @@ mod tests {
         assert_eq!(reading.observed_at, "2022-07-15T00:00:00Z".parse().unwrap());
         assert_eq!(reading.forecast.len(), 2);
         assert!((reading.forecast[1].grams_per_kwh - 453.592).abs() < 1e-9);
-        assert!(reading.estimated);
+        assert!(reading.kind.is_estimated());
         assert_eq!(reading.source, "watttime");
     }
 

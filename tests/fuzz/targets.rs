@@ -106,7 +106,7 @@ pub fn watttime(data: &[u8]) -> bool {
     let parsed = watttime::parse_forecast(&ciso, "CAISO_NORTH", body);
     if let Ok(reading) = &parsed {
         check_reading(reading, &ciso);
-        assert!(reading.estimated, "a MOER is a model output");
+        assert!(reading.kind.is_estimated(), "a MOER is a model output");
     }
     parsed.is_ok()
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use super::*;
+use crate::carbon::SourceKind;
 
 struct FakeClock {
     start: Instant,
@@ -84,7 +85,7 @@ fn reading(zone: &GridZone, source: &str, grams_per_kwh: f64) -> Reading {
         grams_per_kwh,
         source: source.to_string(),
         observed_at: Timestamp::UNIX_EPOCH,
-        estimated: false,
+        kind: SourceKind::Measured,
         forecast: Vec::new(),
     }
 }
