@@ -89,8 +89,8 @@ pub fn parse_cli_from(mut args: Vec<OsString>) -> Result<Cli, clap::Error> {
 fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
-    let entries: BTreeMap<String, serde_yaml::Value> =
-        serde_yaml::from_str(&text).map_err(|e| {
+    let entries: BTreeMap<String, yaml_serde::Value> =
+        yaml_serde::from_str(&text).map_err(|e| {
             invalid(
                 "config",
                 format!("{} is not a YAML map: {e}", path.display()),
@@ -121,7 +121,7 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
             continue;
         }
         let text = match value {
-            serde_yaml::Value::Sequence(items) => items
+            yaml_serde::Value::Sequence(items) => items
                 .iter()
                 .map(scalar_text)
                 .collect::<Option<Vec<_>>>()
@@ -139,11 +139,11 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
     Ok(out)
 }
 
-fn scalar_text(value: &serde_yaml::Value) -> Option<String> {
+fn scalar_text(value: &yaml_serde::Value) -> Option<String> {
     match value {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        yaml_serde::Value::String(s) => Some(s.clone()),
+        yaml_serde::Value::Number(n) => Some(n.to_string()),
+        yaml_serde::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }

@@ -165,8 +165,8 @@ fn round_centi(grams_per_kwh: f64) -> f64 {
 }
 
 /// The CRD as YAML, what `carbon-kube crd` prints and `deploy/` checks in.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&CarbonScore::crd())
+pub fn crd_yaml() -> Result<String, yaml_serde::Error> {
+    yaml_serde::to_string(&CarbonScore::crd())
 }
 
 impl CarbonScoreStatus {

@@ -1286,16 +1286,16 @@ fn prometheus_scrapes_the_agent_pods_as_the_pod_monitor_says(cp: &ControlPlane, 
 /// v2) over its life in this suite, against the chart's requests and limits.
 fn the_agents_footprint_fits_the_charts_resources(cp: &ControlPlane, nodes: &RealNodes) {
     let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
-    let values: serde_yaml::Value = serde_yaml::from_str(&values).unwrap();
+    let values: yaml_serde::Value = yaml_serde::from_str(&values).unwrap();
     let resources = &values["resources"];
-    let millicores = |q: &serde_yaml::Value| {
+    let millicores = |q: &yaml_serde::Value| {
         let q = q.as_str().expect("a CPU quantity");
         q.strip_suffix('m').map_or_else(
             || q.parse::<f64>().unwrap() * 1000.0,
             |m| m.parse().unwrap(),
         )
     };
-    let mebibytes = |q: &serde_yaml::Value| {
+    let mebibytes = |q: &yaml_serde::Value| {
         q.as_str()
             .and_then(|q| q.strip_suffix("Mi"))
             .expect("a Mi quantity")

@@ -9,9 +9,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_yaml::Value;
 use support::cluster::{require_tool, temp_dir, tool};
 use support::deploy::{carbon_kube, chart_dir, output_text, repo_root};
+use yaml_serde::Value;
 
 fn workflows() -> Vec<PathBuf> {
     let dir = repo_root().join(".github/workflows");
@@ -45,7 +45,7 @@ fn actionlint(dir: &Path, files: &[PathBuf]) -> Output {
 
 fn release_workflow() -> Value {
     let path = repo_root().join(".github/workflows/release.yml");
-    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+    yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -132,7 +132,7 @@ fn workflows_build_with_the_dockerfiles_rust() {
         .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
         .expect("Dockerfile pins ARG RUST_VERSION");
     for file in workflows() {
-        let wf: Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let wf: Value = yaml_serde::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(
             wf["env"]["RUST_VERSION"].as_str(),
             Some(pinned),
@@ -165,7 +165,7 @@ fn release_workflow_publishes_the_chart_image_binaries_and_signs_them() {
 
     // The image is the one the chart installs by default.
     let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+        yaml_serde::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
             .unwrap();
     assert_eq!(wf["env"]["IMAGE"], values["image"]["repository"]);
 
@@ -173,7 +173,7 @@ fn release_workflow_publishes_the_chart_image_binaries_and_signs_them() {
     let arches = &jobs["binaries"]["strategy"]["matrix"]["arch"];
     assert_eq!(
         arches,
-        &serde_yaml::from_str::<Value>("[amd64, arm64]").unwrap()
+        &yaml_serde::from_str::<Value>("[amd64, arm64]").unwrap()
     );
     let all = steps(&wf);
     let runs_in = |job: &str, needle: &str| {

@@ -93,7 +93,7 @@ pub fn template_ok(extra: &[&str]) -> String {
 
 /// The YAML documents of a rendered manifest (empty documents dropped).
 pub fn documents(yaml: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    yaml_serde::Deserializer::from_str(yaml)
         .map(|doc| serde_json::Value::deserialize(doc).expect("rendered YAML parses"))
         .filter(|doc| !doc.is_null())
         .collect()
