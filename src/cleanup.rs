@@ -2,7 +2,7 @@
 //! every Node. Run by the Helm chart's post-delete hook Job after the agents
 //! (and their permissions) are gone; idempotent, so a retried Job is harmless.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use jiff::Timestamp;
@@ -10,11 +10,15 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::node::{CLASS_LABEL, CONDITION_TYPE, OwnedState, patch_fenced, taints_with_ours};
 
 const FIELD_MANAGER: &str = "carbon-kube-cleanup";
+/// The last pass lists the Nodes at the deadline, to name what is left; a
+/// request still unanswered this long after it fails the run all the same.
+const LAST_LIST: Duration = Duration::from_secs(5);
 
 /// Whether a Node carries any carbon-kube mark.
 pub fn is_marked(node: &Node) -> bool {
@@ -23,9 +27,17 @@ pub fn is_marked(node: &Node) -> bool {
 }
 
 /// Cleans every Node, then checks again after `settle` (an agent that was still
-/// running could have raced); returns once a pass finds nothing, or fails at `timeout`.
+/// running could have raced); returns once a pass finds nothing, or fails at
+/// `timeout`, also when a request hangs.
 pub async fn run(api: Api<Node>, timeout: Duration, settle: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline + LAST_LIST, passes(&api, deadline, settle)).await {
+        Ok(outcome) => outcome,
+        Err(_) => bail!("timed out after {timeout:?}: the API server did not answer"),
+    }
+}
+
+async fn passes(api: &Api<Node>, deadline: Instant, settle: Duration) -> Result<()> {
     let mut cleaned_total = 0usize;
     loop {
         let nodes = api.list(&ListParams::default()).await?;
@@ -45,7 +57,7 @@ pub async fn run(api: Api<Node>, timeout: Duration, settle: Duration) -> Result<
             );
         }
         for node in marked {
-            match clean(&api, node).await {
+            match clean(api, node).await {
                 Ok(name) => {
                     cleaned_total += 1;
                     info!(node = %name, "removed carbon-kube's taint, label and condition");
@@ -90,3 +102,6 @@ async fn clean(api: &Api<Node>, node: Node) -> Result<String, kube::Error> {
     }
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests;

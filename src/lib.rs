@@ -28,5 +28,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod resources;
 pub mod supervise;
+#[cfg(test)]
+mod testing;
 pub mod tuning;
 pub mod watches;

@@ -3,17 +3,7 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::*;
-
-/// The value of the sample line of `name` carrying every label in `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter(|line| labels.iter().all(|l| line.contains(l)))
-        .find_map(|line| line.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
-}
+use crate::testing::sample;
 
 #[test]
 fn exposition_has_the_catalogue_with_node_label() {

@@ -1,0 +1,152 @@
+//! An API server for unit tests, after kube's documented mock pattern: a
+//! `tower_test` service pair makes a real [`kube::Client`], and the test
+//! answers each request the code under test makes, in the order it expects,
+//! checking method and path and reading the body. A request that does not
+//! come, or comes out of order, fails the test.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle, SendResponse};
+
+/// How long a test waits for a request. Tests run on a paused clock, so when
+/// the code under test has nothing left to do this passes at once.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+pub struct ApiServer {
+    handle: Handle<Request<Body>, Response<Body>>,
+    /// Requests left unanswered on purpose: their callers wait for good.
+    hung: Vec<SendResponse<Response<Body>>>,
+}
+
+/// A request as the server received it.
+#[derive(Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    /// `""` without one.
+    pub query: String,
+    /// `Value::Null` without one.
+    pub body: Value,
+}
+
+/// What the server answers.
+pub enum Reply {
+    /// This status and JSON body.
+    Json(u16, Value),
+    /// A Kubernetes `Status` failure as the API server sends it: the code,
+    /// the reason (`Conflict`, `TooManyRequests`, ...) and the message.
+    Failure(u16, &'static str, &'static str),
+    /// 200 with a body that is not JSON.
+    Garbage(&'static str),
+    /// Nothing, ever: the request hangs.
+    Hang,
+}
+
+impl Reply {
+    pub fn ok(object: &impl Serialize) -> Reply {
+        Reply::Json(200, serde_json::to_value(object).expect("serializable"))
+    }
+
+    /// A list (`kind` e.g. `NodeList`) of `items`.
+    pub fn list<T: Serialize>(api_version: &str, kind: &str, items: &[T]) -> Reply {
+        Reply::Json(
+            200,
+            json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": { "resourceVersion": "1" },
+                "items": items,
+            }),
+        )
+    }
+}
+
+/// A client whose every request goes to the returned server.
+pub fn pair() -> (Client, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = ApiServer {
+        handle,
+        hung: Vec::new(),
+    };
+    (Client::new(service, "default"), server)
+}
+
+impl ApiServer {
+    /// Waits for the next request, checks that it is `method path`, answers
+    /// it with `reply`, and returns it.
+    pub async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Seen {
+        let next = tokio::time::timeout(PATIENCE, self.handle.next_request()).await;
+        let Ok(Some((request, send))) = next else {
+            panic!("expected {method} {path}, but no request came");
+        };
+        let seen = Seen::read(request).await;
+        assert_eq!(
+            (&seen.method, seen.path.as_str()),
+            (&method, path),
+            "unexpected request: {seen:?}"
+        );
+        self.answer(send, reply);
+        seen
+    }
+
+    /// Fails when the client makes any further request.
+    pub async fn expect_no_more(&mut self) {
+        let next = tokio::time::timeout(PATIENCE, self.handle.next_request()).await;
+        if let Ok(Some((request, _))) = next {
+            panic!("unexpected request: {:?}", Seen::read(request).await);
+        }
+    }
+
+    fn answer(&mut self, send: SendResponse<Response<Body>>, reply: Reply) {
+        let (code, body) = match reply {
+            Reply::Json(code, value) => (code, value.to_string()),
+            Reply::Failure(code, reason, message) => (
+                code,
+                json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": message,
+                    "reason": reason,
+                    "code": code,
+                })
+                .to_string(),
+            ),
+            Reply::Garbage(text) => (200, text.to_string()),
+            Reply::Hang => {
+                self.hung.push(send);
+                return;
+            }
+        };
+        let response = Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(body.into_bytes()))
+            .expect("a valid response");
+        send.send_response(response);
+    }
+}
+
+impl Seen {
+    async fn read(request: Request<Body>) -> Seen {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect().await.expect("request body").to_bytes();
+        Seen {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            body: if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("a JSON request body")
+            },
+        }
+    }
+}
