@@ -105,7 +105,7 @@ impl Fence {
             .unwrap_or(false)
     }
 
-    fn set(&self, until: Option<Instant>) {
+    pub(crate) fn set(&self, until: Option<Instant>) {
         if let Ok(mut current) = self.0.lock() {
             *current = until;
         }

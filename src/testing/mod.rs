@@ -71,3 +71,30 @@ pub fn taint(key: &str, effect: &str) -> k8s_openapi::api::core::v1::Taint {
         ..Default::default()
     }
 }
+
+/// Threshold of the CarbonScores [`score`] makes.
+pub const THRESHOLD: f64 = 300.0;
+
+/// `zone`'s CarbonScore as the leader writes it: a measured reading of
+/// `grams_per_kwh` observed now, `nodes` nodes, the absolute policy.
+pub fn score(
+    zone: &str,
+    grams_per_kwh: f64,
+    taint_allowed: bool,
+    nodes: u32,
+) -> crate::crd::CarbonScore {
+    use crate::crd::{CarbonScore, CarbonScoreStatus};
+    let zone = crate::carbon::GridZone::parse(zone).expect("a zone");
+    let now = jiff::Timestamp::now();
+    let mut reading = provider::reading(&zone, "electricity-maps", grams_per_kwh);
+    reading.observed_at = now;
+    let mut score = CarbonScore::for_zone(&zone);
+    score.status = Some(CarbonScoreStatus::from_reading(
+        &reading,
+        now,
+        THRESHOLD,
+        taint_allowed,
+        nodes,
+    ));
+    score
+}

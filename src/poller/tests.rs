@@ -1,0 +1,242 @@
+use super::*;
+
+#[test]
+fn nodes_are_counted_per_zone() {
+    let label = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+    let nodes = [
+        label(zones::GRID_ZONE_LABEL, "DE"),
+        label(zones::GRID_ZONE_LABEL, "DE"),
+        label(zones::REGION_LABEL, "eu-west-3"),
+        BTreeMap::new(),
+    ];
+    let fallback = GridZone::parse("NL").unwrap();
+    let counts = zones_of_nodes(nodes.iter(), Some(&fallback));
+    assert_eq!(counts.get(&GridZone::parse("DE").unwrap()), Some(&2));
+    assert_eq!(counts.get(&GridZone::parse("FR").unwrap()), Some(&1));
+    assert_eq!(counts.get(&fallback), Some(&1));
+    let without_default = zones_of_nodes(nodes.iter(), None);
+    assert_eq!(
+        without_default.values().sum::<usize>(),
+        3,
+        "a node with no zone is not counted"
+    );
+}
+
+#[test]
+fn zones_are_ranked_by_the_intensity_and_the_forecast_within_the_dwell() {
+    let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+    let point = |t: &str, g: f64| crate::carbon::ForecastPoint {
+        at: at(t),
+        grams_per_kwh: g,
+    };
+    let reading = Reading {
+        zone: GridZone::parse("DE").unwrap(),
+        grams_per_kwh: 400.0,
+        source: "electricity-maps".into(),
+        observed_at: at("2024-01-01T10:00:00Z"),
+        kind: SourceKind::Measured,
+        forecast: vec![
+            point("2024-01-01T10:00:00Z", 999.0),
+            point("2024-01-01T10:30:00Z", 300.0),
+            point("2024-01-01T11:00:00Z", 200.0),
+            point("2024-01-01T11:30:00Z", 999.0),
+        ],
+    };
+    assert_eq!(rank_value(&reading, Duration::from_secs(600)), 400.0);
+    assert_eq!(rank_value(&reading, Duration::from_secs(3600)), 300.0);
+}
+
+// ------------------------------------------- against a mock API server --
+
+mod polls {
+    use http::Method;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::providers::{ChainSettings, Provider, ProviderError};
+    use crate::testing::THRESHOLD;
+    use crate::testing::api_server::{self, ApiServer, Reply};
+    use crate::testing::provider::Scripted;
+
+    const NODES: &str = "/api/v1/nodes";
+    const SCORES: &str = "/apis/carbon-kube.io/v1alpha1/carbonscores";
+
+    fn poller(client: Client, provider: Arc<Scripted>, leading: bool) -> Poller {
+        let chain = Chain::new(
+            vec![provider as Arc<dyn Provider>],
+            ChainSettings {
+                attempt_timeout: Duration::from_secs(10),
+                breaker_failures: 3,
+                breaker_cooldown: Duration::from_secs(300),
+                cache_ttl: Duration::ZERO,
+            },
+        );
+        let settings = PollerSettings {
+            interval: Duration::from_secs(60),
+            concurrency: 1,
+            default_zone: None,
+            default_threshold_grams_per_kwh: THRESHOLD,
+            hysteresis_grams_per_kwh: 20.0,
+            max_tainted_fraction: 1.0,
+            tuner: None,
+            policy: TaintPolicy::Absolute,
+            min_spread_grams_per_kwh: 0.0,
+            min_spread_percent: 0.0,
+            floor_grams_per_kwh: 0.0,
+            rank_window: Duration::ZERO,
+        };
+        let fence = Fence::default();
+        if leading {
+            fence.set(Some(
+                tokio::time::Instant::now() + Duration::from_secs(3600),
+            ));
+        }
+        Poller::new(client, Arc::new(chain), Metrics::new("n1"), settings, fence)
+    }
+
+    /// Nodes `(name, zone)` as a metadata-only list.
+    fn nodes(nodes: &[(&str, &str)]) -> Reply {
+        let items: Vec<Value> = nodes
+            .iter()
+            .map(|(name, zone)| {
+                json!({ "metadata": { "name": name, "labels": { zones::GRID_ZONE_LABEL: zone } } })
+            })
+            .collect();
+        Reply::list("meta.k8s.io/v1", "PartialObjectMetadataList", &items)
+    }
+
+    fn scores(scores: &[CarbonScore]) -> Reply {
+        Reply::list("carbon-kube.io/v1alpha1", "CarbonScoreList", scores)
+    }
+
+    /// Answers the two lists every poll starts with.
+    async fn listed(server: &mut ApiServer, existing: &[CarbonScore]) {
+        server
+            .expect(Method::GET, NODES, nodes(&[("n1", "DE"), ("n2", "FR")]))
+            .await;
+        server.expect(Method::GET, SCORES, scores(existing)).await;
+    }
+
+    /// Answers a zone's status write; returns the status written.
+    async fn status_written(server: &mut ApiServer, zone: &str) -> Value {
+        let path = format!("{SCORES}/{zone}/status");
+        let seen = server
+            .expect(Method::PATCH, &path, Reply::ok(&json!({})))
+            .await;
+        assert!(
+            seen.query.contains("fieldManager=carbon-kube-leader")
+                && seen.query.contains("force=true"),
+            "{}",
+            seen.query
+        );
+        seen.body["status"].clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_zones_failed_write_leaves_the_others_written_and_is_retried_next_poll() {
+        let (client, mut server) = api_server::pair();
+        let mut poller = poller(
+            client,
+            Scripted::always("electricity-maps", Ok(520.0)),
+            true,
+        );
+        let first = async {
+            listed(&mut server, &[]).await;
+            server
+                .expect(
+                    Method::PATCH,
+                    &format!("{SCORES}/de"),
+                    Reply::Failure(500, "InternalError", "etcd timeout"),
+                )
+                .await;
+            let fr = CarbonScore::for_zone(&GridZone::parse("FR").unwrap());
+            let created = server
+                .expect(Method::PATCH, &format!("{SCORES}/fr"), Reply::ok(&fr))
+                .await;
+            assert_eq!(created.body["spec"]["zone"], "FR");
+            let status = status_written(&mut server, "fr").await;
+            assert_eq!(status["intensityGramsPerKwh"], 520.0);
+            assert_eq!(status["taintAllowed"], true);
+            assert_eq!(status["nodes"], 1);
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), first);
+        outcome.expect("a failed zone write does not fail the poll");
+
+        let second = async {
+            listed(&mut server, &[]).await;
+            let de = CarbonScore::for_zone(&GridZone::parse("DE").unwrap());
+            server
+                .expect(Method::PATCH, &format!("{SCORES}/de"), Reply::ok(&de))
+                .await;
+            status_written(&mut server, "de").await;
+            // FR's object exists: only its status is written.
+            status_written(&mut server, "fr").await;
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), second);
+        outcome.expect("second poll");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_garbled_score_list_fails_the_poll_before_any_fetch_or_write() {
+        let (client, mut server) = api_server::pair();
+        let provider = Scripted::always("electricity-maps", Ok(520.0));
+        let mut poller = poller(client, provider.clone(), true);
+        let scenario = async {
+            server
+                .expect(Method::GET, NODES, nodes(&[("n1", "DE")]))
+                .await;
+            server
+                .expect(Method::GET, SCORES, Reply::Garbage("{\"items\": [tru"))
+                .await;
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        assert!(
+            matches!(outcome, Err(kube::Error::SerdeError(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(provider.calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_past_its_fence_fetches_but_writes_nothing() {
+        let (client, mut server) = api_server::pair();
+        let provider = Scripted::always("electricity-maps", Ok(520.0));
+        let mut poller = poller(client, provider.clone(), false);
+        let scenario = async {
+            listed(&mut server, &[]).await;
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        outcome.expect("poll");
+        assert_eq!(provider.calls(), 2, "both zones fetched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_answer_the_last_good_reading_is_kept_with_the_error() {
+        let (client, mut server) = api_server::pair();
+        let provider = Scripted::always("electricity-maps", Err(ProviderError::Status(503)));
+        let mut poller = poller(client, provider, true);
+        let kept = crate::testing::score("DE", 420.0, true, 1);
+        let fr = crate::testing::score("FR", 56.0, false, 1);
+        let scenario = async {
+            listed(&mut server, &[kept.clone(), fr.clone()]).await;
+            for (zone, last) in [("de", &kept), ("fr", &fr)] {
+                server
+                    .expect(Method::PATCH, &format!("{SCORES}/{zone}"), Reply::ok(last))
+                    .await;
+                let status = status_written(&mut server, zone).await;
+                let last = last.status.as_ref().unwrap();
+                assert_eq!(status["intensityGramsPerKwh"], last.intensity_grams_per_kwh);
+                assert_eq!(status["observedAt"], json!(last.observed_at));
+                let error = status["lastError"].as_str().unwrap_or_default();
+                assert!(error.contains("503"), "{zone}: {error}");
+            }
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        outcome.expect("poll");
+    }
+}
