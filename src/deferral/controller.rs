@@ -394,3 +394,6 @@ impl Deferral {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

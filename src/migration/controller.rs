@@ -76,6 +76,16 @@ impl Migrator {
         let mut config = config.clone();
         config.default_retry = false;
         let client = Client::try_from(config)?;
+        Ok(Self::with_client(client, node_name, metrics, settings))
+    }
+
+    /// A migrator on `client`, which must not retry 429s (see [`Migrator::new`]).
+    pub fn with_client(
+        client: Client,
+        node_name: &str,
+        metrics: Arc<Metrics>,
+        settings: MigrationSettings,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -83,7 +93,7 @@ impl Migrator {
                 instance: Some(settings.identity.clone()),
             },
         );
-        Ok(Self {
+        Self {
             client,
             node_name: node_name.to_string(),
             metrics,
@@ -93,7 +103,7 @@ impl Migrator {
             retry_at: HashMap::new(),
             first_seen_tainted: None,
             idle_reason: String::new(),
-        })
+        }
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -301,3 +311,6 @@ impl Migrator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

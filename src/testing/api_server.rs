@@ -81,15 +81,20 @@ impl ApiServer {
     /// Waits for the next request, checks that it is `method path`, answers
     /// it with `reply`, and returns it.
     pub async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Seen {
+        self.expect_one_of(method, &[path], reply).await
+    }
+
+    /// As [`ApiServer::expect`], for a request to any of `paths` (where the
+    /// order is the code's to choose, e.g. a cache's).
+    pub async fn expect_one_of(&mut self, method: Method, paths: &[&str], reply: Reply) -> Seen {
         let next = tokio::time::timeout(PATIENCE, self.handle.next_request()).await;
         let Ok(Some((request, send))) = next else {
-            panic!("expected {method} {path}, but no request came");
+            panic!("expected {method} {paths:?}, but no request came");
         };
         let seen = Seen::read(request).await;
-        assert_eq!(
-            (&seen.method, seen.path.as_str()),
-            (&method, path),
-            "unexpected request: {seen:?}"
+        assert!(
+            seen.method == method && paths.contains(&seen.path.as_str()),
+            "expected {method} {paths:?}, got {seen:?}"
         );
         self.answer(send, reply);
         seen
