@@ -44,8 +44,10 @@ fn clean_node(name: &str) -> Node {
     node(name, "9", "DE", vec![taint("dedicated", "NoSchedule")])
 }
 
-fn list(nodes: &[Node]) -> Reply {
-    Reply::list("v1", "NodeList", nodes)
+/// Answers a pass's list of the Nodes with `nodes`.
+async fn listed(server: &mut ApiServer, nodes: &[Node]) {
+    let reply = Reply::list("v1", "NodeList", nodes);
+    server.expect(Method::GET, NODES, reply).await;
 }
 
 /// Answers the taint-and-label patch and the condition removal for `name`.
@@ -78,18 +80,12 @@ async fn cleaned(server: &mut ApiServer, name: &str) {
 async fn a_conflict_is_retried_on_the_new_version_and_a_pass_after_settling_confirms() {
     let (client, mut server) = api_server::pair();
     let scenario = async {
-        server
-            .expect(
-                Method::GET,
-                NODES,
-                list(&[marked("n1", "1"), clean_node("n2")]),
-            )
-            .await;
+        listed(&mut server, &[marked("n1", "1"), clean_node("n2")]).await;
         let first = server
             .expect(
                 Method::PATCH,
                 "/api/v1/nodes/n1",
-                Reply::Failure(409, "Conflict", "the object has been modified"),
+                Reply::Failure(409, "the object has been modified"),
             )
             .await;
         assert_eq!(first.body["metadata"]["resourceVersion"], "1");
@@ -102,13 +98,7 @@ async fn a_conflict_is_retried_on_the_new_version_and_a_pass_after_settling_conf
             .await;
         cleaned(&mut server, "n1").await;
         let started = Instant::now();
-        server
-            .expect(
-                Method::GET,
-                NODES,
-                list(&[clean_node("n1"), clean_node("n2")]),
-            )
-            .await;
+        listed(&mut server, &[clean_node("n1"), clean_node("n2")]).await;
         assert_eq!(started.elapsed(), SETTLE, "the second pass waits to settle");
         server.expect_no_more().await;
     };
@@ -121,12 +111,12 @@ async fn one_nodes_failure_does_not_stop_the_others_and_is_retried_next_pass() {
     let (client, mut server) = api_server::pair();
     let scenario = async {
         let all = [marked("n1", "1"), marked("n2", "1"), marked("n3", "1")];
-        server.expect(Method::GET, NODES, list(&all)).await;
+        listed(&mut server, &all).await;
         server
             .expect(
                 Method::PATCH,
                 "/api/v1/nodes/n1",
-                Reply::Failure(500, "InternalError", "etcd timeout"),
+                Reply::Failure(500, "etcd timeout"),
             )
             .await;
         cleaned(&mut server, "n2").await;
@@ -135,24 +125,12 @@ async fn one_nodes_failure_does_not_stop_the_others_and_is_retried_next_pass() {
             .expect(
                 Method::PATCH,
                 "/api/v1/nodes/n3",
-                Reply::Failure(404, "NotFound", "nodes \"n3\" not found"),
+                Reply::Failure(404, "nodes \"n3\" not found"),
             )
             .await;
-        server
-            .expect(
-                Method::GET,
-                NODES,
-                list(&[marked("n1", "1"), clean_node("n2")]),
-            )
-            .await;
+        listed(&mut server, &[marked("n1", "1"), clean_node("n2")]).await;
         cleaned(&mut server, "n1").await;
-        server
-            .expect(
-                Method::GET,
-                NODES,
-                list(&[clean_node("n1"), clean_node("n2")]),
-            )
-            .await;
+        listed(&mut server, &[clean_node("n1"), clean_node("n2")]).await;
         server.expect_no_more().await;
     };
     let (outcome, ()) = tokio::join!(run(Api::all(client), TIMEOUT, SETTLE), scenario);
@@ -163,18 +141,12 @@ async fn one_nodes_failure_does_not_stop_the_others_and_is_retried_next_pass() {
 async fn a_denial_stops_the_run_at_once() {
     let (client, mut server) = api_server::pair();
     let scenario = async {
-        server
-            .expect(
-                Method::GET,
-                NODES,
-                list(&[marked("n1", "1"), marked("n2", "1")]),
-            )
-            .await;
+        listed(&mut server, &[marked("n1", "1"), marked("n2", "1")]).await;
         server
             .expect(
                 Method::PATCH,
                 "/api/v1/nodes/n1",
-                Reply::Failure(403, "Forbidden", "cannot patch nodes"),
+                Reply::Failure(403, "cannot patch nodes"),
             )
             .await;
         server.expect_no_more().await;
@@ -191,14 +163,10 @@ async fn marks_that_keep_coming_back_fail_at_the_timeout_naming_the_nodes() {
     let scenario = async {
         // Passes at 0, 4 and 8 s clean n1; an agent still running marks it again.
         for _ in 0..3 {
-            server
-                .expect(Method::GET, NODES, list(&[marked("n1", "1")]))
-                .await;
+            listed(&mut server, &[marked("n1", "1")]).await;
             cleaned(&mut server, "n1").await;
         }
-        server
-            .expect(Method::GET, NODES, list(&[marked("n1", "1")]))
-            .await;
+        listed(&mut server, &[marked("n1", "1")]).await;
         server.expect_no_more().await;
     };
     let timeout = Duration::from_secs(10);
@@ -213,9 +181,7 @@ async fn a_hung_request_fails_the_run_at_the_timeout() {
     let (client, mut server) = api_server::pair();
     let started = Instant::now();
     let scenario = async {
-        server
-            .expect(Method::GET, NODES, list(&[marked("n1", "1")]))
-            .await;
+        listed(&mut server, &[marked("n1", "1")]).await;
         server
             .expect(Method::PATCH, "/api/v1/nodes/n1", Reply::Hang)
             .await;

@@ -138,7 +138,7 @@ mod writes {
                 .expect(
                     Method::PATCH,
                     NODE,
-                    Reply::Failure(409, "Conflict", "the object has been modified"),
+                    Reply::Failure(409, "the object has been modified"),
                 )
                 .await;
             assert_eq!(first.body["metadata"]["resourceVersion"], "1");
@@ -190,11 +190,7 @@ mod writes {
             for attempt in 1..=CONFLICT_RETRIES {
                 let version = attempt.to_string();
                 let patch = server
-                    .expect(
-                        Method::PATCH,
-                        NODE,
-                        Reply::Failure(409, "Conflict", "modified"),
-                    )
+                    .expect(Method::PATCH, NODE, Reply::Failure(409, "modified"))
                     .await;
                 assert_eq!(patch.body["metadata"]["resourceVersion"], version.as_str());
                 if attempt < CONFLICT_RETRIES {
@@ -218,11 +214,7 @@ mod writes {
         let seen = node("n1", "1", "DE", vec![]);
         let scenario = async {
             server
-                .expect(
-                    Method::PATCH,
-                    NODE,
-                    Reply::Failure(409, "Conflict", "modified"),
-                )
+                .expect(Method::PATCH, NODE, Reply::Failure(409, "modified"))
                 .await;
             server
                 .expect(

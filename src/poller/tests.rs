@@ -146,7 +146,7 @@ mod polls {
                 .expect(
                     Method::PATCH,
                     &format!("{SCORES}/de"),
-                    Reply::Failure(500, "InternalError", "etcd timeout"),
+                    Reply::Failure(500, "etcd timeout"),
                 )
                 .await;
             let fr = CarbonScore::for_zone(&GridZone::parse("FR").unwrap());

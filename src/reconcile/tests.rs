@@ -131,11 +131,7 @@ mod rounds {
         let mut zone = None;
         let first = async {
             let seen = server
-                .expect(
-                    Method::PATCH,
-                    NODE,
-                    Reply::Failure(500, "InternalError", "etcd timeout"),
-                )
+                .expect(Method::PATCH, NODE, Reply::Failure(500, "etcd timeout"))
                 .await;
             assert_eq!(seen.body["spec"]["taints"][0]["key"], TAINT_KEY);
             server.expect_no_more().await;

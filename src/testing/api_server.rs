@@ -39,9 +39,9 @@ pub struct Seen {
 pub enum Reply {
     /// This status and JSON body.
     Json(u16, Value),
-    /// A Kubernetes `Status` failure as the API server sends it: the code,
-    /// the reason (`Conflict`, `TooManyRequests`, ...) and the message.
-    Failure(u16, &'static str, &'static str),
+    /// A Kubernetes `Status` failure as the API server sends it, with this
+    /// code and message; the reason is the code's name (`Conflict`, `NotFound`).
+    Failure(u16, &'static str),
     /// 200 with a body that is not JSON.
     Garbage(&'static str),
     /// Nothing, ever: the request hangs.
@@ -111,7 +111,7 @@ impl ApiServer {
     fn answer(&mut self, send: SendResponse<Response<Body>>, reply: Reply) {
         let (code, body) = match reply {
             Reply::Json(code, value) => (code, value.to_string()),
-            Reply::Failure(code, reason, message) => (
+            Reply::Failure(code, message) => (
                 code,
                 json!({
                     "kind": "Status",
@@ -119,7 +119,7 @@ impl ApiServer {
                     "metadata": {},
                     "status": "Failure",
                     "message": message,
-                    "reason": reason,
+                    "reason": reason(code),
                     "code": code,
                 })
                 .to_string(),
@@ -137,6 +137,15 @@ impl ApiServer {
             .expect("a valid response");
         send.send_response(response);
     }
+}
+
+/// `Too Many Requests` as Kubernetes spells reasons: `TooManyRequests`.
+fn reason(code: u16) -> String {
+    let name = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("Unknown");
+    name.split_whitespace().collect()
 }
 
 impl Seen {
