@@ -34,4 +34,5 @@ fi
 
 # jsii warns at length about Node 20's end of life; the tests do not need to see it.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="${JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION:-20}"
-exec "$VENV/bin/python" -m pytest -p no:cacheprovider -q tests "$@"
+# Synth output (asset staging of the image context, ~2 GB a run) is kept only for a failed run.
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -o tmp_path_retention_policy=failed -q tests "$@"

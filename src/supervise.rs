@@ -26,7 +26,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let handle = self.tasks.spawn(task);
+        let handle = self.tasks.spawn(injected_fault(name, task));
         self.names.insert(handle.id(), name);
     }
 
@@ -68,6 +68,37 @@ impl Supervisor {
             self.tasks.shutdown().await;
         }
     }
+}
+
+/// Debug builds only: `CARBON_KUBE_FAIL_TASK=<task name>` makes that task
+/// panic [`FAULT_AFTER`] after it starts, so the integration tests (and the
+/// chaos soak) can check that the agent stops and names it. The release
+/// build, the one that ships, has no such hook.
+#[cfg(debug_assertions)]
+fn injected_fault(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    if std::env::var("CARBON_KUBE_FAIL_TASK").ok().as_deref() != Some(name) {
+        return Box::pin(task);
+    }
+    Box::pin(async move {
+        tokio::select! {
+            () = task => {}
+            () = tokio::time::sleep(FAULT_AFTER) => panic!("fault injected by CARBON_KUBE_FAIL_TASK"),
+        }
+    })
+}
+
+#[cfg(debug_assertions)]
+pub const FAULT_AFTER: Duration = Duration::from_secs(3);
+
+#[cfg(not(debug_assertions))]
+fn injected_fault(
+    _name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    task
 }
 
 fn describe(e: JoinError) -> String {

@@ -565,3 +565,45 @@ async fn the_tuner_keeps_learning_across_a_leader_change() {
         println!("tuner steps: {before} before the leader change, {after} after ({seen:?})");
     });
 }
+
+/// Every long-running task is supervised: when one dies (here a panic
+/// injected by the debug build's `CARBON_KUBE_FAIL_TASK`), the agent stops
+/// with a non-zero exit and a log line naming the task, instead of running on
+/// with part of it gone; the kubelet then restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_task_dies_exits_non_zero_naming_it() {
+    let _serial = SERIAL.lock().await;
+    const TASKS: [&str; 5] = [
+        "metrics server",
+        "leader election",
+        "leader work",
+        "reconciler",
+        "emissions",
+    ];
+    let nodes: Vec<(String, &str)> = (0..TASKS.len()).map(|i| (format!("n{i}"), "DE")).collect();
+    let refs: Vec<(&str, &str)> = nodes.iter().map(|(n, z)| (n.as_str(), *z)).collect();
+    let Cluster { cp, api, agents } = cluster_with_intensity(&refs, &[("DE", 100.0)], &[]).await;
+    drop(agents);
+    tokio::task::block_in_place(|| {
+        let args = agent_args(&api, &[]);
+        for ((node, _), task) in nodes.iter().zip(TASKS) {
+            let mut agent = Agent::spawn(
+                &cp,
+                node,
+                &args,
+                &[
+                    ("ELECTRICITY_MAPS_TOKEN", TOKEN),
+                    ("CARBON_KUBE_FAIL_TASK", task),
+                ],
+            );
+            let status = agent.wait_exit(Duration::from_secs(30));
+            let log = agent.output();
+            assert!(!status.success(), "{task}: {status}\n{log}");
+            assert!(
+                log.contains(&format!("task \\\"{task}\\\" panicked"))
+                    || log.contains(&format!("task \"{task}\" panicked")),
+                "{task}: the log does not name the task\n{log}"
+            );
+        }
+    });
+}

@@ -486,6 +486,13 @@ impl Agent {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The agent's exit status once it has exited by itself, within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for(&format!("agent {} to exit", self.node), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
 }
 
 impl Drop for Agent {
