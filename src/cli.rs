@@ -44,6 +44,8 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Print the CarbonScore CustomResourceDefinition as YAML.
     Crd,
+    /// Print the GreenWindowConfig CustomResourceDefinition (Kueue AdmissionCheck parameters) as YAML.
+    KueueCrd,
     /// Fetch one zone's intensity through the provider chain and print it (for debugging keys and zones).
     Intensity(Box<IntensityArgs>),
     /// Remove carbon-kube's taint, label and condition from every node (the uninstall hook).
@@ -207,6 +209,13 @@ pub struct AgentArgs {
         default_value_t = 0.05
     )]
     pub deferral_forecast_error: f64,
+
+    /// Leader: decide Kueue AdmissionChecks with controllerName `carbon-kube.io/green-window`
+    /// by the deferral planner (needs Kueue's CRDs, the GreenWindowConfig CRD and RBAC for
+    /// workloads and admissionchecks; see `carbon-kube kueue-crd`).
+    #[arg(long, env = "CARBON_KUBE_KUEUE_GREEN_WINDOW", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub kueue_green_window: bool,
 
     /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
     /// has carried the carbon taint for --migrate-after and a greener untainted zone exists

@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub deferral: bool,
     /// The deferral planner's knobs (`--deferral-*`).
     pub deferral_planner: crate::deferral::round::RoundSettings,
+    /// The leader decides Kueue's carbon-kube.io/green-window checks (`--kueue-green-window`).
+    pub kueue_green_window: bool,
     /// Every agent moves opted-in pods off its tainted node (`--migration`).
     pub migration: bool,
     pub migrate_after: Duration,
@@ -320,6 +322,7 @@ impl AgentConfig {
             cgroup_root: args.cgroup_root.clone(),
             deferral: args.deferral,
             deferral_planner,
+            kueue_green_window: args.kueue_green_window,
             migration: args.migration,
             migrate_after: parse_duration("migrate-after", &args.migrate_after)?,
             max_evictions_per_hour: args.max_evictions_per_hour,

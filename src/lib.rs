@@ -20,6 +20,7 @@ pub mod deferral;
 pub mod election;
 pub mod emissions;
 pub mod host;
+pub mod kueue;
 pub mod metrics;
 pub mod migration;
 pub mod node;

@@ -31,6 +31,7 @@ use carbon_kube::crd::{self, CarbonScore};
 use carbon_kube::deferral::controller::{Deferral, DeferralSettings};
 use carbon_kube::election::{Elector, Timing};
 use carbon_kube::emissions::EmissionsLoop;
+use carbon_kube::kueue::controller::CheckMetrics;
 use carbon_kube::metrics::{self, Metrics};
 use carbon_kube::migration::controller::{MigrationSettings, Migrator};
 use carbon_kube::node::NodeWriter;
@@ -56,6 +57,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::KueueCrd => {
+            print!("{}", carbon_kube::kueue::crd_yaml()?);
             Ok(())
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),
@@ -192,18 +197,31 @@ async fn agent(config: AgentConfig) -> Result<()> {
             )
         }
     };
+    let deferral_settings = DeferralSettings {
+        max_age: config.decision.max_age,
+        round: config.deferral_planner,
+        default_zone: config.default_zone.clone(),
+        coefficients: PowerCoefficients::for_architecture(std::env::consts::ARCH)
+            .with_overrides(&config.power)
+            .unwrap_or_else(|_| PowerCoefficients::for_architecture("")),
+        identity: config.identity.clone(),
+    };
+    // Leader, opt-in per ClusterQueue: Kueue's carbon-kube.io/green-window AdmissionChecks.
+    if config.kueue_green_window {
+        tasks.spawn(
+            "kueue green window",
+            carbon_kube::kueue::controller::while_leader(
+                is_leader.clone(),
+                client.clone(),
+                CheckMetrics::new(&metrics),
+                deferral_settings.clone(),
+            ),
+        );
+    }
     // Leader, opt-in per pod: release pods gated by carbon-kube.io/defer at their greenest start.
     let deferral = config.deferral.then(|| {
         let (client, metrics) = (client.clone(), metrics.clone());
-        let settings = DeferralSettings {
-            max_age: config.decision.max_age,
-            round: config.deferral_planner,
-            default_zone: config.default_zone.clone(),
-            coefficients: PowerCoefficients::for_architecture(std::env::consts::ARCH)
-                .with_overrides(&config.power)
-                .unwrap_or_else(|_| PowerCoefficients::for_architecture("")),
-            identity: config.identity.clone(),
-        };
+        let settings = deferral_settings;
         move || Deferral::new(client.clone(), metrics.clone(), settings.clone())
     });
     tasks.spawn(

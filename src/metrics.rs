@@ -417,6 +417,14 @@ impl Metrics {
         self.evictions.with_label_values(&[outcome]).inc();
     }
 
+    /// Registers a metric of a controller that keeps its own (the Kueue check's).
+    pub fn register<T: Collector + Clone + 'static>(
+        &self,
+        metric: Result<T, prometheus::Error>,
+    ) -> T {
+        Catalogue(&self.registry).add(metric)
+    }
+
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {

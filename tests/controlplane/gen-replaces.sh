@@ -8,13 +8,17 @@
 # copies the release's `go` and `godebug` lines, pins go.etcd.io/etcd/server/v3 at the
 # version k8s.io/apiserver requires, and runs `go mod tidy`.
 #
-# Usage: ./gen-replaces.sh [v1.35.4]
+# It also requires sigs.k8s.io/kueue (linked in as "controlplane kueue", see kueue-main.sh);
+# MVS then raises a few shared dependencies (grpc, otel, kube-openapi) to Kueue's versions.
+#
+# Usage: ./gen-replaces.sh [v1.35.4] [kueue v0.17.0]
 # Run once per version bump; check in go.mod and go.sum afterwards.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 K8S_VERSION="${1:-v1.35.4}"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+KUEUE_VERSION="${2:-v0.17.0}"
 MODULE=carbon-kube.io/controlplane
 
 command -v go >/dev/null 2>&1 || { echo "gen-replaces.sh: go not found; install Go 1.25+ (https://go.dev/dl/)" >&2; exit 1; }
@@ -40,6 +44,7 @@ godebug_line=$(grep -m1 '^godebug ' "$modfile" || true)
   echo "require ("
   echo "	go.etcd.io/etcd/server/v3 ${etcd_version}"
   echo "	k8s.io/kubernetes ${K8S_VERSION}"
+  echo "	sigs.k8s.io/kueue ${KUEUE_VERSION}"
   echo ")"
   echo
   echo "replace ("
@@ -51,5 +56,6 @@ godebug_line=$(grep -m1 '^godebug ' "$modfile" || true)
 
 # Keep every dependency at the version the release pins (cel-go, otel, grpc, ...):
 # tidy only adds what the imports need; MVS then picks the release's versions.
+bash ./kueue-main.sh
 go mod tidy
 echo "gen-replaces.sh: go.mod generated for k8s.io/kubernetes ${K8S_VERSION} (staging ${STAGING_VERSION}, etcd ${etcd_version})" >&2

@@ -4,5 +4,6 @@
 pub mod carbon_api;
 pub mod cluster;
 pub mod deploy;
+pub mod kueue;
 pub mod nodes;
 pub mod scenario;

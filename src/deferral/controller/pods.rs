@@ -37,7 +37,7 @@ pub(super) fn bound_at(pod: &Pod) -> Option<Timestamp> {
     scheduled.or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
-pub(super) fn is_terminal(pod: &Pod) -> bool {
+pub fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")

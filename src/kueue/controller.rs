@@ -1,0 +1,643 @@
+//! The leader's loop for the `carbon-kube.io/green-window` AdmissionChecks: watch
+//! Workloads, AdmissionChecks, their GreenWindowConfigs, nodes, pods and CarbonScores;
+//! plan every Workload whose check is Pending with [`plan_round`] (the shared planner);
+//! write the check's state (Pending with the plan, or Ready) on the Workload's status.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    AdmissionCheckSpec, CONTROLLER_NAME, GROUP, GreenWindowConfig, Params, VERSION, WorkloadSpec,
+    WorkloadStatus, pin_updates, request,
+};
+use crate::carbon::GridZone;
+use crate::crd::CarbonScore;
+use crate::deferral::controller::{DeferralSettings, human, is_terminal, zone_capacity};
+use crate::deferral::round::{Ask, Decision, plan_round};
+use crate::metrics::Metrics;
+use crate::planner::{ReleaseReason, RigidLoad};
+use crate::resources::pod_cpu_request;
+use crate::watches::{self, FailureLog};
+
+/// Re-plan at least this often, so a latest start is met without any event.
+const TICK: Duration = Duration::from_secs(2);
+const FIELD_MANAGER: &str = "carbon-kube-green-window";
+/// Weeks the learned non-deferred load per hour of week remembers (as deferral).
+const RIGID_MEMORY_WEEKS: u32 = 4;
+/// Seconds a Workload was held: a minute to two days.
+const HOLD_BUCKETS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+];
+
+/// The check's metrics, registered once per agent; the leader's controller updates them.
+pub struct CheckMetrics {
+    held: IntGauge,
+    ready: IntCounterVec,
+    held_seconds: Histogram,
+}
+
+impl CheckMetrics {
+    pub fn new(metrics: &Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            held: metrics.register(IntGauge::new(
+                "kueue_workloads_held",
+                "Kueue Workloads whose carbon-kube.io/green-window check this leader keeps Pending.",
+            )),
+            ready: metrics.register(IntCounterVec::new(
+                Opts::new(
+                    "kueue_checks_ready_total",
+                    "carbon-kube.io/green-window checks set Ready, by reason (greenest_now, \
+                     gain_within_error, deadline, no_room, no_forecast, invalid).",
+                ),
+                &["reason"],
+            )),
+            held_seconds: metrics.register(Histogram::with_opts(
+                HistogramOpts::new(
+                    "kueue_hold_seconds",
+                    "From a Workload's creation to its carbon-kube.io/green-window check Ready.",
+                )
+                .buckets(HOLD_BUCKETS.to_vec()),
+            )),
+        })
+    }
+}
+
+/// Why a check goes Ready now, for its message and the metric.
+enum Ready {
+    Planned {
+        reason: ReleaseReason,
+        zone: Option<GridZone>,
+        now_mean: Option<f64>,
+    },
+    NoForecast(String),
+    Invalid(String),
+}
+
+impl Ready {
+    fn label(&self) -> &'static str {
+        match self {
+            Ready::Planned { reason, .. } => reason.label(),
+            Ready::NoForecast(_) => "no_forecast",
+            Ready::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// A Workload waiting on one of our checks.
+struct Waiting {
+    namespace: String,
+    name: String,
+    uid: String,
+    created: Timestamp,
+    check: String,
+    /// The check's message and last transition as the Workload shows them.
+    message: String,
+    since: Option<String>,
+    spec: WorkloadSpec,
+}
+
+pub struct GreenWindow {
+    client: Client,
+    metrics: Arc<CheckMetrics>,
+    settings: DeferralSettings,
+    rigid: Option<RigidLoad>,
+    rigid_zones: Vec<GridZone>,
+    /// Checks set Ready a moment ago, by Workload uid and check: the watch may still show Pending.
+    done: HashMap<(String, String), std::time::Instant>,
+    /// The planned start each held check's message shows, by Workload uid and check.
+    announced: HashMap<(String, String), Timestamp>,
+}
+
+impl Drop for GreenWindow {
+    /// A former leader holds nothing.
+    fn drop(&mut self) {
+        self.metrics.held.set(0);
+    }
+}
+
+fn api_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
+}
+
+/// A store of Kueue objects and the watch that fills it (they have no Rust type).
+fn cached_dynamic(
+    client: &Client,
+    resource: &ApiResource,
+) -> (
+    Store<DynamicObject>,
+    impl Stream<Item = Result<(), watcher::Error>> + Send + use<>,
+) {
+    let writer = reflector::store::Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .map(|event| event.map(|_| ()));
+    (store, events)
+}
+
+fn notify(
+    tx: watch::Sender<()>,
+    what: &'static str,
+) -> impl FnMut(Result<(), watcher::Error>) -> futures::future::Ready<()> {
+    let mut log = FailureLog::new(
+        format!("kueue green-window: {what}"),
+        " (needs RBAC workloads, admissionchecks, greenwindowconfigs, pods and nodes \
+          get/list/watch, workloads/status and admissionchecks/status patch; Kueue's CRDs \
+          installed), or --kueue-green-window=false",
+    );
+    move |event| {
+        log.see(&event);
+        let _ = tx.send(());
+        futures::future::ready(())
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: Option<&serde_json::Value>) -> Option<T> {
+    serde_json::from_value(value?.clone()).ok()
+}
+
+impl GreenWindow {
+    pub fn new(client: Client, metrics: Arc<CheckMetrics>, settings: DeferralSettings) -> Self {
+        Self {
+            client,
+            metrics,
+            settings,
+            rigid: None,
+            rigid_zones: Vec::new(),
+            done: HashMap::new(),
+            announced: HashMap::new(),
+        }
+    }
+
+    /// Runs until dropped (the caller drops it on losing the Lease).
+    pub async fn run(mut self) {
+        let (changed_tx, mut changed) = watch::channel(());
+        let workload_resource = api_resource("Workload", "workloads");
+        let check_resource = api_resource("AdmissionCheck", "admissionchecks");
+        let (workloads, workload_events) = cached_dynamic(&self.client, &workload_resource);
+        let (checks, check_events) = cached_dynamic(&self.client, &check_resource);
+        let (configs, config_events) = watches::cached(
+            Api::<GreenWindowConfig>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let (pods, pod_events) = watches::cached(
+            Api::<Pod>::all(self.client.clone()),
+            watcher::Config::default()
+                .fields("spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"),
+        );
+        let (nodes, node_events) = watches::cached(
+            Api::<Node>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let (scores, score_events) = watches::cached(
+            Api::<CarbonScore>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let workload_watch = workload_events.for_each(notify(changed_tx.clone(), "Workload"));
+        let check_watch = check_events.for_each(notify(changed_tx.clone(), "AdmissionCheck"));
+        let config_watch = config_events.for_each(notify(changed_tx.clone(), "GreenWindowConfig"));
+        let pod_watch = pod_events.for_each(notify(changed_tx.clone(), "pod"));
+        let node_watch = node_events.for_each(notify(changed_tx.clone(), "node"));
+        let score_watch = score_events.for_each(notify(changed_tx, "CarbonScore"));
+        info!(
+            "kueue: deciding AdmissionChecks of {CONTROLLER_NAME} by the greenest start with room"
+        );
+        let work = async {
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    changed = changed.changed() => if changed.is_err() { return },
+                }
+                let ready = futures::future::join(
+                    futures::future::join3(
+                        workloads.wait_until_ready(),
+                        checks.wait_until_ready(),
+                        configs.wait_until_ready(),
+                    ),
+                    futures::future::join3(
+                        pods.wait_until_ready(),
+                        nodes.wait_until_ready(),
+                        scores.wait_until_ready(),
+                    ),
+                )
+                .await;
+                let ((a, b, c), (d, e, f)) = ready;
+                if [a, b, c, d, e, f].iter().any(Result::is_err) {
+                    return;
+                }
+                let ours = self.our_checks(&checks, &configs).await;
+                self.round(&ours, &workloads, &pods, &nodes, &scores).await;
+            }
+        };
+        tokio::select! {
+            _ = workload_watch => {}
+            _ = check_watch => {}
+            _ = config_watch => {}
+            _ = pod_watch => {}
+            _ = node_watch => {}
+            _ = score_watch => {}
+            _ = work => {}
+        }
+    }
+
+    /// Our AdmissionChecks by name, each with its parameters or why they are unusable;
+    /// marks each Active (Kueue admits nothing through an inactive check). Bad parameters
+    /// keep the check Active: its Workloads are let through with the reason.
+    async fn our_checks(
+        &self,
+        checks: &Store<DynamicObject>,
+        configs: &Store<GreenWindowConfig>,
+    ) -> HashMap<String, Result<Params, String>> {
+        let mut ours = HashMap::new();
+        for check in checks.state() {
+            let Some(spec) = parse::<AdmissionCheckSpec>(check.data.get("spec")) else {
+                continue;
+            };
+            if spec.controller_name != CONTROLLER_NAME {
+                continue;
+            }
+            let name = check.name_any();
+            let params = match &spec.parameters {
+                None => Err(format!(
+                    "AdmissionCheck {name} has no spec.parameters (a GreenWindowConfig)"
+                )),
+                Some(p) if p.api_group != "carbon-kube.io" || p.kind != "GreenWindowConfig" => {
+                    Err(format!(
+                        "AdmissionCheck {name}: spec.parameters names {}/{}, not \
+                         carbon-kube.io/GreenWindowConfig",
+                        p.api_group, p.kind
+                    ))
+                }
+                Some(p) => configs
+                    .state()
+                    .iter()
+                    .find(|c| c.name_any() == p.name)
+                    .map_or_else(
+                        || Err(format!("GreenWindowConfig {} not found", p.name)),
+                        |c| Params::from_spec(&p.name, &c.spec),
+                    ),
+            };
+            self.mark_active(&check).await;
+            ours.insert(name, params);
+        }
+        ours
+    }
+
+    async fn mark_active(&self, check: &DynamicObject) {
+        let active = check.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Active" && c["status"] == "True");
+        if active {
+            return;
+        }
+        let api = Api::<DynamicObject>::all_with(
+            self.client.clone(),
+            &api_resource("AdmissionCheck", "admissionchecks"),
+        );
+        let status = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "AdmissionCheck",
+            "status": { "conditions": [{
+                "type": "Active", "status": "True", "reason": "Active",
+                "message": "carbon-kube's leader decides this check",
+                "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "observedGeneration": check.metadata.generation.unwrap_or(0),
+            }]},
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if let Err(e) = api
+            .patch_status(&check.name_any(), &params, &Patch::Apply(&status))
+            .await
+        {
+            warn!(check = %check.name_any(), error = %e, "kueue: marking the AdmissionCheck Active failed; will retry");
+        }
+    }
+
+    /// One pass over every Workload that waits on one of our checks.
+    async fn round(
+        &mut self,
+        ours: &HashMap<String, Result<Params, String>>,
+        workloads: &Store<DynamicObject>,
+        pods: &Store<Pod>,
+        nodes: &Store<Node>,
+        scores: &Store<CarbonScore>,
+    ) {
+        let now = Timestamp::now();
+        self.done
+            .retain(|_, at| at.elapsed() < Duration::from_secs(30));
+        let (mut zones, zone_of_node) = zone_capacity(
+            scores,
+            nodes,
+            self.settings.default_zone.as_ref(),
+            self.settings.max_age,
+            now,
+        );
+        for pod in pods.state().iter().filter(|p| !is_terminal(p)) {
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
+            if let Some(&index) = node.and_then(|n| zone_of_node.get(n)) {
+                zones[index].requested += pod_cpu_request(pod);
+            }
+        }
+        let names: Vec<GridZone> = zones.iter().map(|z| z.zone.clone()).collect();
+        if self.rigid.is_none() || self.rigid_zones != names {
+            let per_hour = (3600 / TICK.as_secs()) as u32;
+            self.rigid = Some(RigidLoad::new(names.len(), RIGID_MEMORY_WEEKS * per_hour));
+            self.rigid_zones = names;
+        }
+        // Zones a pin can name: those whose nodes carry the grid-zone label.
+        let labelled: HashSet<String> = nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.labels().get(crate::zones::GRID_ZONE_LABEL).cloned())
+            .collect();
+        let zones_with_nodes = zones.iter().filter(|z| z.allocatable > 0.0).count();
+
+        let mut planned: Vec<(Waiting, Ask)> = Vec::new();
+        for waiting in self.waiting(ours, workloads) {
+            let Some(Ok(params)) = ours.get(&waiting.check) else {
+                let why = match ours.get(&waiting.check) {
+                    Some(Err(why)) => why.clone(),
+                    _ => format!("AdmissionCheck {} is not ours", waiting.check),
+                };
+                self.ready(&waiting, Ready::Invalid(why), None, now).await;
+                continue;
+            };
+            match request(params, &waiting.spec, waiting.created) {
+                Ok(request) => {
+                    let vcpus = waiting.spec.vcpus();
+                    planned.push((waiting, Ask { request, vcpus }));
+                }
+                Err(why) => self.ready(&waiting, Ready::Invalid(why), None, now).await,
+            }
+        }
+        let asks: Vec<Ask> = planned.iter().map(|(_, a)| a.clone()).collect();
+        let rigid = self.rigid.as_mut().expect("set above");
+        let round = plan_round(
+            &self.settings.round,
+            now,
+            &zones,
+            &asks,
+            rigid,
+            Duration::ZERO,
+        );
+        // Slots run from now, so a standing plan's start moves by less than a slot each round.
+        let step = jiff::SignedDuration::try_from(round.step).unwrap_or_default();
+        let mut held = 0;
+        let mut holding = HashSet::new();
+        for (i, (waiting, ask)) in planned.iter().enumerate() {
+            match &round.decisions[i] {
+                Decision::Hold {
+                    start_at,
+                    zone,
+                    now_mean,
+                    planned_mean,
+                } => {
+                    held += 1;
+                    let key = (waiting.uid.clone(), waiting.check.clone());
+                    holding.insert(key.clone());
+                    let moved = self
+                        .announced
+                        .get(&key)
+                        .is_none_or(|shown| shown.duration_since(*start_at).abs() >= step);
+                    if !moved && !waiting.message.is_empty() {
+                        continue;
+                    }
+                    let start_at = &start_at.round(jiff::Unit::Second).unwrap_or(*start_at);
+                    let message = format!(
+                        "Waiting for greener power: planned start {start_at} in zone {zone}, \
+                         booked within its free CPU ({planned_mean:.0} gCO2/kWh forecast on \
+                         average over {} vs {now_mean:.0} starting now, {} vCPU). Ready by {} \
+                         at the latest.",
+                        human(ask.request.duration),
+                        ask.vcpus,
+                        ask.request.latest_start,
+                    );
+                    info!(workload = %format!("{}/{}", waiting.namespace, waiting.name), start_at = %start_at, zone = %zone, "kueue: holding workload");
+                    if self.write(waiting, "Pending", &message, Vec::new()).await {
+                        self.announced.insert(key, *start_at);
+                    }
+                }
+                Decision::Release {
+                    reason,
+                    zone,
+                    now_mean,
+                } => {
+                    // Pinned only where there is a choice of zone and the Workload left it to us.
+                    let pin = zone.clone().filter(|z| {
+                        zones_with_nodes > 1
+                            && ask.request.zone.is_none()
+                            && labelled.contains(&z.to_string())
+                    });
+                    let ready = Ready::Planned {
+                        reason: *reason,
+                        zone: zone.clone(),
+                        now_mean: *now_mean,
+                    };
+                    self.ready(waiting, ready, pin, now).await;
+                }
+                Decision::NoForecast(why) => {
+                    self.ready(waiting, Ready::NoForecast(why.clone()), None, now)
+                        .await;
+                }
+            }
+        }
+        self.announced.retain(|key, _| holding.contains(key));
+        self.metrics.held.set(held);
+    }
+
+    /// Workloads with quota reserved whose check of ours is Pending.
+    fn waiting(
+        &self,
+        ours: &HashMap<String, Result<Params, String>>,
+        workloads: &Store<DynamicObject>,
+    ) -> Vec<Waiting> {
+        let mut all = Vec::new();
+        for workload in workloads.state() {
+            if workload.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let status: WorkloadStatus = parse(workload.data.get("status")).unwrap_or_default();
+            if !status.awaits_checks() {
+                continue;
+            }
+            let Some(spec) = parse::<WorkloadSpec>(workload.data.get("spec")) else {
+                continue;
+            };
+            let uid = workload.uid().unwrap_or_default();
+            for check in ours.keys() {
+                let Some(state) = status.check(check).filter(|s| s.state == "Pending") else {
+                    continue;
+                };
+                if self.done.contains_key(&(uid.clone(), check.clone())) {
+                    continue;
+                }
+                all.push(Waiting {
+                    namespace: workload.namespace().unwrap_or_default(),
+                    name: workload.name_any(),
+                    uid: uid.clone(),
+                    created: workload
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map_or_else(Timestamp::now, |t| t.0),
+                    check: check.clone(),
+                    message: state.message.clone(),
+                    since: state.last_transition_time.clone(),
+                    spec: spec.clone(),
+                });
+            }
+        }
+        // Oldest first, as Kueue queues them: the planner's ties keep this order.
+        all.sort_by_key(|w| w.created);
+        all
+    }
+
+    async fn ready(
+        &mut self,
+        waiting: &Waiting,
+        ready: Ready,
+        pin: Option<GridZone>,
+        now: Timestamp,
+    ) {
+        let waited = now.duration_since(waiting.created).as_secs_f64().max(0.0);
+        let waited_text = human(Duration::from_secs(waited as u64));
+        let pin_text = pin.as_ref().map_or(String::new(), |z| {
+            format!(
+                " Its pods are pinned to zone {z} ({}={z}).",
+                crate::zones::GRID_ZONE_LABEL
+            )
+        });
+        let message = match &ready {
+            Ready::Planned {
+                reason,
+                zone,
+                now_mean,
+            } => {
+                let zone_text = zone.as_ref().map_or_else(
+                    || "no zone has room now".to_string(),
+                    |z| format!("booked in zone {z}"),
+                );
+                let mean_text = now_mean.map_or(String::new(), |m| {
+                    format!(", {m:.0} gCO2/kWh forecast on average over the run")
+                });
+                let why = match reason {
+                    ReleaseReason::Greenest => {
+                        "now is the greenest start with free CPU before the latest start"
+                    }
+                    ReleaseReason::GainWithinError => {
+                        "a later start is forecast cheaper, but by less than the forecast's error"
+                    }
+                    ReleaseReason::Deadline => {
+                        "its latest start is less than the planner's margin away"
+                    }
+                    ReleaseReason::NoRoom => {
+                        "no window before its latest start has free CPU for it; waiting would only risk the deadline"
+                    }
+                };
+                format!("Ready after {waited_text}: {why} ({zone_text}{mean_text}).{pin_text}")
+            }
+            Ready::NoForecast(why) => {
+                format!(
+                    "Ready at once without waiting for greener power: {why}. Availability wins."
+                )
+            }
+            Ready::Invalid(why) => {
+                format!("Ready at once without waiting for greener power: {why}.")
+            }
+        };
+        let updates = pin
+            .as_ref()
+            .map_or_else(Vec::new, |zone| pin_updates(&waiting.spec, zone));
+        if self.write(waiting, "Ready", &message, updates).await {
+            self.done.insert(
+                (waiting.uid.clone(), waiting.check.clone()),
+                std::time::Instant::now(),
+            );
+            self.metrics.ready.with_label_values(&[ready.label()]).inc();
+            self.metrics.held_seconds.observe(waited);
+            info!(workload = %format!("{}/{}", waiting.namespace, waiting.name), reason = ready.label(), waited_seconds = waited as u64, "kueue: check ready");
+        }
+    }
+
+    /// Server-side apply of our check's entry in the Workload's status (a list map keyed
+    /// by name: Kueue's own entries and other checks' stay as they are).
+    async fn write(
+        &self,
+        waiting: &Waiting,
+        state: &str,
+        message: &str,
+        pod_set_updates: Vec<serde_json::Value>,
+    ) -> bool {
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &waiting.namespace,
+            &api_resource("Workload", "workloads"),
+        );
+        let mut entry = json!({
+            "name": waiting.check,
+            "state": state,
+            "message": message,
+            // A new message on a check still Pending is no transition.
+            "lastTransitionTime": match (&waiting.since, state) {
+                (Some(since), "Pending") => since.clone(),
+                _ => Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
+        });
+        if !pod_set_updates.is_empty() {
+            entry["podSetUpdates"] = json!(pod_set_updates);
+        }
+        let status = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Workload",
+            "status": { "admissionChecks": [entry] },
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&waiting.name, &params, &Patch::Apply(&status))
+            .await
+        {
+            Ok(_) => true,
+            Err(kube::Error::Api(status)) if status.code == 404 => false,
+            Err(e) => {
+                warn!(workload = %format!("{}/{}", waiting.namespace, waiting.name), error = %e, "kueue: writing the check state failed; will retry");
+                false
+            }
+        }
+    }
+}
+
+/// Runs the controller while this agent leads, and drops it the moment it does not.
+pub async fn while_leader(
+    mut is_leader: watch::Receiver<bool>,
+    client: Client,
+    metrics: Arc<CheckMetrics>,
+    settings: DeferralSettings,
+) {
+    loop {
+        if is_leader.wait_for(|leader| *leader).await.is_err() {
+            return;
+        }
+        let controller = GreenWindow::new(client.clone(), metrics.clone(), settings.clone());
+        tokio::select! {
+            _ = controller.run() => {}
+            _ = is_leader.wait_for(|leader| !*leader) => {}
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! Batch admission with real Kueue (v0.17.0, built from its Go module into the test
+//! control-plane binary) on the real control plane: Jobs queued through a LocalQueue and
+//! a ClusterQueue.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::cluster::{ControlPlane, wait_for};
+use support::kueue::{Kueue, is_true, job, queues, workload_of};
+
+fn job_json(cp: &ControlPlane, name: &str) -> Value {
+    cp.kubectl_json(&["get", "job", name])
+}
+
+fn suspended(cp: &ControlPlane, name: &str) -> bool {
+    job_json(cp, name)["spec"]["suspend"] == Value::Bool(true)
+}
+
+fn wait_admitted(cp: &ControlPlane, name: &str) -> Value {
+    wait_for(
+        &format!("the Workload of Job {name} admitted"),
+        Duration::from_secs(60),
+        || workload_of(cp, "default", name).filter(|w| is_true(w, "Admitted")),
+    )
+}
+
+#[test]
+fn a_queued_job_is_suspended_until_kueue_admits_it_within_quota() {
+    let cp = ControlPlane::start();
+    let _kueue = Kueue::start(&cp);
+    // One CPU of quota: the second one-CPU Job waits for the first.
+    cp.apply(&queues("batch", "work", "default", "1", &[]));
+    wait_for("ClusterQueue batch active", Duration::from_secs(30), || {
+        let cq = cp.kubectl_json(&["get", "clusterqueues.kueue.x-k8s.io", "batch"]);
+        is_true(&cq, "Active").then_some(())
+    });
+
+    cp.apply(&job("first", "default", "work", 1, "1").to_string());
+    // Kueue's webhook suspended it at creation: no pod may start before admission.
+    let created = job_json(&cp, "first");
+    assert_eq!(created["spec"]["suspend"], Value::Bool(true), "{created}");
+    let workload = wait_admitted(&cp, "first");
+    assert_eq!(
+        workload["status"]["admission"]["clusterQueue"], "batch",
+        "{workload}"
+    );
+    wait_for("Job first unsuspended", Duration::from_secs(30), || {
+        (!suspended(&cp, "first")).then_some(())
+    });
+
+    cp.apply(&job("second", "default", "work", 1, "1").to_string());
+    let pending = wait_for(
+        "the Workload of Job second, pending for quota",
+        Duration::from_secs(30),
+        || {
+            workload_of(&cp, "default", "second").filter(|w| {
+                w["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            })
+        },
+    );
+    assert!(!is_true(&pending, "QuotaReserved"), "{pending}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(suspended(&cp, "second"), "second ran past the quota");
+    assert!(!is_true(
+        &workload_of(&cp, "default", "second").unwrap_or_default(),
+        "Admitted"
+    ));
+
+    // The first Job's quota comes back when it is gone: the second is admitted.
+    cp.kubectl_ok(&["delete", "job", "first", "--wait=false"]);
+    wait_admitted(&cp, "second");
+    wait_for("Job second unsuspended", Duration::from_secs(30), || {
+        (!suspended(&cp, "second")).then_some(())
+    });
+}
+
+// ---------------------------------------------------------------------------
+// carbon-kube's green-window AdmissionCheck, decided by the leader.
+// ---------------------------------------------------------------------------
+
+mod green_window {
+    use std::time::{Duration, Instant};
+
+    use jiff::{SignedDuration, Timestamp};
+    use serde_json::{Value, json};
+
+    use super::support::cluster::{Agent, ControlPlane, wait_for};
+    use super::support::kueue::{API, Kueue, is_true, job, queues, workload_of};
+    use super::support::scenario::{Cluster, cluster_with_intensity, leader};
+
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// A compressed clock: forecast points this many seconds apart stand for hours.
+    const SLOT: i64 = 10;
+
+    fn every(first: Timestamp, values: &[f64]) -> Vec<(Timestamp, f64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (first + SignedDuration::from_secs(SLOT * k as i64), *v))
+            .collect()
+    }
+
+    /// Our parameters CRD, then a GreenWindowConfig, an AdmissionCheck using it, and queues
+    /// `cq-NAME` / `lq-NAME` with that check and 8 CPUs of quota.
+    fn green_queue(cp: &ControlPlane, name: &str, config: Value) {
+        let config = json!({
+            "apiVersion": "carbon-kube.io/v1alpha1", "kind": "GreenWindowConfig",
+            "metadata": { "name": name }, "spec": config,
+        });
+        let check = json!({
+            "apiVersion": API, "kind": "AdmissionCheck",
+            "metadata": { "name": name },
+            "spec": {
+                "controllerName": "carbon-kube.io/green-window",
+                "parameters": { "apiGroup": "carbon-kube.io", "kind": "GreenWindowConfig", "name": name },
+            },
+        });
+        cp.apply(&format!("{config}\n---\n{check}"));
+        cp.apply(&queues(
+            &format!("cq-{name}"),
+            &format!("lq-{name}"),
+            "default",
+            "8",
+            &[name],
+        ));
+        wait_for(
+            &format!("ClusterQueue cq-{name} active (our check marked Active)"),
+            Duration::from_secs(40),
+            || {
+                let cq = cp.kubectl_json(&[
+                    "get",
+                    "clusterqueues.kueue.x-k8s.io",
+                    &format!("cq-{name}"),
+                ]);
+                is_true(&cq, "Active").then_some(())
+            },
+        );
+    }
+
+    fn install_parameters_crd(cp: &ControlPlane) {
+        let crd = std::process::Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+            .arg("kueue-crd")
+            .output()
+            .expect("carbon-kube kueue-crd");
+        assert!(crd.status.success());
+        cp.apply(&String::from_utf8_lossy(&crd.stdout));
+        cp.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/greenwindowconfigs.carbon-kube.io",
+            "--timeout=30s",
+        ]);
+    }
+
+    async fn green_cluster(
+        nodes: &[(&str, &str)],
+        intensity: &[(&str, f64)],
+        extra: &[&str],
+    ) -> (Cluster, Kueue) {
+        let mut args = vec!["--kueue-green-window", "--deferral-margin=0s"];
+        args.extend_from_slice(extra);
+        let cluster = cluster_with_intensity(nodes, intensity, &args).await;
+        let kueue = tokio::task::block_in_place(|| {
+            install_parameters_crd(&cluster.cp);
+            Kueue::start(&cluster.cp)
+        });
+        (cluster, kueue)
+    }
+
+    /// Our check's entry in the Workload's status.
+    fn our_check(workload: &Value, name: &str) -> Option<Value> {
+        workload["status"]["admissionChecks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+    }
+
+    fn time_in(message: &str, after: &str) -> Timestamp {
+        let rest = message.split(after).nth(1).expect(after);
+        rest.split_whitespace()
+            .next()
+            .and_then(|t| t.trim_end_matches(['.', ',']).parse().ok())
+            .unwrap_or_else(|| panic!("no time after {after:?} in {message:?}"))
+    }
+
+    fn sample(agent: &Agent, name: &str, label: &str) -> Option<f64> {
+        let text = agent.metrics()?;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_is_admitted_at_the_planned_green_hour_not_before_and_pinned_to_that_zone() {
+        let _serial = SERIAL.lock().await;
+        let (
+            Cluster {
+                cp,
+                api,
+                mut agents,
+            },
+            _kueue,
+        ) = green_cluster(
+            &[("d1", "DE"), ("f1", "FR")],
+            &[("DE", 500.0), ("FR", 400.0)],
+            &[],
+        )
+        .await;
+        // DE turns green after five slots, for six; FR stays at 400.
+        let first = Timestamp::now();
+        let green_from = first + SignedDuration::from_secs(SLOT * 5);
+        let mut de = vec![500.0; 5];
+        de.extend([50.0; 6]);
+        de.extend([500.0; 10]);
+        api.set_forecast("DE", &every(first, &de));
+        api.set_forecast("FR", &every(first, &[400.0; 21]));
+        tokio::task::block_in_place(|| {
+            wait_for(
+                "DE's forecast in its CarbonScore",
+                Duration::from_secs(40),
+                || {
+                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
+                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(50.0)).then_some(())
+                },
+            );
+            green_queue(
+                &cp,
+                "night",
+                json!({ "maxDelay": "3m", "defaultDuration": "20s" }),
+            );
+            let submitted = Instant::now();
+            cp.apply(&job("render", "default", "lq-night", 1, "1").to_string());
+
+            let held = wait_for(
+                "the check Pending with a plan",
+                Duration::from_secs(30),
+                || {
+                    let w = workload_of(&cp, "default", "render")?;
+                    our_check(&w, "night").filter(|c| {
+                        c["state"] == "Pending"
+                            && c["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("planned start"))
+                    })
+                },
+            );
+            let message = held["message"].as_str().unwrap_or_default().to_string();
+            assert!(message.contains("in zone DE"), "{message}");
+            let planned = time_in(&message, "planned start ");
+            assert!(
+                planned >= green_from - SignedDuration::from_secs(SLOT),
+                "planned {planned}, green from {green_from}: {message}"
+            );
+            let lead = leader(&mut agents).expect("a leader");
+            assert_eq!(
+                sample(&agents[lead], "carbon_kube_kueue_workloads_held", ""),
+                Some(1.0)
+            );
+
+            // Not before: the Job stays suspended and the Workload unadmitted until the plan.
+            let admitted = wait_for("the Workload admitted", Duration::from_secs(120), || {
+                let w = workload_of(&cp, "default", "render")?;
+                if is_true(&w, "Admitted") {
+                    return Some(Timestamp::now());
+                }
+                let job = cp.kubectl_json(&["get", "job", "render"]);
+                assert_eq!(
+                    job["spec"]["suspend"],
+                    Value::Bool(true),
+                    "ran before admission"
+                );
+                None
+            });
+            // Slots run from now in steps of the forecast's spacing, so the release lands in
+            // the slot of the planned start: at most one slot early.
+            let early = planned.duration_since(admitted);
+            assert!(
+                early < SignedDuration::from_secs(SLOT),
+                "admitted at {admitted}, {early:?} before the planned start {planned}"
+            );
+            let delay = admitted.duration_since(planned);
+            let w = workload_of(&cp, "default", "render").expect("workload");
+            let ready = our_check(&w, "night").expect("our check");
+            assert_eq!(ready["state"], "Ready", "{ready}");
+            let text = ready["message"].as_str().unwrap_or_default();
+            assert!(
+                text.contains("greenest start") && text.contains("zone DE"),
+                "{text}"
+            );
+            // The cluster spans two zones: the pods are pinned to the booked one.
+            let job = wait_for("Job render unsuspended", Duration::from_secs(30), || {
+                let job = cp.kubectl_json(&["get", "job", "render"]);
+                (job["spec"]["suspend"] == Value::Bool(false)).then_some(job)
+            });
+            assert_eq!(
+                job["spec"]["template"]["spec"]["nodeSelector"]["carbon-kube.io/grid-zone"], "DE",
+                "{job}"
+            );
+            let lead = leader(&mut agents).expect("a leader");
+            let lead = &agents[lead];
+            assert_eq!(
+                sample(lead, "carbon_kube_kueue_workloads_held", ""),
+                Some(0.0)
+            );
+            assert_eq!(
+                sample(
+                    lead,
+                    "carbon_kube_kueue_checks_ready_total",
+                    "reason=\"greenest_now\""
+                ),
+                Some(1.0)
+            );
+            println!(
+                "kueue green-window: planned start {planned} (green from {green_from}, slot {SLOT} s); \
+                 admitted {:+.1} s from the planned start, {:+.1} s from the start of the green \
+                 period, {:.1} s after submission",
+                delay.as_secs_f64(),
+                admitted.duration_since(green_from).as_secs_f64(),
+                submitted.elapsed().as_secs_f64()
+            );
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_is_admitted_by_its_latest_start_even_if_greener_later() {
+        let _serial = SERIAL.lock().await;
+        let (
+            Cluster {
+                cp,
+                api,
+                agents: _agents,
+            },
+            _kueue,
+        ) = green_cluster(&[("d1", "DE")], &[("DE", 500.0)], &["--deferral-k-sigma=0"]).await;
+        // Greener with every slot, well past the 40 s maximum delay: the best start the
+        // Workload may take is its latest.
+        let first = Timestamp::now();
+        let de: Vec<f64> = (0..14).map(|k| 500.0 - 20.0 * f64::from(k)).collect();
+        api.set_forecast("DE", &every(first, &de));
+        tokio::task::block_in_place(|| {
+            wait_for(
+                "DE's forecast in its CarbonScore",
+                Duration::from_secs(40),
+                || {
+                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
+                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(240.0)).then_some(())
+                },
+            );
+            green_queue(
+                &cp,
+                "late",
+                json!({ "zone": "DE", "maxDelay": "40s", "defaultDuration": "10s" }),
+            );
+            cp.apply(&job("report", "default", "lq-late", 1, "500m").to_string());
+            let created: Timestamp = wait_for("the Workload", Duration::from_secs(30), || {
+                workload_of(&cp, "default", "report")
+            })["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("creationTimestamp");
+            let latest = created + SignedDuration::from_secs(40);
+            let held = wait_for(
+                "the check Pending with a plan",
+                Duration::from_secs(30),
+                || {
+                    our_check(&workload_of(&cp, "default", "report")?, "late").filter(|c| {
+                        c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("planned start"))
+                    })
+                },
+            );
+            let message = held["message"].as_str().unwrap_or_default().to_string();
+            assert_eq!(time_in(&message, "Ready by "), latest, "{message}");
+            let admitted = wait_for("the Workload admitted", Duration::from_secs(90), || {
+                let w = workload_of(&cp, "default", "report")?;
+                is_true(&w, "Admitted").then(|| (Timestamp::now(), w))
+            });
+            let (admitted_at, w) = admitted;
+            let ready = our_check(&w, "late").expect("our check");
+            let ready_at: Timestamp = ready["lastTransitionTime"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("lastTransitionTime");
+            // Never after the latest start (second resolution of the API's times).
+            assert!(
+                ready_at <= latest,
+                "Ready at {ready_at}, latest start {latest}: {ready}"
+            );
+            assert!(
+                ready_at >= latest - SignedDuration::from_secs(SLOT + 2),
+                "Ready at {ready_at}, long before the latest start {latest}: {ready}"
+            );
+            let text = ready["message"].as_str().unwrap_or_default();
+            assert!(text.contains("latest start"), "{text}");
+            println!(
+                "kueue green-window: greener after the latest start; check Ready {:.0} s before the latest start, \
+                 Workload admitted {:+.1} s from it",
+                latest.duration_since(ready_at).as_secs_f64(),
+                admitted_at.duration_since(latest).as_secs_f64()
+            );
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_input_is_made_ready_at_once_with_a_message_on_the_workload() {
+        let _serial = SERIAL.lock().await;
+        let (Cluster { cp, api, mut agents }, _kueue) =
+            // The local API dates each reading at the start of its hour (as Electricity Maps
+            // does), so with a one-second --max-age every CarbonScore is stale data.
+            green_cluster(&[("d1", "DE")], &[("DE", 500.0)], &["--max-age=1s"]).await;
+        let first = Timestamp::now();
+        let mut de = vec![500.0; 6];
+        de.extend([40.0; 30]);
+        api.set_forecast("DE", &every(first, &de));
+        tokio::task::block_in_place(|| {
+            wait_for(
+                "DE's forecast in its CarbonScore",
+                Duration::from_secs(40),
+                || {
+                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
+                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(40.0)).then_some(())
+                },
+            );
+            green_queue(&cp, "broken", json!({ "maxDelay": "soon" }));
+            green_queue(&cp, "nowhere", json!({ "zone": "PL", "maxDelay": "1h" }));
+            green_queue(&cp, "fine", json!({ "zone": "DE", "maxDelay": "1h" }));
+            let mut bad_annotation = job("typo", "default", "lq-fine", 1, "100m");
+            bad_annotation["spec"]["template"]["metadata"] =
+                json!({ "annotations": { "carbon-kube.io/duration": "a while" } });
+            let cases = [
+                (
+                    job("broken", "default", "lq-broken", 1, "100m"),
+                    "broken",
+                    "GreenWindowConfig broken: spec.maxDelay \"soon\"",
+                ),
+                (
+                    job("nowhere", "default", "lq-nowhere", 1, "100m"),
+                    "nowhere",
+                    "no CarbonScore for zone PL",
+                ),
+                (
+                    bad_annotation,
+                    "fine",
+                    "annotation carbon-kube.io/duration=\"a while\"",
+                ),
+            ];
+            for (job, _, _) in &cases {
+                cp.apply(&job.to_string());
+            }
+            for (job, check, says) in &cases {
+                let name = job["metadata"]["name"].as_str().unwrap_or_default();
+                let w = wait_for(
+                    &format!("{name} admitted at once"),
+                    Duration::from_secs(30),
+                    || workload_of(&cp, "default", name).filter(|w| is_true(w, "Admitted")),
+                );
+                let state = our_check(&w, check).expect("our check");
+                let message = state["message"].as_str().unwrap_or_default();
+                assert_eq!(state["state"], "Ready", "{state}");
+                assert!(
+                    message.contains("Ready at once") && message.contains(says),
+                    "{name}: {message}"
+                );
+            }
+
+            // A well-formed request in a known zone, on stale data.
+            cp.apply(&job("stale", "default", "lq-fine", 1, "100m").to_string());
+            let w = wait_for("stale admitted at once", Duration::from_secs(30), || {
+                workload_of(&cp, "default", "stale").filter(|w| is_true(w, "Admitted"))
+            });
+            let message = our_check(&w, "fine").expect("our check")["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(message.contains("carbon data of zone DE is"), "{message}");
+
+            let lead = leader(&mut agents).expect("a leader");
+            let lead = &agents[lead];
+            assert_eq!(
+                sample(
+                    lead,
+                    "carbon_kube_kueue_checks_ready_total",
+                    "reason=\"invalid\""
+                ),
+                Some(2.0)
+            );
+            assert_eq!(
+                sample(
+                    lead,
+                    "carbon_kube_kueue_checks_ready_total",
+                    "reason=\"no_forecast\""
+                ),
+                Some(2.0)
+            );
+            assert_eq!(
+                sample(lead, "carbon_kube_kueue_workloads_held", ""),
+                Some(0.0)
+            );
+        });
+    }
+}
+
+#[test]
+fn chart_green_window_crd_is_the_binarys_crd() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+        .arg("kueue-crd")
+        .output()
+        .expect("carbon-kube kueue-crd");
+    assert!(out.status.success());
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/helm/carbon-kube/files/greenwindowconfigs.carbon-kube.io.yaml");
+    let checked_in = std::fs::read_to_string(&file).expect("the chart's copy");
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == checked_in,
+        "{} differs from `carbon-kube kueue-crd`: run `cargo run -- kueue-crd > {}`",
+        file.display(),
+        file.display()
+    );
+}
