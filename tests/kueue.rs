@@ -408,6 +408,111 @@ mod green_window {
         });
     }
 
+    /// The agent with the chart's RBAC (kueue.enabled) and a node-bound service-account
+    /// token, as in a cluster: it marks its check Active and decides a Workload, and may write
+    /// nothing of Kueue's but the two statuses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_the_charts_rbac_the_agent_decides_checks_and_writes_only_statuses() {
+        use super::support::carbon_api::{CarbonApi, EM_TOKEN};
+        use super::support::deploy::{
+            AGENT_SA, NAMESPACE, kubectl_as, require_helm, service_account_kubeconfig, template_ok,
+        };
+        use super::support::scenario::agent_args;
+        let _serial = SERIAL.lock().await;
+        require_helm();
+        let api = CarbonApi::start().await;
+        api.set_intensity("DE", 100.0);
+        tokio::task::block_in_place(|| {
+            let cp = ControlPlane::start();
+            cp.create_node("n1", &[("carbon-kube.io/grid-zone", "DE")]);
+            let _kueue = Kueue::start(&cp);
+            cp.apply(&template_ok(&[
+                "--set",
+                "kueue.enabled=true",
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+                "--show-only",
+                "templates/crd-kueue.yaml",
+            ]));
+            cp.kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/greenwindowconfigs.carbon-kube.io",
+                "--timeout=30s",
+            ]);
+            let agent_kc =
+                service_account_kubeconfig(&cp, NAMESPACE, AGENT_SA, Some(("Node", "n1")));
+            let can = |args: &[&str]| {
+                let mut all = vec!["auth", "can-i"];
+                all.extend_from_slice(args);
+                String::from_utf8_lossy(&kubectl_as(&agent_kc, &all).stdout)
+                    .trim()
+                    .to_string()
+            };
+            for allowed in [
+                &[
+                    "patch",
+                    "workloads.kueue.x-k8s.io",
+                    "--subresource=status",
+                    "-A",
+                ][..],
+                &[
+                    "patch",
+                    "admissionchecks.kueue.x-k8s.io",
+                    "--subresource=status",
+                ],
+                &["watch", "workloads.kueue.x-k8s.io", "-A"],
+                &["list", "greenwindowconfigs.carbon-kube.io"],
+            ] {
+                assert_eq!(can(allowed), "yes", "{allowed:?}");
+            }
+            for denied in [
+                &["patch", "workloads.kueue.x-k8s.io", "-A"][..],
+                &["delete", "workloads.kueue.x-k8s.io", "-A"],
+                &["patch", "admissionchecks.kueue.x-k8s.io"],
+                &[
+                    "patch",
+                    "clusterqueues.kueue.x-k8s.io",
+                    "--subresource=status",
+                ],
+                &["create", "greenwindowconfigs.carbon-kube.io"],
+                &["patch", "pods", "-A"],
+            ] {
+                assert_eq!(can(denied), "no", "{denied:?}");
+            }
+
+            let key_file = cp.dir.join("electricity-maps-token");
+            std::fs::write(&key_file, EM_TOKEN).expect("key file");
+            let args = agent_args(&api, &["--kueue-green-window", "--deferral=false"]);
+            let agent = Agent::spawn(
+                &cp,
+                "n1",
+                &args,
+                &[
+                    ("KUBECONFIG", agent_kc.to_str().expect("utf-8 path")),
+                    (
+                        "ELECTRICITY_MAPS_TOKEN_FILE",
+                        key_file.to_str().expect("utf-8 path"),
+                    ),
+                ],
+            );
+            green_queue(&cp, "rbac", json!({ "zone": "DE", "maxDelay": "1h" }));
+            cp.apply(&job("flat", "default", "lq-rbac", 1, "100m").to_string());
+            let w = wait_for("flat admitted", Duration::from_secs(60), || {
+                workload_of(&cp, "default", "flat").filter(|w| is_true(w, "Admitted"))
+            });
+            let state = our_check(&w, "rbac").expect("our check");
+            assert_eq!(state["state"], "Ready", "{state}");
+            let log = agent.output();
+            assert!(
+                !log.contains("Forbidden") && !log.contains("forbidden"),
+                "the agent hit a permission error:\n{log}"
+            );
+        });
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_input_is_made_ready_at_once_with_a_message_on_the_workload() {
         let _serial = SERIAL.lock().await;
