@@ -19,6 +19,7 @@ pub mod crd;
 pub mod deferral;
 pub mod election;
 pub mod emissions;
+pub mod events;
 pub mod host;
 pub mod kueue;
 pub mod metrics;

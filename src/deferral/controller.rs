@@ -10,10 +10,10 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -24,6 +24,7 @@ use super::{
 };
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
+use crate::events::{PodEvents, pod_key};
 use crate::metrics::Metrics;
 use crate::planner::{ExpectedWait, ReleaseReason, RigidLoad};
 use crate::power::PowerCoefficients;
@@ -42,7 +43,6 @@ const FIELD_MANAGER: &str = "carbon-kube-leader";
 /// The watch may show a released pod's gate for a moment: do not release it twice.
 const RELEASE_GRACE: Duration = Duration::from_secs(30);
 /// Events and metrics name the component this way.
-pub const CONTROLLER: &str = "carbon-kube";
 /// Weeks the learned non-deferred load per hour of week remembers.
 const RIGID_MEMORY_WEEKS: u32 = 4;
 
@@ -100,7 +100,7 @@ pub struct Deferral {
     client: Client,
     metrics: Arc<Metrics>,
     settings: DeferralSettings,
-    recorder: Recorder,
+    events: PodEvents,
     held: HashMap<String, Held>,
     /// Pods released recently, by uid.
     released: HashMap<String, Released>,
@@ -186,18 +186,12 @@ pub fn zone_capacity(
 
 impl Deferral {
     pub fn new(client: Client, metrics: Arc<Metrics>, settings: DeferralSettings) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: CONTROLLER.into(),
-                instance: Some(settings.identity.clone()),
-            },
-        );
+        let events = PodEvents::new(client.clone(), &settings.identity, "deferral");
         Self {
             client,
             metrics,
             settings,
-            recorder,
+            events,
             held: HashMap::new(),
             released: HashMap::new(),
             rigid: None,

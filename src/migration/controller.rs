@@ -9,10 +9,10 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::EvictParams;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -22,7 +22,8 @@ use super::{
 };
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
-use crate::deferral::controller::{CONTROLLER, human};
+use crate::deferral::controller::human;
+use crate::events::{PodEvents, pod_key};
 use crate::metrics::Metrics;
 use crate::watches::{self, FailureLog};
 use crate::zones;
@@ -49,7 +50,7 @@ pub struct Migrator {
     node_name: String,
     metrics: Arc<Metrics>,
     settings: MigrationSettings,
-    recorder: Recorder,
+    events: PodEvents,
     limiter: RateLimiter,
     /// Pods not to try again before the instant.
     retry_at: HashMap<String, Instant>,
@@ -57,10 +58,6 @@ pub struct Migrator {
     first_seen_tainted: Option<Timestamp>,
     /// The last reason for doing nothing, so it is logged once.
     idle_reason: String,
-}
-
-fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
 impl Migrator {
@@ -86,20 +83,14 @@ impl Migrator {
         metrics: Arc<Metrics>,
         settings: MigrationSettings,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: CONTROLLER.into(),
-                instance: Some(settings.identity.clone()),
-            },
-        );
+        let events = PodEvents::new(client.clone(), &settings.identity, "migration");
         Self {
             client,
             node_name: node_name.to_string(),
             metrics,
             limiter: RateLimiter::new(settings.max_evictions_per_hour),
             settings,
-            recorder,
+            events,
             retry_at: HashMap::new(),
             first_seen_tainted: None,
             idle_reason: String::new(),
@@ -299,16 +290,7 @@ impl Migrator {
     }
 
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Evict".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            warn!(pod = %pod_key(pod), error = %e, "migration: recording an event failed (RBAC: events.k8s.io events create/patch)");
-        }
+        self.events.publish(pod, type_, reason, "Evict", note).await;
     }
 }
 

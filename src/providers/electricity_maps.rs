@@ -154,11 +154,7 @@ pub fn parse_latest(zone: &GridZone, latest: Latest) -> Result<Reading, Provider
         grams_per_kwh: check_intensity(value).map_err(ProviderError::Invalid)?,
         source: NAME.to_string(),
         observed_at: latest.datetime,
-        kind: if latest.is_estimated.unwrap_or(false) {
-            SourceKind::Estimated
-        } else {
-            SourceKind::Measured
-        },
+        kind: SourceKind::live(latest.is_estimated.unwrap_or(false)),
         forecast: Vec::new(),
     })
 }

@@ -340,9 +340,7 @@ pub fn estimate(
 mod tests {
     use super::*;
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::testing::at as ts;
 
     fn grid(sky: &str, wind: &str) -> GridBody {
         let body = format!(

@@ -180,9 +180,10 @@ fn reading(zone: &GridZone, slots: &[Slot], now: Timestamp) -> Result<Reading, P
         .iter()
         .filter(|s| s.from > current.from)
         .filter_map(|s| {
-            s.intensity.forecast.map(|grams_per_kwh| ForecastPoint {
-                at: s.from,
-                grams_per_kwh,
+            let at = s.from;
+            s.intensity.forecast.map(|g| ForecastPoint {
+                at,
+                grams_per_kwh: g,
             })
         })
         .collect();
@@ -191,11 +192,7 @@ fn reading(zone: &GridZone, slots: &[Slot], now: Timestamp) -> Result<Reading, P
         grams_per_kwh,
         source: NAME.to_string(),
         observed_at: current.from,
-        kind: if estimated {
-            SourceKind::Estimated
-        } else {
-            SourceKind::Measured
-        },
+        kind: SourceKind::live(estimated),
         forecast,
     }
     .validated()
@@ -206,9 +203,7 @@ fn reading(zone: &GridZone, slots: &[Slot], now: Timestamp) -> Result<Reading, P
 mod tests {
     use super::*;
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::testing::at as ts;
 
     fn gb() -> GridZone {
         GridZone::parse("GB").unwrap()

@@ -12,6 +12,11 @@ use kube::Resource;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
+/// An RFC 3339 time, for fixtures.
+pub fn at(rfc3339: &str) -> jiff::Timestamp {
+    rfc3339.parse().expect("a fixture time")
+}
+
 /// A store holding `objects`, as a watch that has listed them leaves it (ready).
 pub fn store<K>(objects: impl IntoIterator<Item = K>) -> Store<K>
 where

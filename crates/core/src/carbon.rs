@@ -74,6 +74,15 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// A live provider's reading, by its own "modelled, not measured" flag.
+    pub fn live(estimated: bool) -> Self {
+        if estimated {
+            Self::Estimated
+        } else {
+            Self::Measured
+        }
+    }
+
     pub fn is_estimated(self) -> bool {
         self != Self::Measured
     }

@@ -44,10 +44,6 @@ pub fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
-pub(super) fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
-}
-
 /// `1h30m`, `45s`.
 pub fn human(duration: Duration) -> String {
     let s = duration.as_secs();

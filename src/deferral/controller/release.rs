@@ -165,15 +165,6 @@ impl Deferral {
     }
 
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            warn!(pod = %pod_key(pod), error = %e, "deferral: recording an event failed (RBAC: events.k8s.io events create/patch)");
-        }
+        self.events.publish(pod, type_, reason, action, note).await;
     }
 }
