@@ -12,7 +12,7 @@ use support::carbon_api::{CarbonApi, EM, EM_TOKEN as TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, wait_for};
 use support::scenario::{
     Cluster, agent_args, class_label, cluster, cluster_with_intensity, condition, has_taint,
-    leader, wait_tainted,
+    leader, transitions, tuner_steps, wait_tainted,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -341,17 +341,6 @@ async fn the_taint_budget_keeps_the_greenest_share_schedulable() {
     drop(agents);
 }
 
-/// Taint transitions each agent has made, in the order of `agents`.
-fn transitions(agents: &[Agent]) -> Vec<u64> {
-    agents
-        .iter()
-        .map(|a| {
-            a.metric("carbon_kube_taint_transitions_total")
-                .expect("transitions metric") as u64
-        })
-        .collect()
-}
-
 /// Which of `nodes` carry the carbon taint.
 fn tainted_nodes<'a>(cp: &ControlPlane, nodes: &[(&'a str, &str)]) -> Vec<&'a str> {
     nodes
@@ -505,16 +494,6 @@ async fn a_terminated_leader_hands_over_at_once() {
         println!("leader takeover after SIGTERM: {takeover:?} (lease 30 s)");
         assert!(agents[first].output().contains("released the leader lease"));
     });
-}
-
-/// Learning steps recorded in a zone's CarbonScore by the tuner.
-fn tuner_steps(cp: &ControlPlane, score: &str) -> Option<u64> {
-    // Not written yet is a normal answer here, not a failure.
-    let out = cp.kubectl(&["get", "carbonscore", score, "-o", "json"]);
-    let object: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let state: serde_json::Value =
-        serde_json::from_str(object["status"]["tunerState"].as_str()?).ok()?;
-    state["steps"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

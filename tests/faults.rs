@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use serde_json::Value;
-use support::carbon_api::{CarbonApi, EM, EM_LATEST, EM_TOKEN as TOKEN, Fault, NOAA};
+use support::carbon_api::{CarbonApi, EM, EM_LATEST, Fault, NOAA};
 use support::cluster::{Agent, ControlPlane, path_str, temp_dir, wait_for};
-use support::scenario::fast_agent_args;
+use support::scenario::{
+    carbon_taints, class_label_of, condition_of, create_nodes, has_taint, leaders, node_json,
+    one_leader, score_status, start_agent, transitions, tuner_steps, wait_tainted_within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::block_in_place;
 
@@ -98,9 +101,7 @@ fn cluster_with(api: CarbonApi, em_url: String, nodes: &[(&str, &str)], extra: &
             ),
         ];
         let cp = ControlPlane::start_with(&run_args);
-        for (name, zone) in nodes {
-            cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
-        }
+        create_nodes(&cp, nodes);
         Cluster {
             cp,
             api,
@@ -157,20 +158,27 @@ impl Cluster {
         path
     }
 
-    /// Starts `node`'s agent with the cluster's flags plus `extra`, and `env`.
+    /// Starts `node`'s agent, under its own identity, with the cluster's
+    /// flags plus `extra`, and `env`.
     fn start_agent(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut flags = self.extra.clone();
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let args = fast_agent_args(&self.em_url, &flags);
+        let mut flags: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        flags.extend_from_slice(extra);
         let kubeconfig = self.identity(node);
-        let mut all_env = vec![
-            ("KUBECONFIG", path_str(&kubeconfig).to_string()),
-            ("ELECTRICITY_MAPS_TOKEN", TOKEN.to_string()),
-        ];
-        all_env.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
-        let env: Vec<(&str, &str)> = all_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Agent::spawn(&self.cp, node, &args, &env)
+        let mut all_env = vec![("KUBECONFIG", path_str(&kubeconfig))];
+        all_env.extend_from_slice(env);
+        start_agent(&self.cp, node, &self.em_url, &flags, &all_env)
+    }
+
+    /// Starts agents on `nodes`, waits until those in `tainted` carry the
+    /// taint and one agent leads; returns the leader.
+    fn start_settled(&mut self, nodes: &[&str], tainted: &[&str]) -> usize {
+        self.spawn(nodes);
+        for node in tainted {
+            wait_tainted_within(&self.cp, node, true, Duration::from_secs(60));
+        }
+        wait_for("a leader", Duration::from_secs(30), || {
+            one_leader(&mut self.agents, &[])
+        })
     }
 
     fn spawn(&mut self, nodes: &[&str]) {
@@ -188,76 +196,12 @@ impl Cluster {
     }
 }
 
-fn node_json(cp: &ControlPlane, node: &str) -> Option<Value> {
-    let out = cp.kubectl(&["get", "node", node, "-o", "json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-/// Our taints on the node (there must never be more than one).
-fn carbon_taints(node: &Value) -> Vec<Value> {
-    node["spec"]["taints"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter(|t| t["key"] == "carbon-kube.io/high-intensity")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn has_taint(cp: &ControlPlane, node: &str) -> bool {
-    node_json(cp, node).is_some_and(|n| !carbon_taints(&n).is_empty())
-}
-
-fn class_label(node: &Value) -> Option<String> {
-    node["metadata"]["labels"]["carbon-kube.io/intensity-class"]
-        .as_str()
-        .map(str::to_string)
-}
-
-fn condition(node: &Value) -> Option<Value> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "CarbonIntensityHigh")
-        .cloned()
-}
-
-/// Waits until the node's taint is as wanted; returns how long that took.
-fn wait_tainted(cp: &ControlPlane, node: &str, want: bool, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    wait_for(&format!("{node} tainted={want}"), timeout, || {
-        (has_taint(cp, node) == want).then_some(())
-    });
-    started.elapsed()
-}
-
-fn score(cp: &ControlPlane, zone: &str) -> Value {
-    let out = cp.kubectl(&[
-        "get",
-        "carbonscore",
-        &zone.to_ascii_lowercase(),
-        "-o",
-        "json",
-    ]);
-    if !out.status.success() {
-        return Value::Null;
-    }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
 fn timestamp(value: &Value) -> Option<Timestamp> {
     value.as_str()?.parse().ok()
 }
 
 fn fetched_at(cp: &ControlPlane, zone: &str) -> Option<Timestamp> {
-    timestamp(&score(cp, zone)["fetchedAt"])
+    timestamp(&score_status(cp, zone)["fetchedAt"])
 }
 
 /// Waits until the zone's CarbonScore was fetched after `after`; returns how long that took.
@@ -280,44 +224,8 @@ fn lease(cp: &ControlPlane) -> Value {
     cp.kubectl_json(&["-n", NAMESPACE, "get", "lease", LEASE])
 }
 
-/// One labelled sample from an agent's /metrics, e.g.
-/// `carbon_kube_provider_errors_total{outcome="malformed"}`.
-fn metric_with(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = agent.metrics()?;
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .next()
-}
-
 fn counter(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_with(agent, name, labels).unwrap_or(0.0)
-}
-
-/// Running agents (not in `skip`) that say they lead.
-fn leaders(agents: &mut [Agent], skip: &[usize]) -> Vec<usize> {
-    (0..agents.len())
-        .filter(|i| !skip.contains(i))
-        .filter(|i| {
-            agents[*i].is_running() && agents[*i].metric("carbon_kube_is_leader") == Some(1.0)
-        })
-        .collect()
-}
-
-fn one_leader(agents: &mut [Agent], skip: &[usize]) -> Option<usize> {
-    match leaders(agents, skip)[..] {
-        [only] => Some(only),
-        _ => None,
-    }
-}
-
-fn transitions(agents: &[Agent]) -> Vec<Option<f64>> {
-    agents
-        .iter()
-        .map(|a| a.metric("carbon_kube_taint_transitions_total"))
-        .collect()
+    agent.metric_with(name, labels).unwrap_or(0.0)
 }
 
 fn libfaketime() -> &'static str {
@@ -436,17 +344,12 @@ async fn api_server_frozen_for_30s_agents_reconnect_without_flapping() {
     c.api.set_intensity("DE", 520.0);
     c.api.set_intensity("FR", 56.0);
     block_in_place(|| {
-        c.spawn(&["a1", "a2", "b1"]);
+        c.start_settled(&["a1", "a2", "b1"], &["a1", "a2"]);
         let cp = &c.cp;
-        wait_tainted(cp, "a1", true, Duration::from_secs(60));
-        wait_tainted(cp, "a2", true, Duration::from_secs(60));
         wait_for("b1 labelled green", Duration::from_secs(30), || {
             node_json(cp, "b1")
-                .and_then(|n| class_label(&n))
+                .and_then(|n| class_label_of(&n))
                 .filter(|l| l == "green")
-        });
-        wait_for("a leader", Duration::from_secs(30), || {
-            one_leader(&mut c.agents, &[])
         });
         let taint_added: Vec<Value> = ["a1", "a2"]
             .iter()
@@ -517,9 +420,9 @@ async fn api_server_frozen_for_30s_agents_reconnect_without_flapping() {
         let changed = Instant::now();
         c.api.set_intensity("FR", 640.0);
         c.api.set_intensity("DE", 120.0);
-        wait_tainted(&c.cp, "b1", true, Duration::from_secs(60));
-        wait_tainted(&c.cp, "a1", false, Duration::from_secs(60));
-        wait_tainted(&c.cp, "a2", false, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "b1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "a1", false, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "a2", false, Duration::from_secs(60));
         let propagated = changed.elapsed();
 
         let runs = assert_single_writer(&c.audit_log());
@@ -616,12 +519,7 @@ async fn api_server_unreachable_for_30s_agents_reconnect_without_flapping() {
                 .expect("apiserver address");
         let proxy = ApiProxy::start(upstream);
         c.server = Some(format!("https://{}", proxy.addr));
-        c.spawn(&["u1", "u2", "v1"]);
-        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
-        wait_tainted(&c.cp, "u2", true, Duration::from_secs(60));
-        wait_for("a leader", Duration::from_secs(30), || {
-            one_leader(&mut c.agents, &[])
-        });
+        c.start_settled(&["u1", "u2", "v1"], &["u1", "u2"]);
         let taint_added: Vec<Value> = ["u1", "u2"]
             .iter()
             .map(|n| carbon_taints(&c.cp.node(n))[0]["timeAdded"].clone())
@@ -664,7 +562,7 @@ async fn api_server_unreachable_for_30s_agents_reconnect_without_flapping() {
         c.api.set_intensity("FR", 640.0);
         c.api.set_intensity("DE", 120.0);
         for (node, want) in [("v1", true), ("u1", false), ("u2", false)] {
-            wait_tainted(&c.cp, node, want, Duration::from_secs(90));
+            wait_tainted_within(&c.cp, node, want, Duration::from_secs(90));
         }
         let propagated = changed.elapsed();
         let runs = assert_single_writer(&c.audit_log());
@@ -688,13 +586,8 @@ async fn a_killed_leader_is_replaced_by_exactly_one_writer() {
     c.api.set_intensity("DE", 450.0);
     c.api.set_intensity("PL", 700.0);
     block_in_place(|| {
-        c.spawn(&["k1", "k2", "k3"]);
-        for node in ["k1", "k2", "k3"] {
-            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
-        }
-        let first = wait_for("a leader", Duration::from_secs(30), || {
-            one_leader(&mut c.agents, &[])
-        });
+        let nodes = ["k1", "k2", "k3"];
+        let first = c.start_settled(&nodes, &nodes);
         let before = transitions(&c.agents);
         let lease_before = lease(&c.cp);
 
@@ -739,16 +632,7 @@ async fn a_killed_leader_is_replaced_by_exactly_one_writer() {
                 .map(|t| t + 1),
             "exactly one change of holder"
         );
-        for (i, agent) in c.agents.iter().enumerate() {
-            if i != first {
-                assert_eq!(
-                    agent.metric("carbon_kube_taint_transitions_total"),
-                    before[i],
-                    "{} flapped",
-                    agent.node
-                );
-            }
-        }
+        assert_no_flap(&c.agents, &before, first);
         let runs = assert_single_writer(&c.audit_log());
         assert_eq!(
             runs.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
@@ -772,13 +656,8 @@ async fn a_frozen_leader_stops_leading_when_it_wakes_past_expiry() {
     c.api.set_intensity("DE", 450.0);
     c.api.set_intensity("PL", 700.0);
     block_in_place(|| {
-        c.spawn(&["f1", "f2", "f3"]);
-        for node in ["f1", "f2", "f3"] {
-            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
-        }
-        let first = wait_for("a leader", Duration::from_secs(30), || {
-            one_leader(&mut c.agents, &[])
-        });
+        let nodes = ["f1", "f2", "f3"];
+        let first = c.start_settled(&nodes, &nodes);
         let frozen_node = c.agents[first].node.clone();
         let before = transitions(&c.agents);
         // Freeze it between two renewals: just after one lands, as a long GC
@@ -830,14 +709,7 @@ async fn a_frozen_leader_stops_leading_when_it_wakes_past_expiry() {
         );
         let late = writes_after(&c.audit_log(), &frozen_node, "carbonscores", resumed_at);
         assert!(late.is_empty(), "the thawed ex-leader wrote: {late:?}");
-        for (i, agent) in c.agents.iter().enumerate() {
-            assert_eq!(
-                agent.metric("carbon_kube_taint_transitions_total"),
-                before[i],
-                "{} flapped",
-                agent.node
-            );
-        }
+        assert_no_flap(&c.agents, &before, usize::MAX);
         let runs = assert_single_writer(&c.audit_log());
         let output = c.agents[first].output();
         assert!(
@@ -885,7 +757,7 @@ async fn clock_skew_between_agents_does_not_disturb_the_election() {
         let ahead = c.start_agent("s3", &[], &skewed("+20m"));
         c.agents.push(ahead);
         for node in ["s1", "s2", "s3"] {
-            wait_tainted(&c.cp, node, true, Duration::from_secs(60));
+            wait_tainted_within(&c.cp, node, true, Duration::from_secs(60));
         }
         let renew_skew = {
             let renew = timestamp(&lease(&c.cp)["spec"]["renewTime"]).expect("renewTime");
@@ -964,6 +836,18 @@ fn steady_leadership(c: &mut Cluster, holder: &str, report: &mut Vec<String>) {
     ));
 }
 
+/// Every agent but `dead` has made the taint transitions it had made `before`.
+fn assert_no_flap(agents: &[Agent], before: &[u64], dead: usize) {
+    for (i, agent) in agents.iter().enumerate().filter(|(i, _)| *i != dead) {
+        assert_eq!(
+            agent.metric("carbon_kube_taint_transitions_total"),
+            Some(before[i] as f64),
+            "{} flapped",
+            agent.node
+        );
+    }
+}
+
 /// SIGKILLs the leader `node`; returns the index of the new leader.
 fn failover(c: &mut Cluster, node: &str, report: &mut Vec<String>) -> usize {
     let dead = c.index(node);
@@ -985,12 +869,6 @@ fn failover(c: &mut Cluster, node: &str, report: &mut Vec<String>) -> usize {
 }
 
 // ------------------------------------------------------------------ tuner --
-
-/// Learning steps in a zone's CarbonScore tuner state.
-fn tuner_steps(cp: &ControlPlane, zone: &str) -> Option<u64> {
-    let state: Value = serde_json::from_str(score(cp, zone)["tunerState"].as_str()?).ok()?;
-    state["steps"].as_u64()
-}
 
 /// Samples the tuner's step count for `how_long`, appending to `seen`.
 fn watch_steps(cp: &ControlPlane, how_long: Duration, seen: &mut Vec<u64>) {
@@ -1080,20 +958,20 @@ async fn all_live_providers_down_falls_back_to_static_which_never_taints() {
     c.api.set_intensity("DE", 520.0);
     block_in_place(|| {
         c.spawn(&["s1"]);
-        wait_tainted(&c.cp, "s1", true, Duration::from_secs(60));
-        assert_eq!(score(&c.cp, "de")["source"], "electricity-maps");
+        wait_tainted_within(&c.cp, "s1", true, Duration::from_secs(60));
+        assert_eq!(score_status(&c.cp, "de")["source"], "electricity-maps");
 
         c.api.set_fault(EM, Fault::Status(503));
         let down = Instant::now();
         let fell_back = {
             wait_for("source static", Duration::from_secs(30), || {
-                (score(&c.cp, "de")["source"] == "static").then_some(())
+                (score_status(&c.cp, "de")["source"] == "static").then_some(())
             });
             down.elapsed()
         };
-        wait_tainted(&c.cp, "s1", false, Duration::from_secs(30));
+        wait_tainted_within(&c.cp, "s1", false, Duration::from_secs(30));
         let untainted = down.elapsed();
-        let status = score(&c.cp, "de");
+        let status = score_status(&c.cp, "de");
         let zone = carbon_kube::carbon::GridZone::parse("DE").unwrap();
         let yearly = carbon_kube::providers::static_table::yearly_average(&zone).unwrap();
         assert_eq!(status["taintAllowed"], false, "{status}");
@@ -1103,7 +981,7 @@ async fn all_live_providers_down_falls_back_to_static_which_never_taints() {
             "{status}"
         );
         let node = c.cp.node("s1");
-        let cond = condition(&node).expect("condition");
+        let cond = condition_of(&node).expect("condition");
         assert_eq!(cond["status"], "False", "{cond}");
         assert_eq!(cond["reason"], "StaticAverageNotActedOn", "{cond}");
         assert!(
@@ -1122,9 +1000,9 @@ async fn all_live_providers_down_falls_back_to_static_which_never_taints() {
 
         c.api.clear_faults();
         let up = Instant::now();
-        wait_tainted(&c.cp, "s1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "s1", true, Duration::from_secs(60));
         let retainted = up.elapsed();
-        assert_eq!(score(&c.cp, "de")["source"], "electricity-maps");
+        assert_eq!(score_status(&c.cp, "de")["source"], "electricity-maps");
         println!(
             "live providers down: CarbonScore source static after {fell_back:?}, node untainted after {untainted:?} \
              (static {yearly:.0} g/kWh is shown, never acted on; condition: {}); \
@@ -1155,14 +1033,14 @@ async fn without_static_the_last_reading_is_kept_until_stale_then_taints_go() {
     );
     block_in_place(|| {
         c.spawn(&["u1"]);
-        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
-        let good = score(&c.cp, "us-cal-ciso");
+        wait_tainted_within(&c.cp, "u1", true, Duration::from_secs(60));
+        let good = score_status(&c.cp, "us-cal-ciso");
         assert_eq!(good["source"], "noaa-estimate", "{good}");
 
         c.api.set_fault(NOAA, Fault::Status(503));
         let down = Instant::now();
         let kept = wait_for("the poll error recorded", Duration::from_secs(30), || {
-            let s = score(&c.cp, "us-cal-ciso");
+            let s = score_status(&c.cp, "us-cal-ciso");
             s["lastError"].is_string().then_some(s)
         });
         assert_eq!(kept["intensityGramsPerKwh"], good["intensityGramsPerKwh"]);
@@ -1170,14 +1048,14 @@ async fn without_static_the_last_reading_is_kept_until_stale_then_taints_go() {
         let observed = timestamp(&kept["observedAt"]).expect("observedAt");
         assert!(has_taint(&c.cp, "u1"), "tainted while the data is young");
 
-        wait_tainted(&c.cp, "u1", false, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "u1", false, Duration::from_secs(60));
         let untainted = down.elapsed();
         let stale_after = Timestamp::now().duration_since(observed);
         let node = c.cp.node("u1");
-        let cond = condition(&node).expect("condition");
+        let cond = condition_of(&node).expect("condition");
         assert_eq!(cond["status"], "Unknown", "{cond}");
         assert_eq!(cond["reason"], "CarbonDataStale", "{cond}");
-        assert_eq!(class_label(&node), None, "no class on stale data");
+        assert_eq!(class_label_of(&node), None, "no class on stale data");
         assert!(
             stale_after >= jiff::SignedDuration::from_secs(20),
             "untainted when the data was only {stale_after:?} old"
@@ -1185,7 +1063,7 @@ async fn without_static_the_last_reading_is_kept_until_stale_then_taints_go() {
 
         c.api.clear_faults();
         let up = Instant::now();
-        wait_tainted(&c.cp, "u1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "u1", true, Duration::from_secs(60));
         let retainted = up.elapsed();
         println!(
             "provider down, no static: CarbonScore kept its last reading ({} g/kWh, lastError {}); \
@@ -1206,7 +1084,7 @@ async fn a_429_storm_is_honoured_for_its_retry_after() {
     c.api.set_intensity("DE", 520.0);
     block_in_place(|| {
         c.spawn(&["r1"]);
-        wait_tainted(&c.cp, "r1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "r1", true, Duration::from_secs(60));
         let transitions_before = transitions(&c.agents);
 
         c.api.set_fault(
@@ -1248,7 +1126,7 @@ async fn a_429_storm_is_honoured_for_its_retry_after() {
             rate_limited >= 1.0 && circuit_open >= 5.0,
             "rate_limited {rate_limited}, circuit_open {circuit_open}"
         );
-        let status = score(&c.cp, "de");
+        let status = score_status(&c.cp, "de");
         assert_eq!(status["intensityGramsPerKwh"], 520.0);
         assert!(
             status["lastError"]
@@ -1270,7 +1148,7 @@ async fn a_429_storm_is_honoured_for_its_retry_after() {
         wait_for(
             "fresh data after the storm",
             Duration::from_secs(60),
-            || (score(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
+            || (score_status(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
         );
         println!(
             "429 with Retry-After 20 s: next request to the provider {silence:?} later \
@@ -1370,7 +1248,7 @@ async fn hung_and_slow_loris_responses_time_out() {
     c.api.set_intensity("DE", 520.0);
     block_in_place(|| {
         c.spawn(&["h1"]);
-        wait_tainted(&c.cp, "h1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "h1", true, Duration::from_secs(60));
         let before = transitions(&c.agents);
         let mut report = Vec::new();
         type Step<'a> = Box<dyn Fn(&Cluster) + 'a>;
@@ -1420,7 +1298,7 @@ async fn hung_and_slow_loris_responses_time_out() {
                 mean_poll < 3.0,
                 "{name}: polls took {mean_poll:.1} s on average with a 2 s provider timeout"
             );
-            let status = score(&c.cp, "de");
+            let status = score_status(&c.cp, "de");
             assert_eq!(status["intensityGramsPerKwh"], 520.0, "{name}: {status}");
             assert!(has_taint(&c.cp, "h1"));
             stop(&c);
@@ -1428,7 +1306,7 @@ async fn hung_and_slow_loris_responses_time_out() {
             wait_for(
                 &format!("{name}: fresh data after"),
                 Duration::from_secs(60),
-                || (score(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
+                || (score_status(&c.cp, "de")["intensityGramsPerKwh"] == 530.0).then_some(()),
             );
             report.push(format!(
                 "{name}: first timeouts counted after {first_timeout:?}; mean poll {mean_poll:.2} s \
@@ -1437,7 +1315,7 @@ async fn hung_and_slow_loris_responses_time_out() {
             ));
             c.api.set_intensity("DE", 520.0);
             wait_for("back to 520", Duration::from_secs(60), || {
-                (score(&c.cp, "de")["intensityGramsPerKwh"] == 520.0).then_some(())
+                (score_status(&c.cp, "de")["intensityGramsPerKwh"] == 520.0).then_some(())
             });
         }
         let held = front.held.lock().unwrap().clone();
@@ -1463,7 +1341,7 @@ async fn garbage_truncated_oversized_and_implausible_bodies_are_rejected() {
     c.api.set_intensity("DE", 500.0);
     block_in_place(|| {
         c.spawn(&["g1"]);
-        wait_tainted(&c.cp, "g1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "g1", true, Duration::from_secs(60));
         let before = transitions(&c.agents);
         let faults = [
             (Fault::Garbage, "malformed"),
@@ -1477,7 +1355,7 @@ async fn garbage_truncated_oversized_and_implausible_bodies_are_rejected() {
         let mut report = Vec::new();
         let mut good = 500.0;
         wait_for("500 written", Duration::from_secs(30), || {
-            (score(&c.cp, "de")["intensityGramsPerKwh"] == good).then_some(())
+            (score_status(&c.cp, "de")["intensityGramsPerKwh"] == good).then_some(())
         });
         for (fault, outcome) in faults {
             let labels = [("provider", EM), ("outcome", outcome)];
@@ -1496,7 +1374,7 @@ async fn garbage_truncated_oversized_and_implausible_bodies_are_rejected() {
                 },
             );
             let counted = began.elapsed();
-            let status = score(&c.cp, "de");
+            let status = score_status(&c.cp, "de");
             assert_eq!(
                 status["intensityGramsPerKwh"], good,
                 "{fault:?}: the last good reading must be kept: {status}"
@@ -1508,7 +1386,7 @@ async fn garbage_truncated_oversized_and_implausible_bodies_are_rejected() {
             wait_for(
                 &format!("fresh data after {fault:?}"),
                 Duration::from_secs(60),
-                || (score(&c.cp, "de")["intensityGramsPerKwh"] == next).then_some(()),
+                || (score_status(&c.cp, "de")["intensityGramsPerKwh"] == next).then_some(()),
             );
             report.push(format!(
                 "{fault:?}: counted as outcome={outcome} after {counted:?}, last good {good} g/kWh kept \
@@ -1532,7 +1410,7 @@ async fn a_node_deleted_and_recreated_gets_its_state_back() {
     c.api.set_intensity("DE", 510.0);
     block_in_place(|| {
         c.spawn(&["n1", "n2"]);
-        wait_tainted(&c.cp, "n1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "n1", true, Duration::from_secs(60));
         c.cp.kubectl_ok(&["delete", "node", "n1"]);
         // Two reconcile periods without its Node.
         std::thread::sleep(Duration::from_secs(11));
@@ -1546,8 +1424,8 @@ async fn a_node_deleted_and_recreated_gets_its_state_back() {
             || {
                 node_json(&c.cp, "n1").filter(|n| {
                     !carbon_taints(n).is_empty()
-                        && class_label(n).as_deref() == Some("red")
-                        && condition(n).is_some_and(|c| c["status"] == "True")
+                        && class_label_of(n).as_deref() == Some("red")
+                        && condition_of(n).is_some_and(|c| c["status"] == "True")
                 })
             },
         );
@@ -1556,7 +1434,7 @@ async fn a_node_deleted_and_recreated_gets_its_state_back() {
         assert!(c.agents[n1].is_running());
         // And it keeps following the grid.
         c.api.set_intensity("DE", 100.0);
-        wait_tainted(&c.cp, "n1", false, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "n1", false, Duration::from_secs(60));
         println!(
             "node deleted for 11 s and recreated: taint, label and condition back after {recovered:?}"
         );
@@ -1570,15 +1448,15 @@ async fn an_agent_restarted_on_a_tainted_node_recovers_its_state_from_the_node()
     c.api.set_intensity("DE", 510.0);
     block_in_place(|| {
         c.spawn(&["r1", "r2"]);
-        wait_tainted(&c.cp, "r1", true, Duration::from_secs(60));
+        wait_tainted_within(&c.cp, "r1", true, Duration::from_secs(60));
         wait_for("r1 conditioned", Duration::from_secs(30), || {
-            condition(&c.cp.node("r1")).filter(|c| c["status"] == "True")
+            condition_of(&c.cp.node("r1")).filter(|c| c["status"] == "True")
         });
         let mut report = Vec::new();
         for how in ["SIGKILL", "SIGTERM"] {
             let before = c.cp.node("r1");
             let taint_before = carbon_taints(&before);
-            let cond_before = condition(&before).expect("condition");
+            let cond_before = condition_of(&before).expect("condition");
             let r1 = c.index("r1");
             if how == "SIGKILL" {
                 c.agents[r1].kill();
@@ -1603,7 +1481,7 @@ async fn an_agent_restarted_on_a_tainted_node_recovers_its_state_from_the_node()
             let taint_after = carbon_taints(&after);
             assert_eq!(taint_after, taint_before, "{how}: taint changed");
             assert_eq!(
-                condition(&after).map(|c| c["lastTransitionTime"].clone()),
+                condition_of(&after).map(|c| c["lastTransitionTime"].clone()),
                 Some(cond_before["lastTransitionTime"].clone()),
                 "{how}: condition transitioned"
             );

@@ -444,9 +444,17 @@ impl Agent {
 
     /// The value of one sample line, e.g. `carbon_kube_is_leader`.
     pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metric_with(name, &[])
+    }
+
+    /// The value of the first sample of `name` with all of `labels`, e.g.
+    /// `carbon_kube_provider_errors_total` with `("outcome", "malformed")`.
+    pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let text = self.metrics()?;
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
         text.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .next()
     }

@@ -2,7 +2,10 @@
 //! grid zones, one agent per node against the local carbon API, and the
 //! questions tests ask about a node.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use carbon_kube::node::{CLASS_LABEL, CONDITION_TYPE, TAINT_KEY};
+use serde_json::Value;
 
 use super::carbon_api::{CarbonApi, EM_TOKEN as TOKEN};
 use super::cluster::{Agent, ControlPlane, wait_for};
@@ -62,48 +65,153 @@ pub async fn cluster_with_intensity(
         api.set_intensity(zone, *grams);
     }
     let cp = tokio::task::block_in_place(ControlPlane::start);
-    for (name, zone) in nodes {
-        cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
-    }
-    let args = agent_args(&api, extra);
+    create_nodes(&cp, nodes);
+    let em_url = api.electricity_maps_url();
     let agents = nodes
         .iter()
-        .map(|(name, _)| Agent::spawn(&cp, name, &args, &[("ELECTRICITY_MAPS_TOKEN", TOKEN)]))
+        .map(|(name, _)| start_agent(&cp, name, &em_url, extra, &[]))
         .collect();
     Cluster { cp, api, agents }
 }
 
+/// Creates nodes `(name, zone)`, each labelled with its grid zone.
+pub fn create_nodes(cp: &ControlPlane, nodes: &[(&str, &str)]) {
+    for (name, zone) in nodes {
+        cp.create_node(name, &[("carbon-kube.io/grid-zone", zone)]);
+    }
+}
+
+/// Starts `node`'s agent with [`fast_agent_args`] against the Electricity
+/// Maps API at `em_url` (with its token), plus `extra` flags and `env`.
+pub fn start_agent(
+    cp: &ControlPlane,
+    node: &str,
+    em_url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
+    let args = fast_agent_args(em_url, extra);
+    let mut all_env = vec![("ELECTRICITY_MAPS_TOKEN", TOKEN)];
+    all_env.extend_from_slice(env);
+    Agent::spawn(cp, node, &args, &all_env)
+}
+
+/// The Node as JSON; `None` while it does not exist.
+pub fn node_json(cp: &ControlPlane, node: &str) -> Option<Value> {
+    let out = cp.kubectl(&["get", "node", node, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Our taints on a Node (there must never be more than one).
+pub fn carbon_taints(node: &Value) -> Vec<Value> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|t| t["key"] == TAINT_KEY)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the Node carries our taint (a missing Node does not).
 pub fn has_taint(cp: &ControlPlane, node: &str) -> bool {
-    cp.node(node)["spec"]["taints"].as_array().is_some_and(|t| {
-        t.iter()
-            .any(|t| t["key"] == "carbon-kube.io/high-intensity")
-    })
+    node_json(cp, node).is_some_and(|n| !carbon_taints(&n).is_empty())
 }
 
 pub fn class_label(cp: &ControlPlane, node: &str) -> Option<String> {
-    cp.node(node)["metadata"]["labels"]["carbon-kube.io/intensity-class"]
+    class_label_of(&cp.node(node))
+}
+
+pub fn class_label_of(node: &Value) -> Option<String> {
+    node["metadata"]["labels"][CLASS_LABEL]
         .as_str()
         .map(str::to_string)
 }
 
-pub fn condition(cp: &ControlPlane, node: &str) -> Option<serde_json::Value> {
-    cp.node(node)["status"]["conditions"]
+pub fn condition(cp: &ControlPlane, node: &str) -> Option<Value> {
+    condition_of(&cp.node(node))
+}
+
+pub fn condition_of(node: &Value) -> Option<Value> {
+    node["status"]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == "CarbonIntensityHigh")
+        .find(|c| c["type"] == CONDITION_TYPE)
         .cloned()
 }
 
 pub fn wait_tainted(cp: &ControlPlane, node: &str, want: bool) {
-    wait_for(
-        &format!("{node} tainted={want}"),
-        Duration::from_secs(30),
-        || (has_taint(cp, node) == want).then_some(()),
-    );
+    wait_tainted_within(cp, node, want, Duration::from_secs(30));
 }
 
+/// Waits until the node's taint is as wanted; returns how long that took.
+pub fn wait_tainted_within(
+    cp: &ControlPlane,
+    node: &str,
+    want: bool,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    wait_for(&format!("{node} tainted={want}"), timeout, || {
+        (has_taint(cp, node) == want).then_some(())
+    });
+    started.elapsed()
+}
+
+/// The status of a zone's CarbonScore (`zone` as its object name, e.g.
+/// `de`); `Null` while it has none.
+pub fn score_status(cp: &ControlPlane, zone: &str) -> Value {
+    let out = cp.kubectl(&["get", "carbonscore", zone, "-o", "json"]);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .map(|v| v["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Learning steps the tuner recorded in a zone's CarbonScore; `None` before
+/// its first write, a normal answer here.
+pub fn tuner_steps(cp: &ControlPlane, zone: &str) -> Option<u64> {
+    let state: Value = serde_json::from_str(score_status(cp, zone)["tunerState"].as_str()?).ok()?;
+    state["steps"].as_u64()
+}
+
+/// The first running agent that says it leads.
 pub fn leader(agents: &mut [Agent]) -> Option<usize> {
+    leaders(agents, &[]).first().copied()
+}
+
+/// Running agents (not in `skip`) that say they lead.
+pub fn leaders(agents: &mut [Agent], skip: &[usize]) -> Vec<usize> {
+    (0..agents.len())
+        .filter(|i| !skip.contains(i))
+        .filter(|i| {
+            agents[*i].is_running() && agents[*i].metric("carbon_kube_is_leader") == Some(1.0)
+        })
+        .collect()
+}
+
+/// The one agent (not in `skip`) that says it leads, if exactly one does.
+pub fn one_leader(agents: &mut [Agent], skip: &[usize]) -> Option<usize> {
+    match leaders(agents, skip)[..] {
+        [only] => Some(only),
+        _ => None,
+    }
+}
+
+/// Taint transitions each agent has made, in the order of `agents`.
+pub fn transitions(agents: &[Agent]) -> Vec<u64> {
     agents
-        .iter_mut()
-        .position(|a| a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0))
+        .iter()
+        .map(|a| {
+            a.metric("carbon_kube_taint_transitions_total")
+                .expect("transitions metric") as u64
+        })
+        .collect()
 }
