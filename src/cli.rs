@@ -1,13 +1,19 @@
-//! Command line: every flag has an environment variable and a visible default.
-//! Validation and conversion into typed settings live in `config.rs`.
+//! Command line: every flag has an environment variable and a visible default,
+//! and is typed as it is parsed (durations, sizes, enums). Checks across flags,
+//! and the settings each part of the agent gets, live in `config.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::budget::TaintPolicy;
 use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
+use crate::duration::{parse_flag as duration, parse_period as period};
+use crate::quantity::parse_bytes;
+pub use crate::taint::TaintEffect;
+use crate::zones::Cloud;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,12 +65,12 @@ pub struct CleanupArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// Give up (exit 1) if marks remain after this long.
-    #[arg(long, default_value = "2m")]
-    pub timeout: String,
+    #[arg(long, value_parser = period, default_value = "2m")]
+    pub timeout: Duration,
 
     /// Wait this long after a pass that cleaned something, then check again.
-    #[arg(long, default_value = "5s")]
-    pub settle: String,
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub settle: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -126,12 +132,12 @@ pub struct AgentArgs {
     pub hysteresis: f64,
 
     /// How long intensity must stay above the threshold before tainting.
-    #[arg(long, env = "CARBON_KUBE_DWELL", default_value = "10m")]
-    pub dwell: String,
+    #[arg(long, env = "CARBON_KUBE_DWELL", value_parser = duration, default_value = "10m")]
+    pub dwell: Duration,
 
     /// Carbon data older than this is ignored and the taint removed (availability wins).
-    #[arg(long, env = "CARBON_KUBE_MAX_AGE", default_value = "90m")]
-    pub max_age: String,
+    #[arg(long, env = "CARBON_KUBE_MAX_AGE", value_parser = period, default_value = "90m")]
+    pub max_age: Duration,
 
     /// Effect of the carbon taint.
     #[arg(long, env = "CARBON_KUBE_TAINT_EFFECT", value_enum, default_value_t = TaintEffect::PreferNoSchedule)]
@@ -155,20 +161,20 @@ pub struct AgentArgs {
     pub tuner_max_threshold: f64,
 
     /// How often the leader polls the carbon APIs (once per zone).
-    #[arg(long, env = "CARBON_KUBE_POLL_INTERVAL", default_value = "5m")]
-    pub poll_interval: String,
+    #[arg(long, env = "CARBON_KUBE_POLL_INTERVAL", value_parser = period, default_value = "5m")]
+    pub poll_interval: Duration,
 
     /// Zones the leader fetches at the same time.
     #[arg(long, env = "CARBON_KUBE_POLL_CONCURRENCY", default_value_t = 4)]
     pub poll_concurrency: usize,
 
     /// Leader Lease duration; a follower takes over this long after the last renewal.
-    #[arg(long, env = "CARBON_KUBE_LEASE_DURATION", default_value = "15s")]
-    pub lease_duration: String,
+    #[arg(long, env = "CARBON_KUBE_LEASE_DURATION", value_parser = period, default_value = "15s")]
+    pub lease_duration: Duration,
 
     /// How often host CPU and memory are sampled for the power model.
-    #[arg(long, env = "CARBON_KUBE_SAMPLE_INTERVAL", default_value = "15s")]
-    pub sample_interval: String,
+    #[arg(long, env = "CARBON_KUBE_SAMPLE_INTERVAL", value_parser = period, default_value = "15s")]
+    pub sample_interval: Duration,
 
     /// The host's cgroup mount, v2 or v1 (then its cpuacct hierarchy is read), for
     /// per-pod power and CO2 (in a pod: mount the host's /sys/fs/cgroup read-only and
@@ -194,8 +200,8 @@ pub struct AgentArgs {
 
     /// Deferral planner: the last part of each pod's window that is never booked; a pod is
     /// released once less than this (plus the recent wait to be scheduled) is left.
-    #[arg(long, env = "CARBON_KUBE_DEFERRAL_MARGIN", default_value = "2h")]
-    pub deferral_margin: String,
+    #[arg(long, env = "CARBON_KUBE_DEFERRAL_MARGIN", value_parser = duration, default_value = "2h")]
+    pub deferral_margin: Duration,
 
     /// Deferral planner: hold a pod only when the forecast gain exceeds this many σ of the
     /// forecast error.
@@ -225,8 +231,8 @@ pub struct AgentArgs {
     pub migration: bool,
 
     /// How long a node must have carried the carbon taint before its opted-in pods are moved.
-    #[arg(long, env = "CARBON_KUBE_MIGRATE_AFTER", default_value = "30m")]
-    pub migrate_after: String,
+    #[arg(long, env = "CARBON_KUBE_MIGRATE_AFTER", value_parser = duration, default_value = "30m")]
+    pub migrate_after: Duration,
 
     /// Most evictions one agent makes in any hour (PDB-refused attempts do not count).
     #[arg(long, env = "CARBON_KUBE_MAX_EVICTIONS_PER_HOUR", default_value_t = 6)]
@@ -241,24 +247,6 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub power: PowerArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TaintEffect {
-    // Kubernetes' own spelling, so values read as they do in a taint.
-    #[value(name = "PreferNoSchedule")]
-    PreferNoSchedule,
-    #[value(name = "NoSchedule")]
-    NoSchedule,
-}
-
-impl TaintEffect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PreferNoSchedule => "PreferNoSchedule",
-            Self::NoSchedule => "NoSchedule",
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -341,11 +329,11 @@ pub struct ProviderArgs {
     pub noaa_url: String,
 
     /// Timeout of one provider request.
-    #[arg(long, env = "CARBON_KUBE_PROVIDER_TIMEOUT", default_value = "10s")]
-    pub provider_timeout: String,
+    #[arg(long, env = "CARBON_KUBE_PROVIDER_TIMEOUT", value_parser = period, default_value = "10s")]
+    pub provider_timeout: Duration,
 
-    /// Largest provider response accepted, in bytes.
-    #[arg(long, env = "CARBON_KUBE_MAX_RESPONSE_BYTES", default_value_t = 1 << 20)]
+    /// Largest provider response accepted (bytes, or a size like 512Ki).
+    #[arg(long, env = "CARBON_KUBE_MAX_RESPONSE_BYTES", value_parser = parse_bytes, default_value = "1048576")]
     pub max_response_bytes: usize,
 
     /// Consecutive failures that open a provider's circuit breaker.
@@ -353,13 +341,19 @@ pub struct ProviderArgs {
     pub breaker_failures: u32,
 
     /// How long an open circuit breaker skips its provider.
-    #[arg(long, env = "CARBON_KUBE_BREAKER_COOLDOWN", default_value = "5m")]
-    pub breaker_cooldown: String,
+    #[arg(long, env = "CARBON_KUBE_BREAKER_COOLDOWN", value_parser = period, default_value = "5m")]
+    pub breaker_cooldown: Duration,
 }
 
-/// Overrides of the Cloud Carbon Footprint power coefficients picked from the CPU model.
+/// The node's power model: Cloud Carbon Footprint's coefficients for its CPU and
+/// cloud, and the operator's overrides of them.
 #[derive(Debug, Clone, Args)]
 pub struct PowerArgs {
+    /// Cloud of this node, for its PUE and the averages used when the CPU is unknown;
+    /// without it, the node's providerID, else its region label, else aws.
+    #[arg(long, env = "CARBON_KUBE_CLOUD", value_enum)]
+    pub cloud: Option<Cloud>,
+
     /// Watts per vCPU at idle.
     #[arg(long, env = "CARBON_KUBE_MIN_WATTS_PER_VCPU")]
     pub min_watts_per_vcpu: Option<f64>,

@@ -2,6 +2,7 @@
 //! the zone's intensity, and publish power, emission rate, grams emitted and
 //! the node's emission score.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,77 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::attribution::Attribution;
+use crate::error::ConfigError;
 use crate::host::HostSampler;
 use crate::metrics::Metrics;
-use crate::power::{self, EmissionCounter, PowerCoefficients, PowerOverrides};
+use crate::power::{
+    self, CloudSource, EmissionCounter, HostSample, PowerCoefficients, PowerError, PowerOverrides,
+    cloud_of_node,
+};
 use crate::zones::Cloud;
+
+/// How every agent measures its node and its pods.
+#[derive(Debug, Clone)]
+pub struct EmissionsSettings {
+    pub sample_interval: Duration,
+    /// The host's cgroup mount, for per-pod attribution.
+    pub cgroup_root: PathBuf,
+    pub power: PowerSettings,
+}
+
+/// The operator's say in the node's power model.
+#[derive(Debug, Clone, Default)]
+pub struct PowerSettings {
+    /// `--cloud`; `None`: from the node.
+    pub cloud: Option<Cloud>,
+    pub overrides: PowerOverrides,
+}
+
+/// The node's one power model, decided at start and used by emissions,
+/// attribution and deferral alike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodePower {
+    pub coefficients: PowerCoefficients,
+    pub cloud: Cloud,
+    pub cloud_source: CloudSource,
+}
+
+impl PowerSettings {
+    /// The model for this host's CPU (brand → micro-architecture, else its
+    /// architecture) in the node's cloud (see [`cloud_of_node`]), with the
+    /// overrides applied. An override that does not fit is an error that
+    /// names its flag, never a silent fallback.
+    pub fn node_power(
+        &self,
+        host: &HostSample,
+        provider_id: Option<&str>,
+        region_label: Option<&str>,
+    ) -> Result<NodePower, ConfigError> {
+        let (cloud, cloud_source) = cloud_of_node(self.cloud, provider_id, region_label);
+        let coefficients = host
+            .coefficients(cloud)
+            .with_overrides(&self.overrides)
+            .map_err(Self::config_error)?;
+        Ok(NodePower {
+            coefficients,
+            cloud,
+            cloud_source,
+        })
+    }
+
+    /// A power error as the flag to fix: `pue` is `--pue`, `min_watts_per_vcpu`
+    /// is `--min-watts-per-vcpu`.
+    pub fn config_error(error: PowerError) -> ConfigError {
+        match error {
+            PowerError::InvalidCoefficient {
+                field,
+                value,
+                reason,
+            } => ConfigError::new(&field.replace('_', "-"), format!("{value} {reason}")),
+            other => ConfigError::new("config", other.to_string()),
+        }
+    }
+}
 
 pub struct EmissionsLoop {
     sampler: HostSampler,
@@ -23,28 +91,21 @@ pub struct EmissionsLoop {
 }
 
 impl EmissionsLoop {
-    /// Picks coefficients for this host's CPU and applies the operator's overrides;
-    /// a bad override fails the start with the field named.
+    /// `sampler` is the one the node's model was decided from: its first
+    /// sample starts the first utilisation interval.
     pub fn new(
-        overrides: &PowerOverrides,
+        sampler: HostSampler,
+        coefficients: PowerCoefficients,
         interval: Duration,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let mut sampler = HostSampler::new()?;
-        let host = sampler.sample();
-        // AWS's PUE and averages unless overridden: the cloud this project deploys to.
-        let coefficients = host
-            .coefficients(Cloud::Aws)
-            .with_overrides(overrides)
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        tracing::info!(cpu = %host.cpu_brand, vcpus = host.vcpus, ?coefficients, "power model ready");
-        Ok(Self {
+    ) -> Self {
+        Self {
             sampler,
             coefficients,
             interval,
             metrics,
             attribution: None,
-        })
+        }
     }
 
     /// Also shares the node's dynamic power out to its pods, each sample.
@@ -98,5 +159,97 @@ impl EmissionsLoop {
             let grams = counter.add(watts, grams_per_kwh, elapsed);
             self.metrics.node_emitted_grams.inc_by(grams);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(brand: &str, arch: &'static str) -> HostSample {
+        HostSample {
+            vcpus: 4.0,
+            cpu_utilisation: 0.0,
+            memory_used_gb: 1.0,
+            memory_total_gb: 8.0,
+            cpu_brand: brand.into(),
+            arch,
+        }
+    }
+
+    #[test]
+    fn the_node_gets_one_model_from_its_cpu_and_cloud() {
+        let settings = PowerSettings::default();
+        // An unknown CPU on GCP: GCP's PUE and median watts, not AWS's.
+        let gcp = settings
+            .node_power(
+                &host("Intel(R) Xeon(R) CPU @ 2.20GHz", "x86_64"),
+                Some("gce://p/z/n"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (gcp.cloud, gcp.cloud_source),
+            (Cloud::Gcp, CloudSource::ProviderId)
+        );
+        assert_eq!(
+            gcp.coefficients,
+            PowerCoefficients::for_cloud(Cloud::Gcp, "x86_64")
+        );
+        // The brand names the micro-architecture; the region label the cloud.
+        let azure = settings
+            .node_power(
+                &host("AMD EPYC 7R13 Processor", "x86_64"),
+                None,
+                Some("westeurope"),
+            )
+            .unwrap();
+        assert_eq!(
+            azure.coefficients,
+            PowerCoefficients::for_cloud(Cloud::Azure, "AMD EPYC 3rd Gen")
+        );
+        // The flag wins over what the node says.
+        let flagged = PowerSettings {
+            cloud: Some(Cloud::Aws),
+            ..Default::default()
+        }
+        .node_power(&host("Neoverse-N1", "aarch64"), Some("gce://p/z/n"), None)
+        .unwrap();
+        assert_eq!(
+            (flagged.cloud, flagged.cloud_source),
+            (Cloud::Aws, CloudSource::Flag)
+        );
+        assert_eq!(flagged.coefficients.max_watts_per_vcpu, 1.69);
+    }
+
+    #[test]
+    fn an_override_that_does_not_fit_the_host_names_its_flag() {
+        // Graviton2's full load is 1.69 W: an idle figure of 3 W cannot be right.
+        let settings = PowerSettings {
+            overrides: PowerOverrides {
+                min_watts_per_vcpu: Some(3.0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = settings
+            .node_power(&host("Neoverse-N1", "aarch64"), None, None)
+            .unwrap_err();
+        assert_eq!(err.field, "min-watts-per-vcpu", "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid configuration: --min-watts-per-vcpu: 3 must not exceed"),
+            "{err}"
+        );
+        // The same override fits a host whose full load is higher.
+        assert!(
+            settings
+                .node_power(
+                    &host("Intel(R) Xeon(R) Platinum 8259CL", "x86_64"),
+                    None,
+                    None
+                )
+                .is_ok()
+        );
     }
 }

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub use carbon_kube_core::{
-    budget, carbon, decision, duration, learner, planner, power, quantity, tuner, zones,
+    budget, carbon, decision, duration, learner, planner, power, quantity, taint, tuner, zones,
 };
 
 pub mod attribution;
@@ -19,6 +19,7 @@ pub mod crd;
 pub mod deferral;
 pub mod election;
 pub mod emissions;
+pub mod error;
 pub mod events;
 pub mod host;
 pub mod kueue;

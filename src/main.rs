@@ -19,27 +19,28 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use carbon_kube::attribution;
 use carbon_kube::carbon::GridZone;
 use carbon_kube::cli::{CleanupArgs, Cli, Command, IntensityArgs, LogFormat};
 use carbon_kube::config::{self, AgentConfig};
 use carbon_kube::crd::{self, CarbonScore};
-use carbon_kube::deferral::controller::{Deferral, DeferralSettings};
-use carbon_kube::election::{Elector, Timing};
+use carbon_kube::deferral::controller::Deferral;
+use carbon_kube::election::Elector;
 use carbon_kube::emissions::EmissionsLoop;
+use carbon_kube::host::HostSampler;
 use carbon_kube::kueue::controller::CheckMetrics;
 use carbon_kube::metrics::{self, Metrics};
-use carbon_kube::migration::controller::{MigrationSettings, Migrator};
-use carbon_kube::node::NodeWriter;
-use carbon_kube::poller::{Poller, PollerSettings};
+use carbon_kube::migration::controller::Migrator;
+use carbon_kube::poller::Poller;
 use carbon_kube::power::PowerCoefficients;
 use carbon_kube::providers::build_chain;
 use carbon_kube::reconcile::Reconciler;
 use carbon_kube::supervise::Supervisor;
+use carbon_kube::zones::REGION_LABEL;
 
 const LEASE_NAME: &str = "carbon-kube-leader";
 /// Well inside the pod's 30 s termination grace period.
@@ -114,10 +115,8 @@ async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
 
 /// `carbon-kube cleanup`: what the uninstall hook runs once the agents are gone.
 async fn cleanup(args: CleanupArgs) -> Result<()> {
-    let timeout = config::parse_period("timeout", &args.timeout)?;
-    let settle = config::parse_duration("settle", &args.settle)?;
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    carbon_kube::cleanup::run(Api::all(client), timeout, settle).await
+    carbon_kube::cleanup::run(Api::all(client), args.timeout, args.settle).await
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
@@ -140,15 +139,8 @@ async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
 async fn agent(config: AgentConfig) -> Result<()> {
     let kube_config = kube_config(config.kubeconfig.as_deref()).await?;
     let client = Client::try_from(kube_config.clone())?;
-    let scores: Api<CarbonScore> = Api::all(client.clone());
-    if let Err(e) = scores
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        bail!(
-            "cannot list CarbonScores ({e}); install the CRD with `carbon-kube crd | kubectl apply -f -`"
-        );
-    }
+    require_crd(&client).await?;
+    let (sampler, power) = node_power(&client, &config).await?;
     let metrics = Metrics::new(&config.node_name);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = metrics::bind(config.metrics_addr)
@@ -162,67 +154,39 @@ async fn agent(config: AgentConfig) -> Result<()> {
 
     // Election: followers only watch; the leader polls and writes CarbonScores.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
-    let (elector, is_leader) = Elector::new(
-        leases,
-        LEASE_NAME,
-        &config.identity,
-        Timing::new(config.lease_duration),
-    );
+    let (elector, is_leader) = Elector::new(leases, LEASE_NAME, &config.identity, config.election);
     let fence = elector.fence();
     tasks.spawn("leader election", elector.run(shutdown.clone()));
     let chain = Arc::new(build_chain(&config.providers));
-    let settings = PollerSettings {
-        interval: config.poll_interval,
-        concurrency: config.poll_concurrency,
-        default_zone: config.default_zone.clone(),
-        default_threshold_grams_per_kwh: config.default_threshold_grams_per_kwh,
-        hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
-        max_tainted_fraction: config.max_tainted_fraction,
-        tuner: config.tuner.clone(),
-        policy: config.policy,
-        min_spread_grams_per_kwh: config.min_spread_grams_per_kwh,
-        min_spread_percent: config.min_spread_percent,
-        floor_grams_per_kwh: config.floor_grams_per_kwh,
-        rank_window: config.decision.dwell,
-    };
     let poller = {
-        let (client, metrics) = (client.clone(), metrics.clone());
+        let (client, metrics, settings) = (client.clone(), metrics.clone(), config.poller);
         move || {
+            let (chain, fence) = (chain.clone(), fence.clone());
             Poller::new(
                 client.clone(),
-                chain.clone(),
+                chain,
                 metrics.clone(),
                 settings.clone(),
-                fence.clone(),
+                fence,
             )
         }
     };
-    let deferral_settings = DeferralSettings {
-        max_age: config.decision.max_age,
-        round: config.deferral_planner,
-        default_zone: config.default_zone.clone(),
-        coefficients: PowerCoefficients::for_architecture(std::env::consts::ARCH)
-            .with_overrides(&config.power)
-            .unwrap_or_else(|_| PowerCoefficients::for_architecture("")),
-        identity: config.identity.clone(),
-    };
     // Leader, opt-in per ClusterQueue: Kueue's carbon-kube.io/green-window AdmissionChecks.
-    if config.kueue_green_window {
+    if let Some(settings) = config.kueue {
         tasks.spawn(
             "kueue green window",
             carbon_kube::kueue::controller::while_leader(
                 is_leader.clone(),
                 client.clone(),
                 CheckMetrics::new(&metrics),
-                deferral_settings.clone(),
+                settings,
             ),
         );
     }
     // Leader, opt-in per pod: release pods gated by carbon-kube.io/defer at their greenest start.
-    let deferral = config.deferral.then(|| {
+    let deferral = config.deferral.map(|settings| {
         let (client, metrics) = (client.clone(), metrics.clone());
-        let settings = deferral_settings;
-        move || Deferral::new(client.clone(), metrics.clone(), settings.clone())
+        move || Deferral::new(client.clone(), metrics.clone(), settings.clone(), power)
     });
     tasks.spawn(
         "leader work",
@@ -231,25 +195,20 @@ async fn agent(config: AgentConfig) -> Result<()> {
 
     // Every agent: its own node, and its own emissions.
     let (intensity_tx, intensity_rx) = watch::channel(None);
-    let reconciler = Reconciler {
-        client: client.clone(),
-        node_name: config.node_name.clone(),
-        default_zone: config.default_zone.clone(),
-        params: config.decision.clone(),
-        writer: NodeWriter::new(
-            Api::<Node>::all(client.clone()),
-            &config.node_name,
-            config.taint_effect.as_str(),
-        ),
-        effect: config.taint_effect.as_str().to_string(),
-        metrics: metrics.clone(),
-        intensity: intensity_tx,
-    };
+    let reconciler = Reconciler::new(
+        client.clone(),
+        &config.node_name,
+        config.reconciler,
+        metrics.clone(),
+        intensity_tx,
+    );
     tasks.spawn("reconciler", reconciler.run(shutdown.clone()));
-    let mut emissions = EmissionsLoop::new(&config.power, config.sample_interval, metrics.clone())?;
+    let settings = config.emissions;
+    let mut emissions =
+        EmissionsLoop::new(sampler, power, settings.sample_interval, metrics.clone());
     // Per-pod power and CO2, where the host's pod cgroups are visible.
     let pods = attribution::start(
-        &config.cgroup_root,
+        &settings.cgroup_root,
         client.clone(),
         &config.node_name,
         metrics.clone(),
@@ -261,15 +220,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
     }
     tasks.spawn("emissions", emissions.run(intensity_rx, shutdown.clone()));
     // Every agent, opt-in per pod: move labelled pods off its node while it stays tainted.
-    if config.migration {
-        let settings = MigrationSettings {
-            migrate_after: config.migrate_after,
-            max_evictions_per_hour: config.max_evictions_per_hour,
-            hysteresis_grams_per_kwh: config.decision.hysteresis_grams_per_kwh,
-            max_age: config.decision.max_age,
-            default_zone: config.default_zone.clone(),
-            identity: config.identity.clone(),
-        };
+    if let Some(settings) = config.migration {
         let migrator = Migrator::new(&kube_config, &config.node_name, metrics.clone(), settings)?;
         tasks.spawn("migration", migrator.run(shutdown.clone()));
     }
@@ -289,6 +240,61 @@ async fn agent(config: AgentConfig) -> Result<()> {
     // The elector releases the Lease so a follower takes over at once.
     tasks.stop(SHUTDOWN_GRACE).await;
     Ok(outcome?)
+}
+
+async fn require_crd(client: &Client) -> Result<()> {
+    let scores: Api<CarbonScore> = Api::all(client.clone());
+    if let Err(e) = scores
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        bail!(
+            "cannot list CarbonScores ({e}); install the CRD with `carbon-kube crd | kubectl apply -f -`"
+        );
+    }
+    Ok(())
+}
+
+/// The node's one power model, from this host's CPU and the node's cloud
+/// (its providerID or region label, unless `--cloud` says). A Node not
+/// (yet) in the API says nothing about its cloud; any other failure stops the start.
+async fn node_power(
+    client: &Client,
+    config: &AgentConfig,
+) -> Result<(HostSampler, PowerCoefficients)> {
+    let mut sampler = HostSampler::new()?;
+    let host = sampler.sample();
+    let node = match Api::<Node>::all(client.clone())
+        .get(&config.node_name)
+        .await
+    {
+        Ok(node) => Some(node),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            warn!(node = %config.node_name, "own Node not found: its cloud is not known from it");
+            None
+        }
+        Err(e) => return Err(e).context("reading this agent's own Node"),
+    };
+    let provider_id = node
+        .as_ref()
+        .and_then(|n| n.spec.as_ref()?.provider_id.as_deref());
+    let region = node
+        .as_ref()
+        .and_then(|n| n.labels().get(REGION_LABEL))
+        .map(String::as_str);
+    let power = config
+        .emissions
+        .power
+        .node_power(&host, provider_id, region)?;
+    info!(
+        cpu = %host.cpu_brand,
+        vcpus = host.vcpus,
+        cloud = %power.cloud,
+        cloud_from = power.cloud_source.as_str(),
+        coefficients = ?power.coefficients,
+        "power model ready"
+    );
+    Ok((sampler, power.coefficients))
 }
 
 /// Runs the poller (and deferral, when on) while this agent leads, and stops

@@ -20,18 +20,26 @@ use crate::crd::CarbonScore;
 use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
+use crate::taint::TaintEffect;
 use crate::zones;
 
 /// Re-decide at least this often, so dwell and staleness take effect without events.
 const TICK: Duration = Duration::from_secs(5);
 
+/// What every agent decides its own node by.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// Zone of a node without a zone label or known region.
+    pub default_zone: Option<GridZone>,
+    pub decision: DecisionParams,
+    pub taint_effect: TaintEffect,
+}
+
 pub struct Reconciler {
     pub client: Client,
     pub node_name: String,
-    pub default_zone: Option<GridZone>,
-    pub params: DecisionParams,
+    pub settings: ReconcilerSettings,
     pub writer: NodeWriter,
-    pub effect: String,
     pub metrics: Arc<Metrics>,
     /// This node's zone intensity, for the emissions loop.
     pub intensity: watch::Sender<Option<f64>>,
@@ -115,6 +123,28 @@ fn store_ready(store: &Store<CarbonScore>) -> bool {
 }
 
 impl Reconciler {
+    pub fn new(
+        client: Client,
+        node_name: &str,
+        settings: ReconcilerSettings,
+        metrics: Arc<Metrics>,
+        intensity: watch::Sender<Option<f64>>,
+    ) -> Self {
+        let writer = NodeWriter::new(
+            Api::all(client.clone()),
+            node_name,
+            settings.taint_effect.as_str(),
+        );
+        Self {
+            client,
+            node_name: node_name.to_string(),
+            settings,
+            writer,
+            metrics,
+            intensity,
+        }
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let node_config =
@@ -172,7 +202,7 @@ impl Reconciler {
             // taint a restarted agent finds on its node and put it back a
             // moment later. Data older than max-age would be stale anyway, so
             // an agent that cannot read CarbonScores stops waiting then.
-            if !store_ready(&store) && started.elapsed() < self.params.max_age {
+            if !store_ready(&store) && started.elapsed() < self.settings.decision.max_age {
                 continue;
             }
             dwell = self.reconcile(&node, &store, dwell, &mut last_zone).await;
@@ -186,7 +216,7 @@ impl Reconciler {
         dwell: DwellState,
         last_zone: &mut Option<GridZone>,
     ) -> DwellState {
-        let resolution = zones::zone_for_node(node.labels(), self.default_zone.as_ref());
+        let resolution = zones::zone_for_node(node.labels(), self.settings.default_zone.as_ref());
         if resolution.zone != *last_zone {
             if let Some(warning) = &resolution.warning {
                 warn!(node = %self.node_name, "{warning}");
@@ -206,7 +236,13 @@ impl Reconciler {
         let static_only = status.is_some_and(|s| s.kind == SourceKind::Static);
         let now = Timestamp::now();
         let found = OwnedState::of_node(node);
-        let mut decision = decide(&self.params, score.as_ref(), found.tainted, dwell, now);
+        let mut decision = decide(
+            &self.settings.decision,
+            score.as_ref(),
+            found.tainted,
+            dwell,
+            now,
+        );
         // The leader withholds the taint on static data; say so rather than
         // blame the taint budget.
         if matches!(decision.reason, Reason::BudgetExhausted | Reason::NotRanked) && static_only {
@@ -214,8 +250,14 @@ impl Reconciler {
         }
 
         self.publish(zone, score.as_ref(), &source, &decision, now);
-        let message =
-            condition_message(zone, score.as_ref(), &source, &decision, &self.effect, now);
+        let message = condition_message(
+            zone,
+            score.as_ref(),
+            &source,
+            &decision,
+            self.settings.taint_effect.as_str(),
+            now,
+        );
         match self.writer.apply(node, &decision, &message).await {
             Ok(true) => self.metrics.taint_transitions.inc(),
             Ok(false) => {}

@@ -54,8 +54,6 @@ pub struct DeferralSettings {
     pub round: RoundSettings,
     /// Zone of nodes without a zone label or known region.
     pub default_zone: Option<GridZone>,
-    /// Power model for the grams-saved estimate.
-    pub coefficients: PowerCoefficients,
     /// This agent's identity, as the events' reporting instance.
     pub identity: String,
 }
@@ -101,6 +99,7 @@ pub struct Deferral {
     metrics: Arc<Metrics>,
     settings: DeferralSettings,
     events: PodEvents,
+    coefficients: PowerCoefficients,
     held: HashMap<String, Held>,
     /// Pods released recently, by uid.
     released: HashMap<String, Released>,
@@ -185,13 +184,20 @@ pub fn zone_capacity(
 }
 
 impl Deferral {
-    pub fn new(client: Client, metrics: Arc<Metrics>, settings: DeferralSettings) -> Self {
+    /// `coefficients` are the node's power model, for the grams-saved estimate.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: DeferralSettings,
+        coefficients: PowerCoefficients,
+    ) -> Self {
         let events = PodEvents::new(client.clone(), &settings.identity, "deferral");
         Self {
             client,
             metrics,
             settings,
             events,
+            coefficients,
             held: HashMap::new(),
             released: HashMap::new(),
             rigid: None,
@@ -396,12 +402,7 @@ impl Deferral {
     }
 
     fn grams(&self, ask: &Ask, mean: f64) -> f64 {
-        estimated_grams(
-            &self.settings.coefficients,
-            ask.vcpus,
-            ask.request.duration,
-            mean,
-        )
+        estimated_grams(&self.coefficients, ask.vcpus, ask.request.duration, mean)
     }
 }
 

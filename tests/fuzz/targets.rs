@@ -18,7 +18,7 @@ use carbon_kube::budget::TaintPolicy;
 use carbon_kube::carbon::{ForecastPoint, GridZone, MAX_PLAUSIBLE_GRAMS_PER_KWH, Reading};
 use carbon_kube::config::{AgentConfig, agent_args, parse_cli_from};
 use carbon_kube::decision::{DwellState, ZoneScore, decide};
-use carbon_kube::election::{Observed, Timing, evaluate};
+use carbon_kube::election::{Observed, evaluate};
 use carbon_kube::power::PowerCoefficients;
 use carbon_kube::providers::chain::Breaker;
 use carbon_kube::providers::{electricity_maps, http, noaa, uk, watttime};
@@ -255,38 +255,39 @@ fn load(args: Vec<OsString>) -> bool {
 }
 
 fn use_config(config: &AgentConfig) {
-    let d = &config.decision;
+    let d = &config.reconciler.decision;
+    let poller = &config.poller;
     assert!(d.hysteresis_grams_per_kwh >= 0.0);
-    match config.policy {
+    match poller.policy {
         TaintPolicy::Absolute => {
-            assert!(d.hysteresis_grams_per_kwh < config.default_threshold_grams_per_kwh)
+            assert!(d.hysteresis_grams_per_kwh < poller.default_threshold_grams_per_kwh)
         }
         TaintPolicy::Relative => assert!(
             d.hysteresis_grams_per_kwh == 0.0
-                || d.hysteresis_grams_per_kwh < config.min_spread_grams_per_kwh
+                || d.hysteresis_grams_per_kwh < poller.min_spread_grams_per_kwh
         ),
     }
-    assert!(config.min_spread_percent >= 0.0 && config.floor_grams_per_kwh >= 0.0);
-    assert!((0.0..=1.0).contains(&config.max_tainted_fraction));
-    assert!(config.lease_duration >= Duration::from_secs(3));
+    assert!(poller.min_spread_percent >= 0.0 && poller.floor_grams_per_kwh >= 0.0);
+    assert!((0.0..=1.0).contains(&poller.max_tainted_fraction));
+    assert!(config.election.lease_duration >= Duration::from_secs(3));
     assert!(!config.providers.order.is_empty());
 
     // Election: deadlines on the monotonic clock.
-    let timing = Timing::new(config.lease_duration);
+    let timing = config.election;
     let now = tokio::time::Instant::now();
     let seen = Observed {
         holder: Some("other".into()),
         resource_version: "1".into(),
         seen_at: now,
     };
-    let _ = evaluate(Some(&seen), "me", now, config.lease_duration);
+    let _ = evaluate(Some(&seen), "me", now, timing.lease_duration);
     let _ = timing.must_step_down(now, now + timing.renew_deadline);
     let _ = now + timing.renew_every + timing.max_jitter;
     // Timers and deadlines the agent derives from the settings.
     let std_now = std::time::Instant::now();
     for period in [
-        config.poll_interval,
-        config.sample_interval,
+        poller.interval,
+        config.emissions.sample_interval,
         d.dwell,
         d.max_age,
         config.providers.timeout.saturating_mul(4),
@@ -297,8 +298,8 @@ fn use_config(config: &AgentConfig) {
     }
     // The decision on a fresh, dirty reading.
     let score = ZoneScore {
-        grams_per_kwh: config.default_threshold_grams_per_kwh + 1.0,
-        threshold_grams_per_kwh: config.default_threshold_grams_per_kwh,
+        grams_per_kwh: poller.default_threshold_grams_per_kwh + 1.0,
+        threshold_grams_per_kwh: poller.default_threshold_grams_per_kwh,
         observed_at: Timestamp::now(),
         taint_allowed: true,
         ranking: None,
@@ -310,5 +311,6 @@ fn use_config(config: &AgentConfig) {
         DwellState::default(),
         Timestamp::now(),
     );
-    let _ = PowerCoefficients::for_architecture("x86_64").with_overrides(&config.power);
+    let _ = PowerCoefficients::for_architecture("x86_64")
+        .with_overrides(&config.emissions.power.overrides);
 }

@@ -86,6 +86,16 @@ pub fn parse_flag(text: &str) -> Result<Duration, String> {
     parse(text, &FLAGS).map_err(|why| format!("{:?} {why}", text.trim()))
 }
 
+/// A flag's period, where zero would mean a busy loop: as [`parse_flag`],
+/// zero refused.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    let rules = Rules {
+        zero_allowed: false,
+        ..FLAGS
+    };
+    parse(text, &rules).map_err(|why| format!("{:?} {why}", text.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +150,45 @@ mod tests {
         for (text, rules, needle) in cases {
             let err = parse(text, &rules).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_take_up_to_a_year_and_periods_refuse_zero() {
+        for (text, seconds) in [
+            ("250ms", 0.25),
+            ("90", 90.0),
+            ("1.5h", 5400.0),
+            ("8760h", 31_536_000.0),
+        ] {
+            assert_eq!(
+                parse_flag(text),
+                Ok(Duration::from_secs_f64(seconds)),
+                "{text}"
+            );
+            assert_eq!(
+                parse_period(text),
+                Ok(Duration::from_secs_f64(seconds)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_flag("0s"), Ok(Duration::ZERO));
+        // Found by tests/fuzz_parsers.rs: these panicked in Duration::from_secs_f64
+        // or overflowed the lease deadline.
+        for huge in [
+            "99999999999999999999",
+            "1e30",
+            "9999999999999999999h",
+            "8761h",
+        ] {
+            assert!(parse_flag(huge).is_err(), "{huge}");
+        }
+        for (text, needle) in [
+            ("0s", "\"0s\" must be longer than zero"),
+            ("soon", "\"soon\" is not a duration like 30s, 5m or 1h"),
+        ] {
+            let err = parse_period(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - [`carbon`] and [`zones`]: grid zones, readings and the region table.
 //! - [`power`]: the CCF power model and CO2 arithmetic.
-//! - [`decision`] and [`budget`]: whether a zone's nodes are tainted.
+//! - [`decision`] and [`budget`]: whether a zone's nodes are tainted; [`taint`]: with which effect.
 //! - [`planner`] and [`deferral`]: when deferred work should start.
 //! - [`migration`]: when an opted-in pod may be moved.
 //! - [`tuner`] and [`learner`]: the threshold tuner and the outcome learner.
@@ -22,5 +22,6 @@ pub mod migration;
 pub mod planner;
 pub mod power;
 pub mod quantity;
+pub mod taint;
 pub mod tuner;
 pub mod zones;

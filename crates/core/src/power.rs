@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::zones::Cloud;
 
+mod cloud;
 mod cpu;
+pub use cloud::{CloudSource, cloud_of_node};
 pub use cpu::microarchitecture;
 
 /// CCF's `MEMORY_COEFFICIENT`, 0.000392 kWh per GB-hour, the same for every cloud.
@@ -66,6 +68,24 @@ pub struct PowerOverrides {
     pub memory_watts_per_gb: Option<f64>,
     pub pue: Option<f64>,
 }
+
+impl PowerOverrides {
+    /// What can be checked before the host is known: each value in range, and
+    /// idle at most full load when both are given. [`PowerCoefficients::with_overrides`]
+    /// checks the rest against the host's defaults.
+    pub fn validate(&self) -> Result<(), PowerError> {
+        let widest = PowerCoefficients {
+            min_watts_per_vcpu: 0.0,
+            max_watts_per_vcpu: MAX_WATTS_PER_VCPU,
+            memory_watts_per_gb: 0.0,
+            pue: 1.0,
+        };
+        widest.with_overrides(self).map(drop)
+    }
+}
+
+/// Above this a figure is a unit slip (mW, kW), not data.
+const MAX_WATTS_PER_VCPU: f64 = 50.0;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PowerError {
@@ -149,8 +169,18 @@ impl PowerCoefficients {
     /// out); the upper bounds catch unit slips (mW, kW) that would otherwise
     /// pass as data.
     fn check_ranges(&self) -> Result<(), PowerError> {
-        check("min_watts_per_vcpu", self.min_watts_per_vcpu, 0.0, 50.0)?;
-        check("max_watts_per_vcpu", self.max_watts_per_vcpu, 0.0, 50.0)?;
+        check(
+            "min_watts_per_vcpu",
+            self.min_watts_per_vcpu,
+            0.0,
+            MAX_WATTS_PER_VCPU,
+        )?;
+        check(
+            "max_watts_per_vcpu",
+            self.max_watts_per_vcpu,
+            0.0,
+            MAX_WATTS_PER_VCPU,
+        )?;
         if self.max_watts_per_vcpu == 0.0 {
             return Err(invalid("max_watts_per_vcpu", 0.0, "must be above 0".into()));
         }
@@ -511,6 +541,48 @@ mod tests {
                 "{overrides:?}: {err}"
             );
             assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn overrides_are_checked_before_the_host_is_known() {
+        let ok = PowerOverrides {
+            min_watts_per_vcpu: Some(5.0),
+            ..Default::default()
+        };
+        // Above Skylake's 4.26 W at full load: only the host can say it is wrong.
+        assert_eq!(ok.validate(), Ok(()));
+        type Case = (&'static str, PowerOverrides);
+        let cases: [Case; 3] = [
+            (
+                "pue",
+                PowerOverrides {
+                    pue: Some(0.9),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_watts_per_vcpu",
+                PowerOverrides {
+                    max_watts_per_vcpu: Some(0.0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_watts_per_vcpu",
+                PowerOverrides {
+                    min_watts_per_vcpu: Some(3.0),
+                    max_watts_per_vcpu: Some(2.0),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, overrides) in cases {
+            let err = overrides.validate().unwrap_err();
+            assert!(
+                matches!(err, PowerError::InvalidCoefficient { field: f, .. } if f == field),
+                "{overrides:?}: {err}"
+            );
         }
     }
 }

@@ -4,6 +4,28 @@
 /// A Kubernetes CPU quantity in vCPUs: `250m`, `2`, `0.5`, `1e3`, `2k`.
 /// `None` for anything else, negative or not finite.
 pub fn parse_cpu(text: &str) -> Option<f64> {
+    parse(text)
+}
+
+/// A size in bytes as Kubernetes writes memory: `1048576`, `1Mi`, `512Ki`,
+/// `1M`. The error follows the quoted text, for a flag's value parser.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    match parse(text) {
+        // Past 2^53 an f64 no longer holds every whole number: no limit needs that.
+        Some(bytes) if bytes.fract() == 0.0 && bytes <= (1u64 << 53) as f64 => Ok(bytes as usize),
+        Some(_) => Err(format!(
+            "{:?} is not a whole number of bytes up to 8Pi",
+            text.trim()
+        )),
+        None => Err(format!(
+            "{:?} is not a size like 1048576, 512Ki or 1Mi",
+            text.trim()
+        )),
+    }
+}
+
+/// Any quantity as a plain number, with its decimal or binary suffix applied.
+fn parse(text: &str) -> Option<f64> {
     let text = text.trim();
     let value = match text.parse::<f64>() {
         Ok(v) => v,
@@ -43,6 +65,29 @@ mod tests {
         assert!((parse_cpu("100u").unwrap() - 1e-4).abs() < 1e-15);
         for bad in ["lots", "", "-1", "NaN", "inf", "5x", "m"] {
             assert_eq!(parse_cpu(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_as_whole_bytes() {
+        for (text, bytes) in [
+            ("1048576", 1 << 20),
+            ("1Mi", 1 << 20),
+            ("512Ki", 512 << 10),
+            ("1M", 1_000_000),
+            (" 2Gi ", 2 << 30),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for (text, needle) in [
+            ("1.5", "not a whole number of bytes"),
+            ("100m", "not a whole number of bytes"),
+            ("1e30", "up to 8Pi"),
+            ("lots", "not a size like"),
+            ("-1Ki", "not a size like"),
+        ] {
+            let err = parse_bytes(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
         }
     }
 }

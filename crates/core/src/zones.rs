@@ -23,7 +23,7 @@ pub const CCF_GRID_FACTORS_CSV: &str = include_str!("data/ccf_grid_emission_fact
 pub const STATIC_EXTRA_ZONES_CSV: &str = include_str!("data/static_extra_zones.csv");
 
 /// A public cloud whose region names the table knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Cloud {
     Aws,
     Gcp,
