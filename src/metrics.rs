@@ -20,6 +20,7 @@ use prometheus::{
 };
 use tracing::warn;
 
+use crate::error::Error;
 use crate::providers::Attempt;
 
 pub use heartbeat::{Heartbeat, STALLED_AFTER};
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub taint_transitions: IntCounter,
     pub data_age_seconds: LazyGauge,
     pub node_write_errors: IntCounter,
+    errors: IntCounterVec,
     // Providers, leader and poller.
     pub provider_requests: CounterVec,
     pub provider_errors: CounterVec,
@@ -189,6 +191,13 @@ impl Metrics {
                 "node_write_errors_total",
                 "Failed writes of the taint, label or condition to this node.",
             ),
+            errors: c.add(IntCounterVec::new(
+                Opts::new(
+                    "errors_total",
+                    "Errors the agent met and will retry, by the part that met them (reconciler, poller, deferral, migration) and their kind (conflict, not_found, forbidden, throttled, server_error, client_error, transport, malformed, kube).",
+                ),
+                &["part", "kind"],
+            )),
             provider_requests: c.counters(
                 "provider_requests_total",
                 "Carbon API requests by provider and outcome.",
@@ -410,6 +419,13 @@ impl Metrics {
     /// `no_forecast` or `invalid`.
     pub fn record_deferral_release(&self, reason: &'static str) {
         self.deferral_releases.with_label_values(&[reason]).inc();
+    }
+
+    /// One error `part` met and will retry, by its [`Error::metric_label`].
+    pub fn record_error(&self, part: &'static str, error: &Error) {
+        self.errors
+            .with_label_values(&[part, error.metric_label()])
+            .inc();
     }
 
     /// One eviction attempt; `outcome` is `evicted`, `blocked` or `failed`.

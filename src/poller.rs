@@ -21,6 +21,7 @@ use crate::carbon::{GridZone, Reading, SourceKind};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
 use crate::decision::ZoneRanking;
 use crate::election::Fence;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError};
 use crate::tuner::TunerParams;
@@ -279,6 +280,8 @@ impl Poller {
                 .map(|r| format!("{}: {}", r.describe(), r.verdict.explain()));
             status.ranking = ranked;
             if let Err(e) = self.write(zone, &status).await {
+                let e = Error::from(e);
+                self.metrics.record_error("poller", &e);
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
         }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::carbon::{GridZone, SourceKind};
 use crate::crd::CarbonScore;
 use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
 use crate::taint::TaintEffect;
@@ -262,7 +263,9 @@ impl Reconciler {
             Ok(true) => self.metrics.taint_transitions.inc(),
             Ok(false) => {}
             Err(e) => {
+                let e = Error::from(e);
                 self.metrics.node_write_errors.inc();
+                self.metrics.record_error("reconciler", &e);
                 warn!(node = %self.node_name, error = %e, "writing the node failed; will retry");
             }
         }

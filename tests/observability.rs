@@ -70,6 +70,10 @@ fn catalogue() -> BTreeSet<String> {
         outcome: "timeout",
         seconds: 0.1,
     }]);
+    m.record_error(
+        "poller",
+        &carbon_kube::error::ConfigError::new("x", "y").into(),
+    );
     m.set_tuner_threshold("DE", 1.0);
     m.set_tuner_reward("DE", 1.0);
     m.record_tuner_decision("DE", "hold");

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
+use crate::error::Error;
 use crate::events::{PodEvents, pod_key};
 use crate::metrics::Metrics;
 use crate::planner::{ExpectedWait, ReleaseReason, RigidLoad};

@@ -179,3 +179,24 @@ fn readiness_follows_the_flag() {
     assert_eq!(status("/healthz"), StatusCode::OK);
     assert_eq!(status("/nope"), StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn errors_are_counted_by_part_and_kind() {
+    let metrics = Metrics::new("node-a");
+    let conflict = || {
+        let status = kube::core::Status::failure("changed", "Conflict").with_code(409);
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    };
+    metrics.record_error("reconciler", &conflict());
+    metrics.record_error("reconciler", &conflict());
+    metrics.record_error("poller", &crate::error::ConfigError::new("x", "y").into());
+    let text = metrics.encode();
+    let count = |part: &str, kind: &str| {
+        let labels = [format!("part=\"{part}\""), format!("kind=\"{kind}\"")];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        sample(&text, "carbon_kube_errors_total", &labels)
+    };
+    assert_eq!(count("reconciler", "conflict"), Some(2.0));
+    assert_eq!(count("poller", "config"), Some(1.0));
+    assert_eq!(count("poller", "conflict"), None);
+}

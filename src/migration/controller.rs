@@ -23,6 +23,7 @@ use super::{
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
 use crate::deferral::controller::human;
+use crate::error::Error;
 use crate::events::{PodEvents, pod_key};
 use crate::metrics::Metrics;
 use crate::watches::{self, FailureLog};
@@ -277,6 +278,8 @@ impl Migrator {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => {
                 self.metrics.record_eviction("failed");
+                let e = Error::from(e);
+                self.metrics.record_error("migration", &e);
                 self.retry_at.insert(uid, now + RETRY);
                 warn!(pod = %pod_key(pod), error = %e, "migration: eviction failed; trying again later");
                 let note = format!(

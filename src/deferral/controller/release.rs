@@ -53,6 +53,8 @@ impl Deferral {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => return,
             Err(e) => {
+                let e = Error::from(e);
+                self.metrics.record_error("deferral", &e);
                 warn!(pod = %pod_key(pod), error = %e, "deferral: removing the gate failed; will retry");
                 return;
             }
