@@ -102,20 +102,17 @@ mod rounds {
     const NODE: &str = "/api/v1/nodes/n1";
 
     fn reconciler(client: Client) -> Reconciler {
-        Reconciler {
-            client: client.clone(),
-            node_name: "n1".into(),
+        let settings = ReconcilerSettings {
             default_zone: None,
-            params: DecisionParams {
+            decision: DecisionParams {
                 hysteresis_grams_per_kwh: 20.0,
                 dwell: Duration::ZERO,
                 max_age: Duration::from_secs(3600),
             },
-            writer: NodeWriter::new(Api::all(client), "n1", "PreferNoSchedule"),
-            effect: "PreferNoSchedule".into(),
-            metrics: Metrics::new("n1"),
-            intensity: watch::channel(None).0,
-        }
+            taint_effect: TaintEffect::PreferNoSchedule,
+        };
+        let intensity = watch::channel(None).0;
+        Reconciler::new(client, "n1", settings, Metrics::new("n1"), intensity)
     }
 
     fn counter(reconciler: &Reconciler, name: &str) -> Option<f64> {
@@ -148,6 +145,13 @@ mod rounds {
             counter(&reconciler, "carbon_kube_taint_transitions_total"),
             Some(0.0)
         );
+        // The crate error counter says which part met it and what kind it was.
+        let errors = sample(
+            &reconciler.metrics.encode(),
+            "carbon_kube_errors_total",
+            &["part=\"reconciler\"", "kind=\"server_error\""],
+        );
+        assert_eq!(errors, Some(1.0));
         assert_eq!(zone.as_ref().map(GridZone::as_str), Some("DE"));
 
         // The node is as it was: the next round writes it again.

@@ -23,10 +23,10 @@ fn deferral(client: Client) -> Deferral {
             forecast_error: 0.1,
         },
         default_zone: None,
-        coefficients: PowerCoefficients::for_architecture("x86_64"),
         identity: "carbon-kube-n1".into(),
     };
-    Deferral::new(client, Metrics::new("n1"), settings)
+    let power = PowerCoefficients::for_architecture("x86_64");
+    Deferral::new(client, Metrics::new("n1"), settings, power)
 }
 
 /// A pod held by our gate whose deferral annotation cannot be read.
