@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics::{Metrics, PodEmissions};
-use crate::power::{self, PowerCoefficients};
+use crate::power;
 
 pub use cgroup::{
     CpuUsage, accounting_root, cpuacct_usage_usec, pod_cpu_usage, pod_uid, usage_usec,
@@ -35,11 +35,6 @@ pub use directory::{PodDirectory, by_uid};
 pub struct PodKey {
     pub namespace: String,
     pub name: String,
-}
-
-/// Watts added by one busy vCPU: `(max − min) × PUE`.
-pub fn watts_per_busy_vcpu(c: &PowerCoefficients) -> f64 {
-    (c.max_watts_per_vcpu - c.min_watts_per_vcpu) * c.pue
 }
 
 /// Busy vCPUs of each pod between two readings. A pod without an earlier
@@ -161,10 +156,15 @@ pub fn start(
 impl Attribution {
     /// One sample, right after the host's, so both cover about the same interval.
     /// The cgroup files are in memory (cgroupfs), so reading them inline is cheap.
+    ///
+    /// `watts_per_vcpu` is what one busy vCPU adds (the model's, or the
+    /// model's scaled to a measured CPU figure); `gpu_watts` is the GPU power
+    /// (with PUE) of the pods dcgm-exporter maps GPUs to, added to their CPU share.
     pub fn sample(
         &mut self,
-        coefficients: &PowerCoefficients,
+        watts_per_vcpu: f64,
         node_busy_vcpus: f64,
+        gpu_watts: &BTreeMap<PodKey, f64>,
         grams_per_kwh: Option<f64>,
     ) {
         let now = Instant::now();
@@ -188,8 +188,11 @@ impl Attribution {
         };
         let elapsed = now.duration_since(then);
         let busy = busy_vcpus(&previous, current, elapsed);
-        let watts = pod_watts(&busy, node_busy_vcpus, watts_per_busy_vcpu(coefficients));
-        let pods = by_name(&watts, &self.directory.snapshot());
+        let watts = pod_watts(&busy, node_busy_vcpus, watts_per_vcpu);
+        let mut pods = by_name(&watts, &self.directory.snapshot());
+        for (key, w) in gpu_watts {
+            *pods.entry(key.clone()).or_insert(0.0) += w;
+        }
         for (key, w) in &pods {
             let emitted = emissions(*w, grams_per_kwh, elapsed);
             self.metrics.set_pod(&key.namespace, &key.name, *w, emitted);

@@ -56,6 +56,36 @@ pub enum Command {
     Intensity(Box<IntensityArgs>),
     /// Remove carbon-kube's taint, label and condition from every node (the uninstall hook).
     Cleanup(CleanupArgs),
+    /// Print one sample of this node's power (CPU, DRAM, GPUs), each figure with its source.
+    Power(Box<PowerSampleArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct PowerSampleArgs {
+    #[command(flatten)]
+    pub meters: MeterArgs,
+
+    #[command(flatten)]
+    pub power: PowerArgs,
+}
+
+/// Where measured power is read; what none of these measures stays modelled.
+#[derive(Debug, Clone, Args)]
+pub struct MeterArgs {
+    /// Where sysfs is mounted: RAPL energy counters under class/powercap, hwmon power
+    /// sensors under class/hwmon (in a pod: the host's /sys, mounted read-only).
+    #[arg(long, env = "CARBON_KUBE_SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+
+    /// This node's dcgm-exporter metrics URL (NVIDIA GPU power per GPU and pod), e.g.
+    /// http://10.0.0.5:9400/metrics; empty: not scraped.
+    #[arg(long, env = "CARBON_KUBE_DCGM_URL", default_value = "")]
+    pub dcgm_url: String,
+
+    /// nvidia-smi to run for GPU power when dcgm-exporter gives none (a name on PATH or a
+    /// path); empty: never run.
+    #[arg(long, env = "CARBON_KUBE_NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: String,
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +277,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub power: PowerArgs,
+
+    #[command(flatten)]
+    pub meters: MeterArgs,
 }
 
 #[derive(Debug, Args)]

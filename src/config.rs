@@ -19,10 +19,10 @@ use crate::deferral::controller::DeferralSettings;
 use crate::deferral::round::RoundSettings;
 use crate::election::Timing;
 use crate::emissions::{EmissionsSettings, PowerSettings};
+use crate::meters::MeterSettings;
 use crate::migration::controller::MigrationSettings;
 use crate::planner::PlannerParams;
 use crate::poller::PollerSettings;
-use crate::power::PowerOverrides;
 use crate::providers::ProvidersConfig;
 use crate::reconcile::ReconcilerSettings;
 use crate::tuner::TunerParams;
@@ -112,13 +112,7 @@ impl AgentConfig {
         let mut providers = providers_config(&args.providers)?;
         // A cached reading must never outlive a poll, or the leader would write it twice.
         providers.cache_ttl = providers.cache_ttl.min(poller.interval / 2);
-        let overrides = PowerOverrides {
-            min_watts_per_vcpu: args.power.min_watts_per_vcpu,
-            max_watts_per_vcpu: args.power.max_watts_per_vcpu,
-            memory_watts_per_gb: args.power.memory_watts_per_gb,
-            pue: args.power.pue,
-        };
-        overrides.validate().map_err(PowerSettings::config_error)?;
+        let power = PowerSettings::from_args(&args.power)?;
         // Checked even when off, so that turning it on cannot reveal a bad value.
         let deferral = deferral_settings(args, &decision, &default_zone, &identity)?;
         if args.max_evictions_per_hour == 0 {
@@ -147,10 +141,8 @@ impl AgentConfig {
             emissions: EmissionsSettings {
                 sample_interval: args.sample_interval,
                 cgroup_root: args.cgroup_root.clone(),
-                power: PowerSettings {
-                    cloud: args.power.cloud,
-                    overrides,
-                },
+                power,
+                meters: MeterSettings::from_args(&args.meters)?,
             },
             kueue: args.kueue_green_window.then(|| deferral.clone()),
             deferral: args.deferral.then_some(deferral),

@@ -1,6 +1,7 @@
-//! Every agent's emissions loop: sample the host, apply the power model and
-//! the zone's intensity, and publish power, emission rate, grams emitted and
-//! the node's emission score.
+//! Every agent's emissions loop: sample the host and the power meters, apply
+//! the power model to what nothing measures and the zone's intensity, and
+//! publish power (by part and source), emission rate, grams emitted and the
+//! node's emission score.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,9 +11,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::attribution::Attribution;
+use crate::cli::PowerArgs;
 use crate::error::ConfigError;
 use crate::host::HostSampler;
+use crate::meters::{self, MeterSample, MeterSettings, Meters};
 use crate::metrics::Metrics;
+use crate::power::measured::{Breakdown, ModelInputs};
 use crate::power::{
     self, CloudSource, EmissionCounter, HostSample, PowerCoefficients, PowerError, PowerOverrides,
     cloud_of_node,
@@ -26,6 +30,7 @@ pub struct EmissionsSettings {
     /// The host's cgroup mount, for per-pod attribution.
     pub cgroup_root: PathBuf,
     pub power: PowerSettings,
+    pub meters: MeterSettings,
 }
 
 /// The operator's say in the node's power model.
@@ -46,6 +51,22 @@ pub struct NodePower {
 }
 
 impl PowerSettings {
+    /// `--cloud` and the coefficient overrides, each checked on its own here
+    /// and against the host's CPU in [`Self::node_power`].
+    pub fn from_args(args: &PowerArgs) -> Result<Self, ConfigError> {
+        let overrides = PowerOverrides {
+            min_watts_per_vcpu: args.min_watts_per_vcpu,
+            max_watts_per_vcpu: args.max_watts_per_vcpu,
+            memory_watts_per_gb: args.memory_watts_per_gb,
+            pue: args.pue,
+        };
+        overrides.validate().map_err(Self::config_error)?;
+        Ok(Self {
+            cloud: args.cloud,
+            overrides,
+        })
+    }
+
     /// The model for this host's CPU (brand → micro-architecture, else its
     /// architecture) in the node's cloud (see [`cloud_of_node`]), with the
     /// overrides applied. An override that does not fit is an error that
@@ -84,10 +105,13 @@ impl PowerSettings {
 
 pub struct EmissionsLoop {
     sampler: HostSampler,
+    meters: Meters,
     coefficients: PowerCoefficients,
     interval: Duration,
     metrics: Arc<Metrics>,
     attribution: Option<Attribution>,
+    /// What the node condition says of the power figures.
+    power_note: watch::Sender<String>,
 }
 
 impl EmissionsLoop {
@@ -96,16 +120,23 @@ impl EmissionsLoop {
     pub fn new(
         sampler: HostSampler,
         coefficients: PowerCoefficients,
-        interval: Duration,
+        settings: &EmissionsSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             sampler,
+            meters: Meters::new(settings.meters.clone()),
             coefficients,
-            interval,
+            interval: settings.sample_interval,
             metrics,
             attribution: None,
+            power_note: watch::channel(power_note(&MeterSample::default())).0,
         }
+    }
+
+    /// The sentence on power for the node condition, kept current.
+    pub fn power_note(&self) -> watch::Receiver<String> {
+        self.power_note.subscribe()
     }
 
     /// Also shares the node's dynamic power out to its pods, each sample.
@@ -128,21 +159,32 @@ impl EmissionsLoop {
                 _ = shutdown.changed() => return,
             }
             let host = self.sampler.sample();
-            let watts = power::node_watts(
-                &self.coefficients,
-                host.vcpus,
-                host.cpu_utilisation,
-                host.memory_total_gb,
-            );
+            let meter = self.meters.read().await;
+            let breakdown = breakdown(&host, &meter, &self.coefficients);
+            self.power_note.send_if_modified(|note| {
+                let now = power_note(&meter);
+                let changed = *note != now;
+                *note = now;
+                changed
+            });
+            let watts = breakdown.total_watts();
             let elapsed = last.elapsed();
             last = Instant::now();
             self.metrics.node_power_watts.set(watts);
+            self.metrics.set_power_parts(&breakdown);
             self.metrics.node_cpu_utilisation.set(host.cpu_utilisation);
-            let idle = power::node_watts(&self.coefficients, host.vcpus, 0.0, host.memory_total_gb);
-            self.metrics.node_idle_power_watts.set(idle);
+            self.metrics
+                .node_idle_power_watts
+                .set(breakdown.idle_watts());
+            let per_vcpu = breakdown.watts_per_busy_vcpu(&self.coefficients);
             if let Some(attribution) = &mut self.attribution {
                 let busy_vcpus = host.cpu_utilisation * host.vcpus;
-                attribution.sample(&self.coefficients, busy_vcpus, *intensity.borrow());
+                let gpus = meter
+                    .pod_gpu_watts
+                    .iter()
+                    .map(|(pod, w)| (pod.clone(), w * breakdown.pue))
+                    .collect();
+                attribution.sample(per_vcpu, busy_vcpus, &gpus, *intensity.borrow());
             }
             let Some(grams_per_kwh) = *intensity.borrow() else {
                 continue;
@@ -151,15 +193,75 @@ impl EmissionsLoop {
             self.metrics
                 .node_emissions_rate
                 .set(power::grams_per_hour(watts, grams_per_kwh));
-            self.metrics.node_emission_score.set(power::emission_score(
-                &self.coefficients,
-                host.cpu_utilisation,
-                grams_per_kwh,
-            ));
+            self.metrics
+                .node_emission_score
+                .set(power::grams_per_hour(per_vcpu, grams_per_kwh));
             let grams = counter.add(watts, grams_per_kwh, elapsed);
             self.metrics.node_emitted_grams.inc_by(grams);
         }
     }
+}
+
+fn breakdown(host: &HostSample, meter: &MeterSample, c: &PowerCoefficients) -> Breakdown {
+    let model = ModelInputs {
+        vcpus: host.vcpus,
+        cpu_utilisation: host.cpu_utilisation,
+        memory_gb: host.memory_total_gb,
+    };
+    Breakdown::combine(&meter.parts, model, c)
+}
+
+/// `Power: measured by rapl, dcgm-exporter; …`, or modelled.
+pub fn power_note(meter: &MeterSample) -> String {
+    if meter.sources.is_empty() {
+        "Power: modelled (CCF coefficients × CPU utilisation; no power meter found).".into()
+    } else {
+        format!(
+            "Power: measured by {}; what they do not cover is modelled (CCF).",
+            meters::describe(&meter.sources)
+        )
+    }
+}
+
+/// `carbon-kube power`: one sample of this host's breakdown, each figure with
+/// its source, under the model `--cloud` (else AWS) and the overrides give.
+/// Two reads `span` apart, as energy counters and CPU utilisation are differences.
+pub async fn print_sample(
+    power: &PowerSettings,
+    settings: &MeterSettings,
+    span: Duration,
+) -> anyhow::Result<String> {
+    let mut sampler = HostSampler::new()?;
+    let coefficients = power
+        .node_power(&sampler.sample(), None, None)?
+        .coefficients;
+    let mut meters = Meters::new(settings.clone());
+    meters.read().await;
+    tokio::time::sleep(span.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL)).await;
+    let host = sampler.sample();
+    let meter = meters.read().await;
+    let b = breakdown(&host, &meter, &coefficients);
+    let mut out = format!("{:<6} {:<40} {:>10}  source\n", "part", "device", "watts");
+    for part in &b.parts {
+        out.push_str(&format!(
+            "{:<6} {:<40} {:>10.2}  {} ({})\n",
+            part.kind.as_str(),
+            part.device,
+            part.watts,
+            part.source,
+            part.source.class()
+        ));
+    }
+    out.push_str(&format!(
+        "total {:.2} W with PUE {} ({} vCPUs at {:.0} % busy); {:.0} % measured\n{}\n",
+        b.total_watts(),
+        b.pue,
+        host.vcpus,
+        host.cpu_utilisation * 100.0,
+        b.measured_share() * 100.0,
+        power_note(&meter)
+    ));
+    Ok(out)
 }
 
 #[cfg(test)]

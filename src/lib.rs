@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod kueue;
+pub mod meters;
 pub mod metrics;
 pub mod migration;
 pub mod node;

@@ -30,9 +30,10 @@ use carbon_kube::config::{self, AgentConfig};
 use carbon_kube::crd::{self, CarbonScore};
 use carbon_kube::deferral::controller::Deferral;
 use carbon_kube::election::Elector;
-use carbon_kube::emissions::EmissionsLoop;
+use carbon_kube::emissions::{self, EmissionsLoop, PowerSettings};
 use carbon_kube::host::HostSampler;
 use carbon_kube::kueue::controller::CheckMetrics;
+use carbon_kube::meters::MeterSettings;
 use carbon_kube::metrics::{self, Metrics};
 use carbon_kube::migration::controller::Migrator;
 use carbon_kube::poller::Poller;
@@ -66,6 +67,13 @@ fn main() -> Result<()> {
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),
         Command::Cleanup(args) => runtime.block_on(cleanup(args)),
+        Command::Power(args) => {
+            let power = PowerSettings::from_args(&args.power)?;
+            let meters = MeterSettings::from_args(&args.meters)?;
+            let sample = emissions::print_sample(&power, &meters, Duration::from_secs(1));
+            print!("{}", runtime.block_on(sample)?);
+            Ok(())
+        }
         Command::Agent(args) => {
             let config = AgentConfig::from_args(&args)?;
             runtime.block_on(agent(config))
@@ -195,17 +203,17 @@ async fn agent(config: AgentConfig) -> Result<()> {
 
     // Every agent: its own node, and its own emissions.
     let (intensity_tx, intensity_rx) = watch::channel(None);
+    let settings = config.emissions;
+    let mut emissions = EmissionsLoop::new(sampler, power, &settings, metrics.clone());
     let reconciler = Reconciler::new(
         client.clone(),
         &config.node_name,
         config.reconciler,
         metrics.clone(),
         intensity_tx,
-    );
+    )
+    .with_power_note(emissions.power_note());
     tasks.spawn("reconciler", reconciler.run(shutdown.clone()));
-    let settings = config.emissions;
-    let mut emissions =
-        EmissionsLoop::new(sampler, power, settings.sample_interval, metrics.clone());
     // Per-pod power and CO2, where the host's pod cgroups are visible.
     let pods = attribution::start(
         &settings.cgroup_root,

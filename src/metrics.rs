@@ -21,6 +21,7 @@ use prometheus::{
 use tracing::warn;
 
 use crate::error::Error;
+use crate::power::measured::{Breakdown, PartKind};
 use crate::providers::Attempt;
 
 pub use heartbeat::{Heartbeat, STALLED_AFTER};
@@ -52,6 +53,7 @@ pub struct Metrics {
     pub node_emitted_grams: Counter,
     pub node_emission_score: LazyGauge,
     pub node_cpu_utilisation: Gauge,
+    node_power_parts: GaugeVec,
     // Decision and node writes.
     pub threshold: LazyGauge,
     pub tainted: IntGauge,
@@ -152,7 +154,7 @@ impl Metrics {
             ),
             node_power_watts: c.gauge(
                 "node_power_watts",
-                "Estimated power draw of this node in watts, including PUE.",
+                "Power draw of this node in watts, including PUE: measured parts where the hardware reports them, the model elsewhere (node_power_part_watts splits it).",
             ),
             node_idle_power_watts: c.gauge(
                 "node_idle_power_watts",
@@ -173,6 +175,11 @@ impl Metrics {
             node_cpu_utilisation: c.gauge(
                 "node_cpu_utilisation_ratio",
                 "Host CPU utilisation used by the power model (0 to 1).",
+            ),
+            node_power_parts: c.gauges(
+                "node_power_part_watts",
+                "The node's power by part (cpu, dram, gpu) and whether the figure is measured or modelled, in watts including PUE; the parts add up to node_power_watts.",
+                &["part", "source"],
             ),
             threshold: c.lazy(
                 "threshold_grams_per_kwh",
@@ -380,6 +387,29 @@ impl Metrics {
         self.tuner_decisions
             .with_label_values(&[zone, action])
             .inc();
+    }
+
+    /// The node's power by part and source class, at most six series: a
+    /// part/class pair that no longer has a figure (a GPU gone, RAPL now
+    /// readable) loses its series.
+    pub fn set_power_parts(&self, breakdown: &Breakdown) {
+        for kind in [PartKind::Cpu, PartKind::Dram, PartKind::Gpu] {
+            for measured in [true, false] {
+                let present = breakdown
+                    .parts
+                    .iter()
+                    .any(|p| p.kind == kind && p.source.is_measured() == measured);
+                let class = if measured { "measured" } else { "modelled" };
+                let labels = [kind.as_str(), class];
+                if present {
+                    self.node_power_parts
+                        .with_label_values(&labels)
+                        .set(breakdown.watts_of(kind, measured));
+                } else {
+                    let _ = self.node_power_parts.remove_label_values(&labels);
+                }
+            }
+        }
     }
 
     /// A pod's share of the node's power over the last sample, and the grams

@@ -44,6 +44,9 @@ pub struct Reconciler {
     pub metrics: Arc<Metrics>,
     /// This node's zone intensity, for the emissions loop.
     pub intensity: watch::Sender<Option<f64>>,
+    /// Whether the node's power is measured or modelled, from the emissions
+    /// loop; it ends the condition message.
+    pub power_note: watch::Receiver<String>,
 }
 
 /// The operator-facing explanation in the node condition.
@@ -143,7 +146,13 @@ impl Reconciler {
             writer,
             metrics,
             intensity,
+            power_note: watch::channel(String::new()).1,
         }
+    }
+
+    pub fn with_power_note(mut self, note: watch::Receiver<String>) -> Self {
+        self.power_note = note;
+        self
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -251,7 +260,7 @@ impl Reconciler {
         }
 
         self.publish(zone, score.as_ref(), &source, &decision, now);
-        let message = condition_message(
+        let verdict = condition_message(
             zone,
             score.as_ref(),
             &source,
@@ -259,6 +268,10 @@ impl Reconciler {
             self.settings.taint_effect.as_str(),
             now,
         );
+        let message = match self.power_note.borrow().as_str() {
+            "" => verdict,
+            note => format!("{verdict} {note}"),
+        };
         match self.writer.apply(node, &decision, &message).await {
             Ok(true) => self.metrics.taint_transitions.inc(),
             Ok(false) => {}

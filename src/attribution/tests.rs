@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
+use crate::power::PowerCoefficients;
+use crate::power::measured::{Breakdown, ModelInputs};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -45,7 +47,13 @@ fn pods_get_the_per_vcpu_dynamic_power() {
         memory_watts_per_gb: 0.5,
         pue: 1.2,
     };
-    assert!(close(watts_per_busy_vcpu(&c), 3.6));
+    let model = ModelInputs {
+        vcpus: 8.0,
+        cpu_utilisation: 0.5,
+        memory_gb: 0.0,
+    };
+    let per_vcpu = Breakdown::combine(&[], model, &c).watts_per_busy_vcpu(&c);
+    assert!(close(per_vcpu, 3.6));
     let busy = HashMap::from([("a".to_string(), 1.0), ("b".to_string(), 0.5)]);
     let watts = pod_watts(&busy, 4.0, 3.6);
     assert!(close(watts["a"], 3.6) && close(watts["b"], 1.8));
@@ -141,28 +149,41 @@ fn samples_export_pods_and_drop_the_ones_that_left() {
         exported: BTreeSet::new(),
         read_failed: false,
     };
-    let c = PowerCoefficients {
-        min_watts_per_vcpu: 1.0,
-        max_watts_per_vcpu: 4.0,
-        memory_watts_per_gb: 0.0,
-        pue: 1.0,
-    };
-    attribution.sample(&c, 8.0, Some(500.0));
+    let per_vcpu = 3.0;
+    attribution.sample(per_vcpu, 8.0, &BTreeMap::new(), Some(500.0));
     assert!(
         !metrics.encode().contains("carbon_kube_pod_power_watts{"),
         "first sample is a baseline"
     );
+    // dcgm-exporter maps a GPU to alpha and one to gamma, a pod without a
+    // cgroup reading here: GPU power adds to the CPU share.
+    let pod = |name: &str| PodKey {
+        namespace: "team".into(),
+        name: name.into(),
+    };
+    let gpus = BTreeMap::from([(pod("alpha"), 300.0), (pod("gamma"), 70.0)]);
 
     write_usage(&root, a, 2_000_000);
     write_usage(&root, b, 1_000);
-    attribution.sample(&c, 8.0, Some(500.0));
+    attribution.sample(per_vcpu, 8.0, &gpus, Some(500.0));
     let text = metrics.encode();
     assert!(text.contains("pod=\"alpha\""), "{text}");
     assert!(text.contains("pod=\"beta\""), "{text}");
     assert!(
-        text.contains("carbon_kube_attributed_pods{node=\"n\"} 2"),
+        text.contains("carbon_kube_attributed_pods{node=\"n\"} 3"),
         "{text}"
     );
+    let watts = |name| {
+        crate::testing::sample(
+            &text,
+            "carbon_kube_pod_power_watts",
+            &["namespace=\"team\"", &format!("pod=\"{name}\"")],
+        )
+        .unwrap()
+    };
+    assert!(close(watts("gamma"), 70.0), "{text}");
+    let alpha_cpu = watts("alpha") - 300.0;
+    assert!(alpha_cpu > 0.0 && alpha_cpu <= 8.0 * per_vcpu, "{text}");
 
     std::fs::remove_dir_all(
         root.join("kubepods.slice/kubepods-besteffort.slice")
@@ -172,7 +193,7 @@ fn samples_export_pods_and_drop_the_ones_that_left() {
             )),
     )
     .unwrap();
-    attribution.sample(&c, 8.0, Some(500.0));
+    attribution.sample(per_vcpu, 8.0, &BTreeMap::new(), Some(500.0));
     let text = metrics.encode();
     assert!(text.contains("pod=\"alpha\""), "{text}");
     assert!(

@@ -113,6 +113,7 @@ mod rounds {
         };
         let intensity = watch::channel(None).0;
         Reconciler::new(client, "n1", settings, Metrics::new("n1"), intensity)
+            .with_power_note(watch::channel("Power: modelled (test).".to_string()).1)
     }
 
     fn counter(reconciler: &Reconciler, name: &str) -> Option<f64> {
@@ -216,7 +217,8 @@ mod rounds {
             assert_eq!(condition["status"], "Unknown");
             assert_eq!(
                 condition["message"],
-                "No carbon data for grid zone DE yet; the node is left schedulable."
+                "No carbon data for grid zone DE yet; the node is left schedulable. Power: modelled (test).",
+                "the emissions loop's note on measured or modelled power ends the message"
             );
             server.expect_no_more().await;
         };

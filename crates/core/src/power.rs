@@ -11,6 +11,7 @@ use crate::zones::Cloud;
 
 mod cloud;
 mod cpu;
+pub mod measured;
 pub use cloud::{CloudSource, cloud_of_node};
 pub use cpu::microarchitecture;
 
