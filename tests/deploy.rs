@@ -171,6 +171,71 @@ fn chart_lints_and_renders_with_secure_defaults() {
     );
 }
 
+/// Measured power's opt-ins: the host's /sys read-only, and RAPL's root-only counters
+/// read as uid 0 with every capability still dropped, for the agent alone.
+#[test]
+fn measured_power_opt_ins_mount_sys_read_only_and_rapl_alone_runs_as_root() {
+    let env_of = |agent: &Value, name: &str| {
+        agent["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    for (flag, root) in [
+        ("power.hostSys.enabled=true", false),
+        ("power.rapl.enabled=true", true),
+    ] {
+        let docs = documents(&template_ok(&["--set", flag]));
+        let pod = &find(&docs, "DaemonSet", Some("carbon-kube"))["spec"]["template"]["spec"];
+        let agent = &pod["containers"][0];
+        assert_eq!(
+            env_of(agent, "CARBON_KUBE_SYSFS_ROOT"),
+            Some(json!("/host/sys")),
+            "{flag}"
+        );
+        let mount = agent["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "host-sys")
+            .unwrap_or_else(|| panic!("{flag}: no host-sys mount"));
+        assert_eq!(
+            (&mount["mountPath"], &mount["readOnly"]),
+            (&json!("/host/sys"), &json!(true))
+        );
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "host-sys")
+            .unwrap();
+        assert_eq!(volume["hostPath"]["path"], "/sys");
+        let sc = &agent["securityContext"];
+        let user = if root { 0 } else { 65532 };
+        assert_eq!(pod["securityContext"]["runAsUser"], user, "{flag}");
+        assert_eq!(sc["runAsUser"], user, "{flag}");
+        assert_eq!(sc["runAsNonRoot"], !root, "{flag}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{flag}");
+        assert!(sc["capabilities"]["add"].is_null(), "{flag}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{flag}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{flag}");
+        // The uninstall hook never needs RAPL: it stays non-root.
+        let job = &find(&docs, "Job", None)["spec"]["template"]["spec"];
+        assert_eq!(job["securityContext"]["runAsUser"], 65532, "{flag}");
+        assert_eq!(
+            job["containers"][0]["securityContext"]["runAsNonRoot"],
+            true
+        );
+    }
+    let defaults = documents(&template_ok(&[]));
+    let agent = &find(&defaults, "DaemonSet", Some("carbon-kube"))["spec"]["template"]["spec"]["containers"]
+        [0];
+    assert_eq!(env_of(agent, "CARBON_KUBE_SYSFS_ROOT"), None);
+    assert_eq!(env_of(agent, "CARBON_KUBE_DCGM_URL"), None);
+}
+
 #[test]
 fn provider_keys_are_mounted_files_from_a_created_or_existing_secret() {
     let created = documents(&template_ok(&[
@@ -250,6 +315,10 @@ fn every_setting_the_chart_passes_is_one_the_agent_knows() {
         "power.memoryWattsPerGb=0.4",
         "--set",
         "power.pue=1.2",
+        "--set",
+        "power.rapl.enabled=true",
+        "--set",
+        "power.dcgmExporterUrl=http://nvidia-dcgm-exporter.gpu-operator.svc:9400/metrics",
         "--set",
         "podAttribution.enabled=true",
         "--set",
@@ -372,6 +441,10 @@ fn values_schema_rejects_bad_values_at_template_time() {
         (&["--set", "image.digest=latest"], "/image/digest"),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
         (&["--set", "power.pue=0.5"], "/power/pue"),
+        (
+            &["--set", "power.dcgmExporterUrl=ftp://dcgm:9400"],
+            "/power/dcgmExporterUrl",
+        ),
         (&["--set", "deferral.headroom=1"], "/deferral/headroom"),
         (&["--set", "deferral.margin=soon"], "/deferral/margin"),
         (&["--set-json", "deferral.kSigma=-1"], "/deferral/kSigma"),

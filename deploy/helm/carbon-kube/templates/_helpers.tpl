@@ -125,10 +125,21 @@ its lifetime is explicit and no other pod of this service account gets a token.
                 fieldPath: metadata.namespace
 {{- end -}}
 
-{{- define "carbon-kube.podSecurityContext" -}}
+{{/* 65532; the agent (called with "agent" true) as root, capabilities still all dropped, for RAPL's root-only counters. */}}
+{{- define "carbon-kube.runAs" -}}
+{{- if and .agent .Values.power.rapl.enabled -}}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 0
+{{- else -}}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
+{{- end -}}
+{{- end -}}
+
+{{- define "carbon-kube.podSecurityContext" -}}
+{{ include "carbon-kube.runAs" . }}
 fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
@@ -138,9 +149,7 @@ seccompProfile:
 allowPrivilegeEscalation: false
 privileged: false
 readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
+{{ include "carbon-kube.runAs" . }}
 capabilities:
   drop:
     - ALL
