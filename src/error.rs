@@ -31,8 +31,6 @@ pub enum Error {
     Host(#[from] PowerError),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
 impl Error {
     /// A short, static label for the `kind` of the error counters.
     pub fn metric_label(&self) -> &'static str {

@@ -148,7 +148,9 @@ async fn agent(config: AgentConfig) -> Result<()> {
     let kube_config = kube_config(config.kubeconfig.as_deref()).await?;
     let client = Client::try_from(kube_config.clone())?;
     require_crd(&client).await?;
-    let (sampler, power) = node_power(&client, &config).await?;
+    let (sampler, power) = node_power(&client, &config)
+        .await
+        .context("deciding this node's power model")?;
     let metrics = Metrics::new(&config.node_name);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = metrics::bind(config.metrics_addr)
@@ -269,7 +271,7 @@ async fn require_crd(client: &Client) -> Result<()> {
 async fn node_power(
     client: &Client,
     config: &AgentConfig,
-) -> Result<(HostSampler, PowerCoefficients)> {
+) -> Result<(HostSampler, PowerCoefficients), carbon_kube::error::Error> {
     let mut sampler = HostSampler::new()?;
     let host = sampler.sample();
     let node = match Api::<Node>::all(client.clone())
@@ -281,7 +283,7 @@ async fn node_power(
             warn!(node = %config.node_name, "own Node not found: its cloud is not known from it");
             None
         }
-        Err(e) => return Err(e).context("reading this agent's own Node"),
+        Err(e) => return Err(e.into()),
     };
     let provider_id = node
         .as_ref()
