@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use carbon_kube::metrics::{Metrics, PodEmissions};
+use carbon_kube::power::PowerCoefficients;
+use carbon_kube::power::measured::{Breakdown, ModelInputs};
 use carbon_kube::providers::Attempt;
 use fake_cgroups::{Driver, FakeCgroups};
 use prometheus::{INSTALL, Prometheus};
@@ -82,6 +84,13 @@ fn catalogue() -> BTreeSet<String> {
         grams: 1.0,
     };
     m.set_pod("ns", "p", 1.0, Some(step));
+    let model = ModelInputs {
+        vcpus: 1.0,
+        cpu_utilisation: 0.5,
+        memory_gb: 1.0,
+    };
+    let coefficients = PowerCoefficients::for_architecture("x86_64");
+    m.set_power_parts(&Breakdown::combine(&[], model, &coefficients));
     for lazy in [
         &m.data_age_seconds,
         &m.threshold,
