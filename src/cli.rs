@@ -253,6 +253,13 @@ pub struct AgentArgs {
           num_args = 0..=1, default_missing_value = "true")]
     pub kueue_green_window: bool,
 
+    /// Leader of a MultiKueue manager cluster: nominate, for each Workload, the worker cluster
+    /// whose zone (label `carbon-kube.io/grid-zone` on its MultiKueueCluster) is greenest over
+    /// the job's duration; Kueue's `multiKueue.dispatcherName` must be `carbon-kube.io/greenest`.
+    #[arg(long, env = "CARBON_KUBE_KUEUE_DISPATCHER", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub kueue_dispatcher: bool,
+
     /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
     /// has carried the carbon taint for --migrate-after and a greener untainted zone exists
     /// (needs pods list/watch and pods/eviction create).

@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// `Some` with `--kueue-green-window`: the leader plans Kueue's
     /// carbon-kube.io/green-window checks as it plans deferred pods.
     pub kueue: Option<DeferralSettings>,
+    /// `Some` with `--kueue-dispatcher`: the leader nominates MultiKueue workers as
+    /// carbon-kube.io/greenest, on data no older than this.
+    pub kueue_dispatcher: Option<Duration>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -145,6 +148,7 @@ impl AgentConfig {
                 meters: MeterSettings::from_args(&args.meters)?,
             },
             kueue: args.kueue_green_window.then(|| deferral.clone()),
+            kueue_dispatcher: args.kueue_dispatcher.then_some(deferral.max_age),
             deferral: args.deferral.then_some(deferral),
             migration,
             metrics_addr: args.metrics_addr,

@@ -19,6 +19,7 @@
 //! fields used); there is no Kueue crate for Rust.
 
 pub mod controller;
+pub mod dispatch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -193,6 +193,18 @@ async fn agent(config: AgentConfig) -> Result<()> {
             ),
         );
     }
+    // Leader of a MultiKueue manager: nominate the greenest worker for each Workload.
+    if let Some(max_age) = config.kueue_dispatcher {
+        tasks.spawn(
+            "kueue dispatcher",
+            carbon_kube::kueue::dispatch::while_leader(
+                is_leader.clone(),
+                client.clone(),
+                carbon_kube::kueue::dispatch::DispatchMetrics::new(&metrics),
+                max_age,
+            ),
+        );
+    }
     // Leader, opt-in per pod: release pods gated by carbon-kube.io/defer at their greenest start.
     let deferral = config.deferral.map(|settings| {
         let (client, metrics) = (client.clone(), metrics.clone());

@@ -629,3 +629,172 @@ fn chart_green_window_crd_is_the_binarys_crd() {
         file.display()
     );
 }
+
+// ---------------------------------------------------------------------------
+// MultiKueue: a manager and two workers in different zones, dispatched by carbon-kube.
+// ---------------------------------------------------------------------------
+
+mod multikueue {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::support::cluster::{ControlPlane, wait_for};
+    use super::support::kueue::{API, Kueue, is_true, job, queues, workload_of};
+    use super::support::scenario::{Cluster, cluster_with_intensity, leader};
+
+    fn worker(queue_cpu: &str) -> (ControlPlane, Kueue) {
+        let cp = ControlPlane::start();
+        let kueue = Kueue::start(&cp);
+        cp.apply(&queues("cq", "lq", "default", queue_cpu, &[]));
+        (cp, kueue)
+    }
+
+    fn nominated(manager: &ControlPlane, job: &str) -> Option<Vec<String>> {
+        let w = workload_of(manager, "default", job)?;
+        let names: Vec<String> = w["status"]["nominatedClusterNames"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        (!names.is_empty()).then_some(names)
+    }
+
+    fn has_job(cp: &ControlPlane, name: &str) -> bool {
+        cp.kubectl(&["get", "job", name]).status.success()
+    }
+
+    fn wait_score(cp: &ControlPlane, zone: &str, intensity: f64) {
+        wait_for(
+            &format!("CarbonScore {zone} at {intensity}"),
+            Duration::from_secs(40),
+            || {
+                let s = cp.kubectl_json(&["get", "carbonscore", &zone.to_ascii_lowercase()]);
+                (s["status"]["intensityGramsPerKwh"].as_f64() == Some(intensity)).then_some(())
+            },
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_goes_to_the_greener_worker_and_the_next_follows_a_flip() {
+        // The manager's leader polls the zones of its own nodes: one node per worker zone.
+        let Cluster {
+            cp: manager,
+            api,
+            mut agents,
+        } = cluster_with_intensity(
+            &[("m-de", "DE"), ("m-fr", "FR")],
+            &[("DE", 500.0), ("FR", 100.0)],
+            &["--kueue-dispatcher"],
+        )
+        .await;
+        tokio::task::block_in_place(|| {
+            let (w_de, _kueue_de) = worker("8");
+            let (w_fr, _kueue_fr) = worker("8");
+            let _kueue = Kueue::start_with(
+                &manager,
+                "multiKueue:\n  dispatcherName: carbon-kube.io/greenest",
+            );
+            for (name, zone, worker) in [("w-de", "DE", &w_de), ("w-fr", "FR", &w_fr)] {
+                manager.kubectl_ok(&[
+                    "create",
+                    "secret",
+                    "generic",
+                    &format!("{name}-kubeconfig"),
+                    "-n",
+                    "kueue-system",
+                    &format!("--from-file=kubeconfig={}", worker.kubeconfig.display()),
+                ]);
+                manager.apply(
+                    &json!({
+                        "apiVersion": API, "kind": "MultiKueueCluster",
+                        "metadata": { "name": name, "labels": { "carbon-kube.io/grid-zone": zone } },
+                        "spec": { "clusterSource": { "kubeConfig": {
+                            "locationType": "Secret", "location": format!("{name}-kubeconfig"),
+                        }}},
+                    })
+                    .to_string(),
+                );
+            }
+            let config = json!({
+                "apiVersion": API, "kind": "MultiKueueConfig",
+                "metadata": { "name": "workers" },
+                "spec": { "clusters": ["w-de", "w-fr"] },
+            });
+            let check = json!({
+                "apiVersion": API, "kind": "AdmissionCheck",
+                "metadata": { "name": "multikueue" },
+                "spec": {
+                    "controllerName": "kueue.x-k8s.io/multikueue",
+                    "parameters": { "apiGroup": "kueue.x-k8s.io", "kind": "MultiKueueConfig", "name": "workers" },
+                },
+            });
+            manager.apply(&format!("{config}\n---\n{check}"));
+            manager.apply(&queues("cq", "lq", "default", "8", &["multikueue"]));
+            wait_for(
+                "the manager's ClusterQueue active (workers connected)",
+                Duration::from_secs(90),
+                || {
+                    let cq = manager.kubectl_json(&["get", "clusterqueues.kueue.x-k8s.io", "cq"]);
+                    is_true(&cq, "Active").then_some(())
+                },
+            );
+            wait_score(&manager, "DE", 500.0);
+            wait_score(&manager, "FR", 100.0);
+
+            let submitted = std::time::Instant::now();
+            manager.apply(&job("first", "default", "lq", 1, "500m").to_string());
+            let names = wait_for("first nominated", Duration::from_secs(60), || {
+                nominated(&manager, "first")
+            });
+            let nominated_after = submitted.elapsed();
+            assert_eq!(names, ["w-fr"]);
+            wait_for("first's copy on w-fr", Duration::from_secs(60), || {
+                has_job(&w_fr, "first").then_some(())
+            });
+            assert!(!has_job(&w_de, "first"), "a copy on the dirtier worker");
+            let placed: Value = wait_for("first placed on w-fr", Duration::from_secs(60), || {
+                workload_of(&manager, "default", "first")
+                    .filter(|w| w["status"]["clusterName"].as_str() == Some("w-fr"))
+            });
+            assert!(is_true(&placed, "QuotaReserved"), "{placed}");
+            let placed_after = submitted.elapsed();
+
+            // The order of the zones flips: the next Job goes to the other worker.
+            api.set_intensity("DE", 50.0);
+            api.set_intensity("FR", 400.0);
+            wait_score(&manager, "DE", 50.0);
+            wait_score(&manager, "FR", 400.0);
+            manager.apply(&job("second", "default", "lq", 1, "500m").to_string());
+            let names = wait_for("second nominated", Duration::from_secs(60), || {
+                nominated(&manager, "second")
+            });
+            assert_eq!(names, ["w-de"]);
+            wait_for("second's copy on w-de", Duration::from_secs(60), || {
+                has_job(&w_de, "second").then_some(())
+            });
+            assert!(!has_job(&w_fr, "second"), "a copy on the dirtier worker");
+
+            println!(
+                "multikueue greenest: first Job nominated to w-fr {:.1} s after submission, \
+                 admitted there (clusterName) after {:.1} s; after the flip the next went to w-de",
+                nominated_after.as_secs_f64(),
+                placed_after.as_secs_f64()
+            );
+            let lead = leader(&mut agents).expect("a leader");
+            let metrics = agents[lead].metrics().unwrap_or_default();
+            for cluster in ["w-fr", "w-de"] {
+                let line = format!("cluster=\"{cluster}\"");
+                assert!(
+                    metrics
+                        .lines()
+                        .any(|l| l.starts_with("carbon_kube_kueue_dispatched_total")
+                            && l.contains(&line)
+                            && l.contains("reason=\"greenest\"")
+                            && l.ends_with(" 1")),
+                    "{cluster}:\n{metrics}"
+                );
+            }
+        });
+    }
+}

@@ -128,12 +128,12 @@ impl Drop for GreenWindow {
     }
 }
 
-fn api_resource(kind: &str, plural: &str) -> ApiResource {
+pub(super) fn api_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
 }
 
 /// A store of Kueue objects and the watch that fills it (they have no Rust type).
-fn cached_dynamic(
+pub(super) fn cached_dynamic(
     client: &Client,
     resource: &ApiResource,
 ) -> (
@@ -150,16 +150,14 @@ fn cached_dynamic(
     (store, events)
 }
 
-fn notify(
+/// Wakes a loop on every watch event, and logs failures quietly: `what` names the watch,
+/// `hint` says what it needs.
+pub(super) fn notify(
     tx: watch::Sender<()>,
-    what: &'static str,
+    what: String,
+    hint: &'static str,
 ) -> impl FnMut(Result<(), watcher::Error>) -> futures::future::Ready<()> {
-    let mut log = FailureLog::new(
-        format!("kueue green-window: {what}"),
-        " (needs RBAC workloads, admissionchecks, greenwindowconfigs, pods and nodes \
-          get/list/watch, workloads/status and admissionchecks/status patch; Kueue's CRDs \
-          installed), or --kueue-green-window=false",
-    );
+    let mut log = FailureLog::new(what, hint);
     move |event| {
         log.see(&event);
         let _ = tx.send(());
@@ -167,7 +165,20 @@ fn notify(
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: Option<&serde_json::Value>) -> Option<T> {
+const HINT: &str = " (needs RBAC workloads, admissionchecks, greenwindowconfigs, pods and nodes \
+                     get/list/watch, workloads/status and admissionchecks/status patch; Kueue's \
+                     CRDs installed), or --kueue-green-window=false";
+
+fn watching(
+    tx: &watch::Sender<()>,
+    what: &str,
+) -> impl FnMut(Result<(), watcher::Error>) -> futures::future::Ready<()> + use<> {
+    notify(tx.clone(), format!("kueue green-window: {what}"), HINT)
+}
+
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    value: Option<&serde_json::Value>,
+) -> Option<T> {
     serde_json::from_value(value?.clone()).ok()
 }
 
@@ -208,12 +219,12 @@ impl GreenWindow {
             Api::<CarbonScore>::all(self.client.clone()),
             watcher::Config::default(),
         );
-        let workload_watch = workload_events.for_each(notify(changed_tx.clone(), "Workload"));
-        let check_watch = check_events.for_each(notify(changed_tx.clone(), "AdmissionCheck"));
-        let config_watch = config_events.for_each(notify(changed_tx.clone(), "GreenWindowConfig"));
-        let pod_watch = pod_events.for_each(notify(changed_tx.clone(), "pod"));
-        let node_watch = node_events.for_each(notify(changed_tx.clone(), "node"));
-        let score_watch = score_events.for_each(notify(changed_tx, "CarbonScore"));
+        let workload_watch = workload_events.for_each(watching(&changed_tx, "Workload"));
+        let check_watch = check_events.for_each(watching(&changed_tx, "AdmissionCheck"));
+        let config_watch = config_events.for_each(watching(&changed_tx, "GreenWindowConfig"));
+        let pod_watch = pod_events.for_each(watching(&changed_tx, "pod"));
+        let node_watch = node_events.for_each(watching(&changed_tx, "node"));
+        let score_watch = score_events.for_each(watching(&changed_tx, "CarbonScore"));
         info!(
             "kueue: deciding AdmissionChecks of {CONTROLLER_NAME} by the greenest start with room"
         );

@@ -1,0 +1,460 @@
+//! The MultiKueue dispatcher `carbon-kube.io/greenest`, run by the leader of the manager
+//! cluster (`--kueue-dispatcher`). Kueue configured with `multiKueue.dispatcherName:
+//! carbon-kube.io/greenest` creates a Workload's remote copies only in the worker clusters
+//! named in its `status.nominatedClusterNames`; this loop names the worker whose grid zone has
+//! the lowest mean forecast over the job's expected duration, and every worker of the
+//! MultiKueueConfig when any worker's zone has no usable data (Kueue's all-at-once dispatch:
+//! availability wins).
+//!
+//! A worker's zone is the label `carbon-kube.io/grid-zone` on its MultiKueueCluster; its
+//! data is the manager's CarbonScore for that zone, so the manager's leader must poll it
+//! (today: a manager node in that zone). Room on the workers is left to the workers' own
+//! Kueue: a worker without quota keeps the copy pending.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use prometheus::{IntCounterVec, Opts};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::controller::{api_resource, cached_dynamic, notify, parse};
+use super::{AdmissionCheckSpec, GROUP, VERSION, WorkloadSpec, WorkloadStatus};
+use crate::carbon::GridZone;
+use crate::crd::CarbonScore;
+use crate::deferral::{self, ZoneSeries};
+use crate::metrics::Metrics;
+use crate::watches;
+
+/// The `multiKueue.dispatcherName` that hands the choice to this loop.
+pub const DISPATCHER_NAME: &str = "carbon-kube.io/greenest";
+/// The controller of MultiKueue's own AdmissionChecks.
+const MULTIKUEUE: &str = "kueue.x-k8s.io/multikueue";
+/// Kueue's own field manager for a Workload's admission status. Kueue clears
+/// `nominatedClusterNames` when it sets `clusterName` by a server-side apply that omits it,
+/// which removes the field only where that manager owns it alone; a nomination owned by
+/// another manager survives and every later Kueue write fails validation ("clusterName and
+/// nominatedClusterNames are mutually exclusive"). Kueue's own tests of external
+/// dispatchers nominate with this manager too (`workload.PatchAdmissionStatus`).
+const FIELD_MANAGER: &str = "kueue-admission";
+const TICK: Duration = Duration::from_secs(2);
+const HINT: &str = " (needs RBAC workloads, admissionchecks, multikueueconfigs, \
+                     multikueueclusters get/list/watch and workloads/status patch on the manager \
+                     cluster), or --kueue-dispatcher=false";
+
+/// Where a Workload goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Nomination {
+    /// The greenest worker: its name, zone and mean forecast over the run.
+    Greenest {
+        cluster: String,
+        zone: GridZone,
+        mean: f64,
+    },
+    /// Every worker, and why no choice was made.
+    All { clusters: Vec<String>, why: String },
+}
+
+impl Nomination {
+    pub fn clusters(&self) -> Vec<String> {
+        match self {
+            Nomination::Greenest { cluster, .. } => vec![cluster.clone()],
+            Nomination::All { clusters, .. } => clusters.clone(),
+        }
+    }
+}
+
+/// Mean forecast intensity of a run of `duration` starting `now`, sampled at the
+/// forecast's spacing; `None` when the forecast ends before the run does.
+pub fn mean_over(series: &ZoneSeries, now: Timestamp, duration: Duration) -> Option<f64> {
+    let step = series.spacing().max(SignedDuration::from_secs(1));
+    let end = now + SignedDuration::try_from(duration).ok()?;
+    let mut at = now;
+    let (mut sum, mut n) = (0.0, 0.0);
+    while at < end {
+        sum += series.value_at(at)?;
+        n += 1.0;
+        at += step;
+    }
+    (n > 0.0).then(|| sum / n)
+}
+
+/// The worker to nominate among `workers` (name, zone from its label), by the mean forecast
+/// of each zone's series over the run; every worker when one cannot be compared. Ties go to
+/// the first in `workers`' order.
+pub fn nominate(
+    workers: &[(String, Option<GridZone>)],
+    series: &HashMap<GridZone, Result<ZoneSeries, String>>,
+    now: Timestamp,
+    duration: Duration,
+) -> Nomination {
+    let all = |why: String| Nomination::All {
+        clusters: workers.iter().map(|(name, _)| name.clone()).collect(),
+        why,
+    };
+    let mut best: Option<(String, GridZone, f64)> = None;
+    for (name, zone) in workers {
+        let Some(zone) = zone else {
+            return all(format!(
+                "MultiKueueCluster {name} has no label {}",
+                crate::zones::GRID_ZONE_LABEL
+            ));
+        };
+        let mean = match series.get(zone) {
+            None => return all(format!("no CarbonScore for zone {zone} (cluster {name})")),
+            Some(Err(why)) => return all(format!("{why} (cluster {name})")),
+            Some(Ok(series)) => match mean_over(series, now, duration) {
+                Some(mean) => mean,
+                None => {
+                    return all(format!(
+                        "the forecast of zone {zone} (cluster {name}) ends before the run does"
+                    ));
+                }
+            },
+        };
+        if best.as_ref().is_none_or(|(_, _, b)| mean < *b) {
+            best = Some((name.clone(), zone.clone(), mean));
+        }
+    }
+    match best {
+        Some((cluster, zone, mean)) => Nomination::Greenest {
+            cluster,
+            zone,
+            mean,
+        },
+        None => all("the MultiKueueConfig lists no cluster".into()),
+    }
+}
+
+pub struct DispatchMetrics {
+    dispatched: IntCounterVec,
+}
+
+impl DispatchMetrics {
+    pub fn new(metrics: &Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            dispatched: metrics.register(IntCounterVec::new(
+                Opts::new(
+                    "kueue_dispatched_total",
+                    "MultiKueue Workloads nominated by carbon-kube.io/greenest, by worker cluster \
+                     and reason (greenest, or all when data was missing).",
+                ),
+                &["cluster", "reason"],
+            )),
+        })
+    }
+}
+
+struct Dispatcher {
+    client: Client,
+    metrics: Arc<DispatchMetrics>,
+    max_age: Duration,
+    /// Nominations written a moment ago (the watch may not show them yet), by Workload uid.
+    done: HashMap<String, std::time::Instant>,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        let (tx, mut changed) = watch::channel(());
+        let watching = |what: &str| notify(tx.clone(), format!("kueue dispatcher: {what}"), HINT);
+        let (workloads, workload_events) =
+            cached_dynamic(&self.client, &api_resource("Workload", "workloads"));
+        let (checks, check_events) = cached_dynamic(
+            &self.client,
+            &api_resource("AdmissionCheck", "admissionchecks"),
+        );
+        let (configs, config_events) = cached_dynamic(
+            &self.client,
+            &api_resource("MultiKueueConfig", "multikueueconfigs"),
+        );
+        let (clusters, cluster_events) = cached_dynamic(
+            &self.client,
+            &api_resource("MultiKueueCluster", "multikueueclusters"),
+        );
+        let (scores, score_events) = watches::cached(
+            Api::<CarbonScore>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let workload_watch = workload_events.for_each(watching("Workload"));
+        let check_watch = check_events.for_each(watching("AdmissionCheck"));
+        let config_watch = config_events.for_each(watching("MultiKueueConfig"));
+        let cluster_watch = cluster_events.for_each(watching("MultiKueueCluster"));
+        let score_watch = score_events.for_each(watching("CarbonScore"));
+        info!("kueue: nominating MultiKueue workers as {DISPATCHER_NAME}");
+        let work = async {
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    changed = changed.changed() => if changed.is_err() { return },
+                }
+                let ready = futures::future::join5(
+                    workloads.wait_until_ready(),
+                    checks.wait_until_ready(),
+                    configs.wait_until_ready(),
+                    clusters.wait_until_ready(),
+                    scores.wait_until_ready(),
+                )
+                .await;
+                if ready.0.is_err()
+                    || ready.1.is_err()
+                    || ready.2.is_err()
+                    || ready.3.is_err()
+                    || ready.4.is_err()
+                {
+                    return;
+                }
+                self.round(&workloads, &checks, &configs, &clusters, &scores)
+                    .await;
+            }
+        };
+        tokio::select! {
+            _ = workload_watch => {}
+            _ = check_watch => {}
+            _ = config_watch => {}
+            _ = cluster_watch => {}
+            _ = score_watch => {}
+            _ = work => {}
+        }
+    }
+
+    async fn round(
+        &mut self,
+        workloads: &Store<DynamicObject>,
+        checks: &Store<DynamicObject>,
+        configs: &Store<DynamicObject>,
+        clusters: &Store<DynamicObject>,
+        scores: &Store<CarbonScore>,
+    ) {
+        let now = Timestamp::now();
+        self.done
+            .retain(|_, at| at.elapsed() < Duration::from_secs(30));
+        // MultiKueue checks by name: the workers their MultiKueueConfig lists.
+        let mut workers_of: HashMap<String, Vec<(String, Option<GridZone>)>> = HashMap::new();
+        for check in checks.state() {
+            let Some(spec) = parse::<AdmissionCheckSpec>(check.data.get("spec")) else {
+                continue;
+            };
+            if spec.controller_name != MULTIKUEUE {
+                continue;
+            }
+            let Some(config) = spec
+                .parameters
+                .and_then(|p| configs.state().into_iter().find(|c| c.name_any() == p.name))
+            else {
+                continue;
+            };
+            let names: Vec<String> = config.data["spec"]["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            let workers = names
+                .into_iter()
+                .map(|name| {
+                    let zone = clusters
+                        .state()
+                        .iter()
+                        .find(|c| c.name_any() == name)
+                        .and_then(|c| c.labels().get(crate::zones::GRID_ZONE_LABEL).cloned())
+                        .and_then(|z| GridZone::parse(&z).ok());
+                    (name, zone)
+                })
+                .collect();
+            workers_of.insert(check.name_any(), workers);
+        }
+        let series: HashMap<GridZone, Result<ZoneSeries, String>> = scores
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let zone = GridZone::parse(&s.spec.zone).ok()?;
+                let series = match &s.status {
+                    Some(status) => {
+                        ZoneSeries::from_snapshot(&zone, &status.into(), now, self.max_age)
+                    }
+                    None => Err(format!("zone {zone} has no carbon data yet")),
+                };
+                Some((zone, series))
+            })
+            .collect();
+        for workload in workloads.state() {
+            let status: WorkloadStatus = parse(workload.data.get("status")).unwrap_or_default();
+            let nominated = &workload.data["status"]["nominatedClusterNames"];
+            let placed = !workload.data["status"]["clusterName"].is_null()
+                || nominated.as_array().is_some_and(|n| !n.is_empty());
+            if placed || !status.awaits_checks() || workload.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let uid = workload.uid().unwrap_or_default();
+            if self.done.contains_key(&uid) {
+                continue;
+            }
+            let Some(workers) = status
+                .admission_checks
+                .iter()
+                .find_map(|c| workers_of.get(&c.name))
+            else {
+                continue;
+            };
+            let duration = parse::<WorkloadSpec>(workload.data.get("spec"))
+                .and_then(|spec| {
+                    spec.pod_sets
+                        .first()
+                        .and_then(|set| set.template.metadata.as_ref())
+                        .and_then(|m| m.annotations.as_ref())
+                        .and_then(|a| a.get(deferral::DURATION))
+                        .and_then(|d| deferral::parse_duration(d).ok())
+                })
+                .unwrap_or(deferral::DEFAULT_DURATION);
+            let nomination = nominate(workers, &series, now, duration);
+            if self.write(&workload, &nomination).await {
+                self.done.insert(uid, std::time::Instant::now());
+            }
+        }
+    }
+
+    async fn write(&self, workload: &DynamicObject, nomination: &Nomination) -> bool {
+        let namespace = workload.namespace().unwrap_or_default();
+        let name = workload.name_any();
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &namespace,
+            &api_resource("Workload", "workloads"),
+        );
+        // The whole status as it is, plus the nomination: an apply as Kueue's manager must
+        // not drop a field that manager owns (it would be removed), and the resourceVersion
+        // makes it fail rather than write back a status Kueue has changed meanwhile.
+        let mut status = workload.data["status"].clone();
+        status["nominatedClusterNames"] = json!(nomination.clusters());
+        let body = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Workload",
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "resourceVersion": workload.metadata.resource_version,
+            },
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => return false,
+            Err(e) => {
+                warn!(workload = %format!("{namespace}/{name}"), error = %e, "kueue: nominating workers failed; will retry");
+                return false;
+            }
+        }
+        let reason = match nomination {
+            Nomination::Greenest {
+                cluster,
+                zone,
+                mean,
+            } => {
+                info!(workload = %format!("{namespace}/{name}"), cluster = %cluster, zone = %zone, mean = mean, "kueue: dispatched to the greenest worker");
+                "greenest"
+            }
+            Nomination::All { why, .. } => {
+                warn!(workload = %format!("{namespace}/{name}"), why = %why, "kueue: dispatched to every worker");
+                "all"
+            }
+        };
+        for cluster in nomination.clusters() {
+            self.metrics
+                .dispatched
+                .with_label_values(&[cluster.as_str(), reason])
+                .inc();
+        }
+        true
+    }
+}
+
+/// Runs the dispatcher while this agent leads, and drops it the moment it does not.
+pub async fn while_leader(
+    mut is_leader: watch::Receiver<bool>,
+    client: Client,
+    metrics: Arc<DispatchMetrics>,
+    max_age: Duration,
+) {
+    loop {
+        if is_leader.wait_for(|leader| *leader).await.is_err() {
+            return;
+        }
+        let dispatcher = Dispatcher {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            max_age,
+            done: HashMap::new(),
+        };
+        tokio::select! {
+            _ = dispatcher.run() => {}
+            _ = is_leader.wait_for(|leader| !*leader) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(current: f64, values: &[f64], now: Timestamp) -> ZoneSeries {
+        ZoneSeries {
+            current,
+            observed_at: now,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(k, v)| (now + SignedDuration::from_hours(k as i64 + 1), *v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_greenest_zone_over_the_run_is_nominated_else_every_worker() {
+        let now: Timestamp = "2025-06-01T10:00:00Z".parse().unwrap();
+        let (de, fr) = (
+            GridZone::parse("DE").unwrap(),
+            GridZone::parse("FR").unwrap(),
+        );
+        let workers = vec![
+            ("w-de".to_string(), Some(de.clone())),
+            ("w-fr".to_string(), Some(fr.clone())),
+        ];
+        // DE is greener now, FR over the next three hours: (300 + 100 + 100) / 3 against
+        // (100 + 500 + 500) / 3.
+        let mut data = HashMap::from([
+            (de.clone(), Ok(series(100.0, &[500.0, 500.0, 500.0], now))),
+            (fr.clone(), Ok(series(300.0, &[100.0, 100.0, 100.0], now))),
+        ]);
+        let hour = Duration::from_secs(3600);
+        let short = nominate(&workers, &data, now, hour);
+        assert_eq!(short.clusters(), ["w-de"]);
+        let long = nominate(&workers, &data, now, 3 * hour);
+        assert!(
+            matches!(&long, Nomination::Greenest { cluster, mean, .. } if cluster == "w-fr" && (*mean - 500.0 / 3.0).abs() < 1e-9),
+            "{long:?}"
+        );
+
+        data.insert(fr, Err("the carbon data of zone FR is 200 min old".into()));
+        let stale = nominate(&workers, &data, now, hour);
+        assert!(
+            matches!(&stale, Nomination::All { clusters, why } if clusters.len() == 2 && why.contains("w-fr")),
+            "{stale:?}"
+        );
+        let unlabelled = vec![("w-de".to_string(), Some(de)), ("w-x".to_string(), None)];
+        assert_eq!(
+            nominate(&unlabelled, &data, now, hour).clusters(),
+            ["w-de", "w-x"]
+        );
+        let beyond = nominate(&workers[..1], &data, now, 10 * hour);
+        assert!(matches!(beyond, Nomination::All { .. }), "{beyond:?}");
+    }
+}
