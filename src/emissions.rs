@@ -161,17 +161,18 @@ impl EmissionsLoop {
             let host = self.sampler.sample();
             let meter = self.meters.read().await;
             let breakdown = breakdown(&host, &meter, &self.coefficients);
+            let watts = breakdown.total_watts();
+            let elapsed = last.elapsed();
+            last = Instant::now();
+            self.metrics.node_power_watts.set(watts);
+            self.metrics.set_power_parts(&breakdown);
+            // After the metrics, so whoever sees the note sees the figures it describes.
             self.power_note.send_if_modified(|note| {
                 let now = power_note(&meter);
                 let changed = *note != now;
                 *note = now;
                 changed
             });
-            let watts = breakdown.total_watts();
-            let elapsed = last.elapsed();
-            last = Instant::now();
-            self.metrics.node_power_watts.set(watts);
-            self.metrics.set_power_parts(&breakdown);
             self.metrics.node_cpu_utilisation.set(host.cpu_utilisation);
             self.metrics
                 .node_idle_power_watts
@@ -267,6 +268,78 @@ pub async fn print_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meters::testing::FakeSys;
+    use crate::testing::sample;
+
+    async fn next_note(note: &mut watch::Receiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(10), note.changed())
+            .await
+            .expect("the note changes within 10 s")
+            .unwrap();
+        note.borrow().clone()
+    }
+
+    #[tokio::test]
+    async fn the_loop_publishes_measured_parts_says_so_and_falls_back() {
+        let sys = FakeSys::new("emissions");
+        sys.write("class/hwmon/hwmon0/name", "amdgpu");
+        sys.write("class/hwmon/hwmon0/power1_average", "95000000");
+        let settings = EmissionsSettings {
+            sample_interval: Duration::from_millis(20),
+            cgroup_root: PathBuf::new(),
+            power: PowerSettings::default(),
+            meters: MeterSettings {
+                sysfs_root: sys.root.clone(),
+                dcgm_url: None,
+                nvidia_smi: None,
+            },
+        };
+        let c = PowerCoefficients {
+            min_watts_per_vcpu: 1.0,
+            max_watts_per_vcpu: 4.0,
+            memory_watts_per_gb: 0.5,
+            pue: 1.2,
+        };
+        let metrics = Metrics::new("n");
+        let emissions =
+            EmissionsLoop::new(HostSampler::new().unwrap(), c, &settings, metrics.clone());
+        let mut note = emissions.power_note();
+        assert!(note.borrow().starts_with("Power: modelled"));
+        let (_intensity_tx, intensity) = watch::channel(Some(400.0));
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(emissions.run(intensity, shutdown));
+
+        let measured = next_note(&mut note).await;
+        assert!(
+            measured.starts_with("Power: measured by hwmon;"),
+            "{measured}"
+        );
+        let text = metrics.encode();
+        let part = |text: &str, part: &str, source: &str| {
+            let labels = [format!("part=\"{part}\""), format!("source=\"{source}\"")];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            sample(text, "carbon_kube_node_power_part_watts", &labels)
+        };
+        assert_eq!(part(&text, "gpu", "measured"), Some(95.0 * 1.2), "{text}");
+        assert!(part(&text, "cpu", "modelled").is_some(), "{text}");
+        assert_eq!(part(&text, "cpu", "measured"), None, "{text}");
+        let node = sample(&text, "carbon_kube_node_power_watts", &[]).unwrap();
+        let parts: f64 = ["cpu", "dram", "gpu"]
+            .iter()
+            .filter_map(|p| part(&text, p, "modelled").or(part(&text, p, "measured")))
+            .sum();
+        assert!((node - parts).abs() < 1e-6 * node, "{text}");
+
+        // The sensor becomes unreadable: its series goes, the note says modelled.
+        sys.replace_with_dir("class/hwmon/hwmon0/power1_average");
+        let modelled = next_note(&mut note).await;
+        assert!(modelled.starts_with("Power: modelled"), "{modelled}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let text = metrics.encode();
+        assert_eq!(part(&text, "gpu", "measured"), None, "{text}");
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 
     fn host(brand: &str, arch: &'static str) -> HostSample {
         HostSample {
