@@ -87,16 +87,26 @@ impl ApiServer {
     /// As [`ApiServer::expect`], for a request to any of `paths` (where the
     /// order is the code's to choose, e.g. a cache's).
     pub async fn expect_one_of(&mut self, method: Method, paths: &[&str], reply: Reply) -> Seen {
+        self.answer(|seen| {
+            assert!(
+                seen.method == method && paths.contains(&seen.path.as_str()),
+                "expected {method} {paths:?}, got {seen:?}"
+            );
+            reply
+        })
+        .await
+    }
+
+    /// Waits for the next request, whatever it is, and answers it with what
+    /// `reply` makes of it; returns it.
+    pub async fn answer(&mut self, reply: impl FnOnce(&Seen) -> Reply) -> Seen {
         let next = tokio::time::timeout(PATIENCE, self.handle.next_request()).await;
         let Ok(Some((request, send))) = next else {
-            panic!("expected {method} {paths:?}, but no request came");
+            panic!("expected a request, but none came");
         };
         let seen = Seen::read(request).await;
-        assert!(
-            seen.method == method && paths.contains(&seen.path.as_str()),
-            "expected {method} {paths:?}, got {seen:?}"
-        );
-        self.answer(send, reply);
+        let reply = reply(&seen);
+        self.answer_with(send, reply);
         seen
     }
 
@@ -108,7 +118,7 @@ impl ApiServer {
         }
     }
 
-    fn answer(&mut self, send: SendResponse<Response<Body>>, reply: Reply) {
+    fn answer_with(&mut self, send: SendResponse<Response<Body>>, reply: Reply) {
         let (code, body) = match reply {
             Reply::Json(code, value) => (code, value.to_string()),
             Reply::Failure(code, message) => (
