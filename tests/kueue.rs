@@ -641,7 +641,6 @@ mod multikueue {
 
     use super::support::cluster::{ControlPlane, wait_for};
     use super::support::kueue::{API, Kueue, is_true, job, queues, workload_of};
-    use super::support::scenario::{Cluster, cluster_with_intensity, leader};
 
     fn worker(queue_cpu: &str) -> (ControlPlane, Kueue) {
         let cp = ControlPlane::start();
@@ -677,18 +676,46 @@ mod multikueue {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_goes_to_the_greener_worker_and_the_next_follows_a_flip() {
-        // The manager's leader polls the zones of its own nodes: one node per worker zone.
-        let Cluster {
-            cp: manager,
-            api,
-            mut agents,
-        } = cluster_with_intensity(
-            &[("m-de", "DE"), ("m-fr", "FR")],
-            &[("DE", 500.0), ("FR", 100.0)],
-            &["--kueue-dispatcher"],
-        )
-        .await;
+        use super::support::carbon_api::{CarbonApi, EM_TOKEN};
+        use super::support::cluster::Agent;
+        use super::support::deploy::{
+            AGENT_SA, NAMESPACE, require_helm, service_account_kubeconfig, template_ok,
+        };
+        use super::support::scenario::agent_args;
+        require_helm();
+        let api = CarbonApi::start().await;
+        api.set_intensity("DE", 500.0);
+        api.set_intensity("FR", 100.0);
         tokio::task::block_in_place(|| {
+            // The manager's leader polls the zones of its own nodes: one node per worker zone.
+            let manager = ControlPlane::start();
+            manager.create_node("m-de", &[("carbon-kube.io/grid-zone", "DE")]);
+            manager.create_node("m-fr", &[("carbon-kube.io/grid-zone", "FR")]);
+            // The agent runs with the chart's RBAC (kueue.dispatcher) and a node-bound token.
+            manager.apply(&template_ok(&[
+                "--set",
+                "kueue.dispatcher=true",
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+            ]));
+            let agent_kc =
+                service_account_kubeconfig(&manager, NAMESPACE, AGENT_SA, Some(("Node", "m-de")));
+            let key_file = manager.dir.join("electricity-maps-token");
+            std::fs::write(&key_file, EM_TOKEN).expect("key file");
+            let agent = Agent::spawn(
+                &manager,
+                "m-de",
+                &agent_args(&api, &["--kueue-dispatcher", "--deferral=false"]),
+                &[
+                    ("KUBECONFIG", agent_kc.to_str().expect("utf-8 path")),
+                    (
+                        "ELECTRICITY_MAPS_TOKEN_FILE",
+                        key_file.to_str().expect("utf-8 path"),
+                    ),
+                ],
+            );
             let (w_de, _kueue_de) = worker("8");
             let (w_fr, _kueue_fr) = worker("8");
             let _kueue = Kueue::start_with(
@@ -781,8 +808,7 @@ mod multikueue {
                 nominated_after.as_secs_f64(),
                 placed_after.as_secs_f64()
             );
-            let lead = leader(&mut agents).expect("a leader");
-            let metrics = agents[lead].metrics().unwrap_or_default();
+            let metrics = agent.metrics().unwrap_or_default();
             for cluster in ["w-fr", "w-de"] {
                 let line = format!("cluster=\"{cluster}\"");
                 assert!(
@@ -795,6 +821,11 @@ mod multikueue {
                     "{cluster}:\n{metrics}"
                 );
             }
+            let log = agent.output();
+            assert!(
+                !log.contains("Forbidden") && !log.contains("forbidden"),
+                "the agent hit a permission error:\n{log}"
+            );
         });
     }
 }
