@@ -1,9 +1,10 @@
 //! hwmon power sensors, `class/hwmon/hwmon*/power<N>_{average,input}` in
-//! microwatts: AMD (amdgpu), Intel (i915, xe) and nouveau GPUs, and CPU
-//! drivers such as fam15h_power or zenpower. One part per chip, its sensors
-//! added up, the averaged figure preferred to the instant one. ACPI's
-//! `power_meter` is the whole server, CPU included, so it is left out rather
-//! than counted next to the CPU.
+//! microwatts: AMD (amdgpu), Intel (i915, xe) and nouveau GPUs, and the CPU
+//! drivers fam15h_power and zenpower. One part per chip, its sensors added
+//! up, the averaged figure preferred to the instant one. Other chips are left
+//! out: ACPI's `power_meter` and PMBus supplies measure the whole server, CPU
+//! included, and a board's rail monitors say nothing of which part they feed,
+//! so counting them next to the CPU would count it twice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::path::Path;
 use crate::power::measured::{Part, PartKind, Source};
 
 const GPU_DRIVERS: [&str; 4] = ["amdgpu", "i915", "xe", "nouveau"];
-const WHOLE_SERVER: &str = "power_meter";
+const CPU_DRIVERS: [&str; 2] = ["fam15h_power", "zenpower"];
 
 pub fn read(sysfs_root: &Path) -> Vec<Part> {
     let dir = sysfs_root.join("class/hwmon");
@@ -29,15 +30,14 @@ pub fn read(sysfs_root: &Path) -> Vec<Part> {
             let chip_dir = dir.join(&chip);
             let name = std::fs::read_to_string(chip_dir.join("name")).ok()?;
             let name = name.trim();
-            if name == WHOLE_SERVER {
-                return None;
-            }
-            let watts = chip_watts(&chip_dir)?;
             let kind = if GPU_DRIVERS.contains(&name) {
                 PartKind::Gpu
-            } else {
+            } else if CPU_DRIVERS.contains(&name) {
                 PartKind::Cpu
+            } else {
+                return None;
             };
+            let watts = chip_watts(&chip_dir)?;
             Some(Part {
                 kind,
                 device: format!("{chip}/{name}"),
@@ -102,11 +102,13 @@ mod tests {
         sys.write("class/hwmon/hwmon1/name", "zenpower");
         sys.write("class/hwmon/hwmon1/power1_input", "40000000");
         sys.write("class/hwmon/hwmon1/power2_input", "12500000");
-        // Temperatures only, the whole-server meter, and a broken sensor.
+        // Temperatures only, two whole-server meters, and a broken sensor.
         sys.write("class/hwmon/hwmon2/name", "k10temp");
         sys.write("class/hwmon/hwmon2/temp1_input", "45000");
         sys.write("class/hwmon/hwmon3/name", "power_meter");
         sys.write("class/hwmon/hwmon3/power1_average", "350000000");
+        sys.write("class/hwmon/hwmon5/name", "pmbus");
+        sys.write("class/hwmon/hwmon5/power1_input", "410000000");
         sys.write("class/hwmon/hwmon4/name", "nouveau");
         sys.write("class/hwmon/hwmon4/power1_input", "garbage");
         let parts = read(&sys.root);
