@@ -382,6 +382,54 @@ fn every_setting_the_chart_passes_is_one_the_agent_knows() {
 }
 
 #[test]
+fn a_bad_setting_stops_the_binary_before_any_connection_naming_the_flag() {
+    let dir = temp_dir("ck-deploy-bad");
+    let missing = dir.join("no-kubeconfig");
+    let file = dir.join("agent.yaml");
+    std::fs::write(&file, "pue: 0.9\n").unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        // clap's value parsers: the flag, the value and the grammar's reason.
+        (
+            &["--dwell=soon"],
+            "'--dwell <DWELL>': \"soon\" is not a duration",
+        ),
+        (
+            &["--taint-effect=NoExecute"],
+            "invalid value 'NoExecute' for '--taint-effect",
+        ),
+        // Checks across flags, and the power overrides, by the agent.
+        (
+            &["--hysteresis=50"],
+            "invalid configuration: --hysteresis: 50 must be below --min-spread",
+        ),
+        (
+            &["--pue=0.9"],
+            "invalid configuration: --pue: 0.9 must be between 1 and 3",
+        ),
+        // The same from the config file, below flags and environment.
+        (
+            &["--config", file.to_str().unwrap()],
+            "invalid configuration: --pue: 0.9",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["agent", "--kubeconfig", missing.to_str().unwrap()];
+        all.extend(args);
+        let out = carbon_kube(&all, &[("NODE_NAME", "n1")]);
+        let text = output_text(&out);
+        assert!(!out.status.success(), "{args:?} started:\n{text}");
+        assert!(
+            text.contains(needle),
+            "{args:?}: {needle:?} not in:\n{text}"
+        );
+        assert!(
+            !text.contains("reading kubeconfig"),
+            "{args:?}: got past configuration:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn monitoring_objects_render_when_enabled() {
     let docs = documents(&template_ok(&[
         "--set",
