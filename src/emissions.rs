@@ -130,7 +130,9 @@ impl EmissionsLoop {
             interval: settings.sample_interval,
             metrics,
             attribution: None,
-            power_note: watch::channel(power_note(&MeterSample::default())).0,
+            // Empty until the first sample: the condition then says nothing of power
+            // rather than claim a model the meters may be about to replace.
+            power_note: watch::channel(String::new()).0,
         }
     }
 
@@ -304,7 +306,7 @@ mod tests {
         let emissions =
             EmissionsLoop::new(HostSampler::new().unwrap(), c, &settings, metrics.clone());
         let mut note = emissions.power_note();
-        assert!(note.borrow().starts_with("Power: modelled"));
+        assert_eq!(*note.borrow(), "", "nothing said before the first sample");
         let (_intensity_tx, intensity) = watch::channel(Some(400.0));
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(emissions.run(intensity, shutdown));
