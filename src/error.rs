@@ -29,6 +29,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Host(#[from] PowerError),
+    /// A round that did not finish in time: a request hangs.
+    #[error("the round did not finish within {0:?}; abandoned, the next starts afresh")]
+    Stuck(std::time::Duration),
 }
 
 impl Error {
@@ -37,6 +40,7 @@ impl Error {
         match self {
             Self::Config(_) => "config",
             Self::Host(_) => "host",
+            Self::Stuck(_) => "timeout",
             Self::Kube(kube::Error::Api(status)) => match status.code {
                 401 | 403 => "forbidden",
                 404 => "not_found",

@@ -24,6 +24,7 @@ use crate::election::Fence;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError};
+use crate::supervise::{ROUND_DEADLINE, bounded};
 use crate::tuner::TunerParams;
 use crate::tuning::{self, Tuned};
 use crate::zones;
@@ -128,7 +129,9 @@ impl Poller {
         loop {
             ticker.tick().await;
             let started = Instant::now();
-            if let Err(e) = self.poll_once().await {
+            let deadline = self.settings.interval.max(ROUND_DEADLINE);
+            let metrics = self.metrics.clone();
+            if let Some(Err(e)) = bounded("poller", deadline, &metrics, self.poll_once()).await {
                 warn!(error = %e, "poll failed; CarbonScores keep their last values");
             }
             self.metrics

@@ -272,16 +272,24 @@ impl Reconciler {
             "" => verdict,
             note => format!("{verdict} {note}"),
         };
-        match self.writer.apply(node, &decision, &message).await {
-            Ok(true) => self.metrics.taint_transitions.inc(),
-            Ok(false) => {}
+        // The gauge says what the node carries: the decision once written,
+        // what was found while the write fails.
+        let carries = match self.writer.apply(node, &decision, &message).await {
+            Ok(changed) => {
+                if changed {
+                    self.metrics.taint_transitions.inc();
+                }
+                decision.tainted
+            }
             Err(e) => {
                 let e = Error::from(e);
                 self.metrics.node_write_errors.inc();
                 self.metrics.record_error("reconciler", &e);
                 warn!(node = %self.node_name, error = %e, "writing the node failed; will retry");
+                found.tainted
             }
-        }
+        };
+        self.metrics.tainted.set(i64::from(carries));
         decision.dwell
     }
 
@@ -293,7 +301,6 @@ impl Reconciler {
         decision: &TaintDecision,
         now: Timestamp,
     ) {
-        self.metrics.tainted.set(i64::from(decision.tainted));
         let _ = self.intensity.send(score.map(|s| s.grams_per_kwh));
         if let (Some(zone), Some(score)) = (zone, score) {
             self.metrics

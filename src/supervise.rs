@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{error, warn};
 
+use crate::error::Error;
+use crate::metrics::Metrics;
+
 /// Why the agent stops: a task ended before shutdown.
 #[derive(Debug, thiserror::Error)]
 #[error("task {task:?} {how}")]
@@ -66,6 +69,32 @@ impl Supervisor {
                 "tasks still running after the grace period; aborting them"
             );
             self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// The longest a round of a leader loop (a poll, a deferral or migration
+/// round) may take. The kube client has no read timeout (one would cut its
+/// watches), so a request that hangs would stall the loop for ever; past this
+/// the round is abandoned, counted, and the next one starts afresh from the
+/// watched state.
+pub const ROUND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs one round of `part`'s loop under `deadline`: `None`, logged and
+/// counted as a `timeout` error, when it is abandoned.
+pub async fn bounded<T>(
+    part: &'static str,
+    deadline: Duration,
+    metrics: &Metrics,
+    round: impl Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout(deadline, round).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            let stuck = Error::Stuck(deadline);
+            warn!(part, error = %stuck, "a request hangs");
+            metrics.record_error(part, &stuck);
+            None
         }
     }
 }
@@ -170,6 +199,30 @@ mod tests {
         assert!(
             released_rx.await.is_ok(),
             "the task was aborted before its shutdown work"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_past_its_deadline_is_abandoned_and_counted_as_a_timeout() {
+        let metrics = Metrics::new("n1");
+        let hung = bounded(
+            "poller",
+            Duration::from_secs(60),
+            &metrics,
+            std::future::pending::<()>(),
+        );
+        assert_eq!(hung.await, None);
+        let done = bounded("poller", Duration::from_secs(60), &metrics, async { 7 });
+        assert_eq!(done.await, Some(7));
+        let text = metrics.encode();
+        assert_eq!(
+            crate::testing::sample(
+                &text,
+                "carbon_kube_errors_total",
+                &["part=\"poller\"", "kind=\"timeout\""]
+            ),
+            Some(1.0),
+            "{text}"
         );
     }
 }

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::planner::{ExpectedWait, ReleaseReason, RigidLoad};
 use crate::power::PowerCoefficients;
 use crate::resources::{node_allocatable_cpu, pod_cpu_request};
+use crate::supervise::{ROUND_DEADLINE, bounded};
 use crate::watches::{self, FailureLog};
 use crate::zones;
 
@@ -240,7 +241,14 @@ impl Deferral {
                 {
                     return;
                 }
-                self.round(&pods, &nodes, &scores).await;
+                let metrics = self.metrics.clone();
+                bounded(
+                    "deferral",
+                    ROUND_DEADLINE,
+                    &metrics,
+                    self.round(&pods, &nodes, &scores),
+                )
+                .await;
             }
         };
         tokio::select! {

@@ -26,6 +26,7 @@ use crate::deferral::controller::human;
 use crate::error::Error;
 use crate::events::{PodEvents, pod_key};
 use crate::metrics::Metrics;
+use crate::supervise::{ROUND_DEADLINE, bounded};
 use crate::watches::{self, FailureLog};
 use crate::zones;
 
@@ -136,7 +137,14 @@ impl Migrator {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                self.round(&node, &scores, &pods).await;
+                let metrics = self.metrics.clone();
+                bounded(
+                    "migration",
+                    ROUND_DEADLINE,
+                    &metrics,
+                    self.round(&node, &scores, &pods),
+                )
+                .await;
             }
         };
         tokio::select! {

@@ -154,6 +154,8 @@ mod rounds {
         );
         assert_eq!(errors, Some(1.0));
         assert_eq!(zone.as_ref().map(GridZone::as_str), Some("DE"));
+        // The node does not carry the taint the write failed to add.
+        assert_eq!(counter(&reconciler, "carbon_kube_node_tainted"), Some(0.0));
 
         // The node is as it was: the next round writes it again.
         let second = async {
@@ -181,6 +183,7 @@ mod rounds {
             reconciler.reconcile(&untainted, &scores, dwell, &mut zone),
             second
         );
+        assert_eq!(counter(&reconciler, "carbon_kube_node_tainted"), Some(1.0));
         assert_eq!(
             counter(&reconciler, "carbon_kube_node_write_errors_total"),
             Some(1.0)
