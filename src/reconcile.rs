@@ -259,7 +259,7 @@ impl Reconciler {
             decision.reason = Reason::StaticOnly;
         }
 
-        self.publish(zone, score.as_ref(), &source, &decision, now);
+        self.publish(zone, score.as_ref(), &source, now);
         let verdict = condition_message(
             zone,
             score.as_ref(),
@@ -298,7 +298,6 @@ impl Reconciler {
         zone: Option<&GridZone>,
         score: Option<&ZoneScore>,
         source: &str,
-        decision: &TaintDecision,
         now: Timestamp,
     ) {
         let _ = self.intensity.send(score.map(|s| s.grams_per_kwh));
