@@ -105,6 +105,18 @@ mod green_window {
             .collect()
     }
 
+    /// Waits until the leader has written `zone`'s forecast with this lowest point.
+    fn wait_forecast_min(cp: &ControlPlane, zone: &str, min: f64) {
+        wait_for(
+            &format!("{zone}'s forecast in its CarbonScore"),
+            Duration::from_secs(40),
+            || {
+                let s = cp.kubectl_json(&["get", "carbonscore", &zone.to_ascii_lowercase()]);
+                (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(min)).then_some(())
+            },
+        );
+    }
+
     /// Our parameters CRD, then a GreenWindowConfig, an AdmissionCheck using it, and queues
     /// `cq-NAME` / `lq-NAME` with that check and 8 CPUs of quota.
     fn green_queue(cp: &ControlPlane, name: &str, config: Value) {
@@ -221,14 +233,7 @@ mod green_window {
         api.set_forecast("DE", &every(first, &de));
         api.set_forecast("FR", &every(first, &[400.0; 21]));
         tokio::task::block_in_place(|| {
-            wait_for(
-                "DE's forecast in its CarbonScore",
-                Duration::from_secs(40),
-                || {
-                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
-                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(50.0)).then_some(())
-                },
-            );
+            wait_forecast_min(&cp, "DE", 50.0);
             green_queue(
                 &cp,
                 "night",
@@ -344,14 +349,7 @@ mod green_window {
         let de: Vec<f64> = (0..14).map(|k| 500.0 - 20.0 * f64::from(k)).collect();
         api.set_forecast("DE", &every(first, &de));
         tokio::task::block_in_place(|| {
-            wait_for(
-                "DE's forecast in its CarbonScore",
-                Duration::from_secs(40),
-                || {
-                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
-                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(240.0)).then_some(())
-                },
-            );
+            wait_forecast_min(&cp, "DE", 240.0);
             green_queue(
                 &cp,
                 "late",
@@ -525,14 +523,7 @@ mod green_window {
         de.extend([40.0; 30]);
         api.set_forecast("DE", &every(first, &de));
         tokio::task::block_in_place(|| {
-            wait_for(
-                "DE's forecast in its CarbonScore",
-                Duration::from_secs(40),
-                || {
-                    let s = cp.kubectl_json(&["get", "carbonscore", "de"]);
-                    (s["status"]["forecastMinGramsPerKwh"].as_f64() == Some(40.0)).then_some(())
-                },
-            );
+            wait_forecast_min(&cp, "DE", 40.0);
             green_queue(&cp, "broken", json!({ "maxDelay": "soon" }));
             green_queue(&cp, "nowhere", json!({ "zone": "PL", "maxDelay": "1h" }));
             green_queue(&cp, "fine", json!({ "zone": "DE", "maxDelay": "1h" }));

@@ -75,8 +75,8 @@ struct Released {
     bound: bool,
 }
 
-/// Why a pod goes now, for its event and the metric.
-enum Release {
+/// Why a pod (or a Kueue Workload's check) goes now, for its event and the metric.
+pub enum Release {
     Planned {
         reason: ReleaseReason,
         zone: Option<GridZone>,
@@ -87,7 +87,7 @@ enum Release {
 }
 
 impl Release {
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Release::Planned { reason, .. } => reason.label(),
             Release::NoForecast(_) => "no_forecast",

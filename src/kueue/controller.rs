@@ -25,7 +25,7 @@ use super::{
 };
 use crate::carbon::GridZone;
 use crate::crd::CarbonScore;
-use crate::deferral::controller::{DeferralSettings, human, is_terminal, zone_capacity};
+use crate::deferral::controller::{DeferralSettings, Release, human, is_terminal, zone_capacity};
 use crate::deferral::round::{Ask, Decision, plan_round};
 use crate::metrics::Metrics;
 use crate::planner::{ReleaseReason, RigidLoad};
@@ -72,27 +72,6 @@ impl CheckMetrics {
                 .buckets(HOLD_BUCKETS.to_vec()),
             )),
         })
-    }
-}
-
-/// Why a check goes Ready now, for its message and the metric.
-enum Ready {
-    Planned {
-        reason: ReleaseReason,
-        zone: Option<GridZone>,
-        now_mean: Option<f64>,
-    },
-    NoForecast(String),
-    Invalid(String),
-}
-
-impl Ready {
-    fn label(&self) -> &'static str {
-        match self {
-            Ready::Planned { reason, .. } => reason.label(),
-            Ready::NoForecast(_) => "no_forecast",
-            Ready::Invalid(_) => "invalid",
-        }
     }
 }
 
@@ -388,7 +367,7 @@ impl GreenWindow {
                     Some(Err(why)) => why.clone(),
                     _ => format!("AdmissionCheck {} is not ours", waiting.check),
                 };
-                self.ready(&waiting, Ready::Invalid(why), None, now).await;
+                self.ready(&waiting, Release::Invalid(why), None, now).await;
                 continue;
             };
             match request(params, &waiting.spec, waiting.created) {
@@ -396,7 +375,7 @@ impl GreenWindow {
                     let vcpus = waiting.spec.vcpus();
                     planned.push((waiting, Ask { request, vcpus }));
                 }
-                Err(why) => self.ready(&waiting, Ready::Invalid(why), None, now).await,
+                Err(why) => self.ready(&waiting, Release::Invalid(why), None, now).await,
             }
         }
         let asks: Vec<Ask> = planned.iter().map(|(_, a)| a.clone()).collect();
@@ -457,7 +436,7 @@ impl GreenWindow {
                             && ask.request.zone.is_none()
                             && labelled.contains(&z.to_string())
                     });
-                    let ready = Ready::Planned {
+                    let ready = Release::Planned {
                         reason: *reason,
                         zone: zone.clone(),
                         now_mean: *now_mean,
@@ -465,7 +444,7 @@ impl GreenWindow {
                     self.ready(waiting, ready, pin, now).await;
                 }
                 Decision::NoForecast(why) => {
-                    self.ready(waiting, Ready::NoForecast(why.clone()), None, now)
+                    self.ready(waiting, Release::NoForecast(why.clone()), None, now)
                         .await;
                 }
             }
@@ -524,7 +503,7 @@ impl GreenWindow {
     async fn ready(
         &mut self,
         waiting: &Waiting,
-        ready: Ready,
+        ready: Release,
         pin: Option<GridZone>,
         now: Timestamp,
     ) {
@@ -537,7 +516,7 @@ impl GreenWindow {
             )
         });
         let message = match &ready {
-            Ready::Planned {
+            Release::Planned {
                 reason,
                 zone,
                 now_mean,
@@ -565,12 +544,12 @@ impl GreenWindow {
                 };
                 format!("Ready after {waited_text}: {why} ({zone_text}{mean_text}).{pin_text}")
             }
-            Ready::NoForecast(why) => {
+            Release::NoForecast(why) => {
                 format!(
                     "Ready at once without waiting for greener power: {why}. Availability wins."
                 )
             }
-            Ready::Invalid(why) => {
+            Release::Invalid(why) => {
                 format!("Ready at once without waiting for greener power: {why}.")
             }
         };

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::cluster::{ControlPlane, build_control_plane, free_port, http_get, tail, wait_for};
+use super::cluster::{
+    ControlPlane, build_control_plane, free_port, http_get, tail, terminate, wait_for,
+};
 
 /// Kueue's namespace, as in its release manifests.
 pub const NAMESPACE: &str = "kueue-system";
@@ -158,19 +160,7 @@ impl Kueue {
 
 impl Drop for Kueue {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(10));
         if std::thread::panicking() {
             eprintln!("--- kueue log (tail) ---\n{}", tail(&self.output(), 40));
         }
