@@ -33,6 +33,11 @@ use crate::resources::pod_cpu_request;
 use crate::watches::{self, FailureLog};
 
 /// Re-plan at least this often, so a latest start is met without any event.
+mod checks;
+mod metrics;
+mod verdict;
+pub use metrics::CheckMetrics;
+
 const TICK: Duration = Duration::from_secs(2);
 const FIELD_MANAGER: &str = "carbon-kube-green-window";
 /// Weeks the learned non-deferred load per hour of week remembers (as deferral).
@@ -41,39 +46,6 @@ const RIGID_MEMORY_WEEKS: u32 = 4;
 const HOLD_BUCKETS: &[f64] = &[
     60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
 ];
-
-/// The check's metrics, registered once per agent; the leader's controller updates them.
-pub struct CheckMetrics {
-    held: IntGauge,
-    ready: IntCounterVec,
-    held_seconds: Histogram,
-}
-
-impl CheckMetrics {
-    pub fn new(metrics: &Metrics) -> Arc<Self> {
-        Arc::new(Self {
-            held: metrics.register(IntGauge::new(
-                "kueue_workloads_held",
-                "Kueue Workloads whose carbon-kube.io/green-window check this leader keeps Pending.",
-            )),
-            ready: metrics.register(IntCounterVec::new(
-                Opts::new(
-                    "kueue_checks_ready_total",
-                    "carbon-kube.io/green-window checks set Ready, by reason (greenest_now, \
-                     gain_within_error, deadline, no_room, no_forecast, invalid).",
-                ),
-                &["reason"],
-            )),
-            held_seconds: metrics.register(Histogram::with_opts(
-                HistogramOpts::new(
-                    "kueue_hold_seconds",
-                    "From a Workload's creation to its carbon-kube.io/green-window check Ready.",
-                )
-                .buckets(HOLD_BUCKETS.to_vec()),
-            )),
-        })
-    }
-}
 
 /// A Workload waiting on one of our checks.
 struct Waiting {
@@ -247,80 +219,6 @@ impl GreenWindow {
         }
     }
 
-    /// Our AdmissionChecks by name, each with its parameters or why they are unusable;
-    /// marks each Active (Kueue admits nothing through an inactive check). Bad parameters
-    /// keep the check Active: its Workloads are let through with the reason.
-    async fn our_checks(
-        &self,
-        checks: &Store<DynamicObject>,
-        configs: &Store<GreenWindowConfig>,
-    ) -> HashMap<String, Result<Params, String>> {
-        let mut ours = HashMap::new();
-        for check in checks.state() {
-            let Some(spec) = parse::<AdmissionCheckSpec>(check.data.get("spec")) else {
-                continue;
-            };
-            if spec.controller_name != CONTROLLER_NAME {
-                continue;
-            }
-            let name = check.name_any();
-            let params = match &spec.parameters {
-                None => Err(format!(
-                    "AdmissionCheck {name} has no spec.parameters (a GreenWindowConfig)"
-                )),
-                Some(p) if p.api_group != "carbon-kube.io" || p.kind != "GreenWindowConfig" => {
-                    Err(format!(
-                        "AdmissionCheck {name}: spec.parameters names {}/{}, not \
-                         carbon-kube.io/GreenWindowConfig",
-                        p.api_group, p.kind
-                    ))
-                }
-                Some(p) => configs
-                    .state()
-                    .iter()
-                    .find(|c| c.name_any() == p.name)
-                    .map_or_else(
-                        || Err(format!("GreenWindowConfig {} not found", p.name)),
-                        |c| Params::from_spec(&p.name, &c.spec),
-                    ),
-            };
-            self.mark_active(&check).await;
-            ours.insert(name, params);
-        }
-        ours
-    }
-
-    async fn mark_active(&self, check: &DynamicObject) {
-        let active = check.data["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Active" && c["status"] == "True");
-        if active {
-            return;
-        }
-        let api = Api::<DynamicObject>::all_with(
-            self.client.clone(),
-            &api_resource("AdmissionCheck", "admissionchecks"),
-        );
-        let status = json!({
-            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "AdmissionCheck",
-            "status": { "conditions": [{
-                "type": "Active", "status": "True", "reason": "Active",
-                "message": "carbon-kube's leader decides this check",
-                "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                "observedGeneration": check.metadata.generation.unwrap_or(0),
-            }]},
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        if let Err(e) = api
-            .patch_status(&check.name_any(), &params, &Patch::Apply(&status))
-            .await
-        {
-            warn!(check = %check.name_any(), error = %e, "kueue: marking the AdmissionCheck Active failed; will retry");
-        }
-    }
-
     /// One pass over every Workload that waits on one of our checks.
     async fn round(
         &mut self,
@@ -451,165 +349,6 @@ impl GreenWindow {
         }
         self.announced.retain(|key, _| holding.contains(key));
         self.metrics.held.set(held);
-    }
-
-    /// Workloads with quota reserved whose check of ours is Pending.
-    fn waiting(
-        &self,
-        ours: &HashMap<String, Result<Params, String>>,
-        workloads: &Store<DynamicObject>,
-    ) -> Vec<Waiting> {
-        let mut all = Vec::new();
-        for workload in workloads.state() {
-            if workload.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let status: WorkloadStatus = parse(workload.data.get("status")).unwrap_or_default();
-            if !status.awaits_checks() {
-                continue;
-            }
-            let Some(spec) = parse::<WorkloadSpec>(workload.data.get("spec")) else {
-                continue;
-            };
-            let uid = workload.uid().unwrap_or_default();
-            for check in ours.keys() {
-                let Some(state) = status.check(check).filter(|s| s.state == "Pending") else {
-                    continue;
-                };
-                if self.done.contains_key(&(uid.clone(), check.clone())) {
-                    continue;
-                }
-                all.push(Waiting {
-                    namespace: workload.namespace().unwrap_or_default(),
-                    name: workload.name_any(),
-                    uid: uid.clone(),
-                    created: workload
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map_or_else(Timestamp::now, |t| t.0),
-                    check: check.clone(),
-                    message: state.message.clone(),
-                    since: state.last_transition_time.clone(),
-                    spec: spec.clone(),
-                });
-            }
-        }
-        // Oldest first, as Kueue queues them: the planner's ties keep this order.
-        all.sort_by_key(|w| w.created);
-        all
-    }
-
-    async fn ready(
-        &mut self,
-        waiting: &Waiting,
-        ready: Release,
-        pin: Option<GridZone>,
-        now: Timestamp,
-    ) {
-        let waited = now.duration_since(waiting.created).as_secs_f64().max(0.0);
-        let waited_text = human(Duration::from_secs(waited as u64));
-        let pin_text = pin.as_ref().map_or(String::new(), |z| {
-            format!(
-                " Its pods are pinned to zone {z} ({}={z}).",
-                crate::zones::GRID_ZONE_LABEL
-            )
-        });
-        let message = match &ready {
-            Release::Planned {
-                reason,
-                zone,
-                now_mean,
-            } => {
-                let zone_text = zone.as_ref().map_or_else(
-                    || "no zone has room now".to_string(),
-                    |z| format!("booked in zone {z}"),
-                );
-                let mean_text = now_mean.map_or(String::new(), |m| {
-                    format!(", {m:.0} gCO2/kWh forecast on average over the run")
-                });
-                let why = match reason {
-                    ReleaseReason::Greenest => {
-                        "now is the greenest start with free CPU before the latest start"
-                    }
-                    ReleaseReason::GainWithinError => {
-                        "a later start is forecast cheaper, but by less than the forecast's error"
-                    }
-                    ReleaseReason::Deadline => {
-                        "its latest start is less than the planner's margin away"
-                    }
-                    ReleaseReason::NoRoom => {
-                        "no window before its latest start has free CPU for it; waiting would only risk the deadline"
-                    }
-                };
-                format!("Ready after {waited_text}: {why} ({zone_text}{mean_text}).{pin_text}")
-            }
-            Release::NoForecast(why) => {
-                format!(
-                    "Ready at once without waiting for greener power: {why}. Availability wins."
-                )
-            }
-            Release::Invalid(why) => {
-                format!("Ready at once without waiting for greener power: {why}.")
-            }
-        };
-        let updates = pin
-            .as_ref()
-            .map_or_else(Vec::new, |zone| pin_updates(&waiting.spec, zone));
-        if self.write(waiting, "Ready", &message, updates).await {
-            self.done.insert(
-                (waiting.uid.clone(), waiting.check.clone()),
-                std::time::Instant::now(),
-            );
-            self.metrics.ready.with_label_values(&[ready.label()]).inc();
-            self.metrics.held_seconds.observe(waited);
-            info!(workload = %format!("{}/{}", waiting.namespace, waiting.name), reason = ready.label(), waited_seconds = waited as u64, "kueue: check ready");
-        }
-    }
-
-    /// Server-side apply of our check's entry in the Workload's status (a list map keyed
-    /// by name: Kueue's own entries and other checks' stay as they are).
-    async fn write(
-        &self,
-        waiting: &Waiting,
-        state: &str,
-        message: &str,
-        pod_set_updates: Vec<serde_json::Value>,
-    ) -> bool {
-        let api = Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            &waiting.namespace,
-            &api_resource("Workload", "workloads"),
-        );
-        let mut entry = json!({
-            "name": waiting.check,
-            "state": state,
-            "message": message,
-            // A new message on a check still Pending is no transition.
-            "lastTransitionTime": match (&waiting.since, state) {
-                (Some(since), "Pending") => since.clone(),
-                _ => Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            },
-        });
-        if !pod_set_updates.is_empty() {
-            entry["podSetUpdates"] = json!(pod_set_updates);
-        }
-        let status = json!({
-            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Workload",
-            "status": { "admissionChecks": [entry] },
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api
-            .patch_status(&waiting.name, &params, &Patch::Apply(&status))
-            .await
-        {
-            Ok(_) => true,
-            Err(kube::Error::Api(status)) if status.code == 404 => false,
-            Err(e) => {
-                warn!(workload = %format!("{}/{}", waiting.namespace, waiting.name), error = %e, "kueue: writing the check state failed; will retry");
-                false
-            }
-        }
     }
 }
 

@@ -34,6 +34,9 @@ use crate::deferral::{self, ZoneSeries};
 use crate::metrics::Metrics;
 use crate::watches;
 
+mod metrics;
+pub use metrics::DispatchMetrics;
+
 /// The `multiKueue.dispatcherName` that hands the choice to this loop.
 pub const DISPATCHER_NAME: &str = "carbon-kube.io/greenest";
 /// The controller of MultiKueue's own AdmissionChecks.
@@ -131,25 +134,6 @@ pub fn nominate(
             mean,
         },
         None => all("the MultiKueueConfig lists no cluster".into()),
-    }
-}
-
-pub struct DispatchMetrics {
-    dispatched: IntCounterVec,
-}
-
-impl DispatchMetrics {
-    pub fn new(metrics: &Metrics) -> Arc<Self> {
-        Arc::new(Self {
-            dispatched: metrics.register(IntCounterVec::new(
-                Opts::new(
-                    "kueue_dispatched_total",
-                    "MultiKueue Workloads nominated by carbon-kube.io/greenest, by worker cluster \
-                     and reason (greenest, or all when data was missing).",
-                ),
-                &["cluster", "reason"],
-            )),
-        })
     }
 }
 
