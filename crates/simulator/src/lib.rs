@@ -8,7 +8,8 @@
 //! - [`workload`], [`agent`], [`engine`] and [`plan`] replay jobs on nodes in
 //!   several zones; [`bound`] schedules them offline with capacity;
 //!   [`experiment`] runs every policy on a year and [`tune`] pits the tuner
-//!   against the best static threshold.
+//!   against the best static threshold; [`fleet`] dispatches jobs across
+//!   clusters, one per zone, as MultiKueue would.
 //! - [`report`] and [`svg`] write the table and the plots; [`cli`] is
 //!   `carbon-kube-sim`.
 
@@ -17,6 +18,7 @@ pub mod bound;
 pub mod cli;
 pub mod engine;
 pub mod experiment;
+pub mod fleet;
 pub mod forecast;
 pub mod numpy_rng;
 pub mod paper;

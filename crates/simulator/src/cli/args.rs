@@ -31,6 +31,27 @@ pub enum Experiment {
     Reproduce(ReproduceArgs),
     /// Train the outcome tuner on one year, evaluate on another, against the best fixed knobs.
     Tune(Box<TuneArgs>),
+    /// A MultiKueue fleet, one worker cluster per zone: Kueue's all-at-once dispatch against
+    /// the greenest dispatcher (and greenest with deferral); write fleet.txt and fleet.csv.
+    Fleet(Box<FleetArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Folder of normalised traces, one zone (one worker cluster) per file.
+    #[arg(long, default_value = "benches/data/electricitymaps")]
+    pub traces: PathBuf,
+    #[arg(long, default_value_t = 2022)]
+    pub year: i16,
+    /// Only these zones (comma-separated); default every trace covering the year.
+    #[arg(long, value_delimiter = ',')]
+    pub zones: Vec<String>,
+    /// The fleet's nodes (--nodes) are spread evenly over the clusters.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Folder for fleet.txt and fleet.csv.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
