@@ -12,7 +12,8 @@ use crate::{report, svg, tune};
 
 mod args;
 pub use args::{
-    ClusterArgs, Experiment, FleetArgs, ForecastModel, ReproduceArgs, RunArgs, SimulateArgs, TuneArgs,
+    ClusterArgs, Experiment, FleetArgs, ForecastModel, ReproduceArgs, RunArgs, SimulateArgs,
+    TuneArgs,
 };
 
 pub fn run(args: &SimulateArgs) -> Result<(), SimError> {

@@ -9,7 +9,6 @@
 
 use crate::engine::{Outcome, Scenario};
 use crate::forecast::Forecasts;
-use crate::workload::Job;
 
 /// How the manager picks a worker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -170,6 +169,7 @@ mod tests {
     use crate::experiment::{ClusterConfig, jobs_for, scenario};
     use crate::forecast::ErrorModel;
     use crate::trace::Series;
+    use crate::workload::Job;
 
     /// A job that must start as soon as it arrives.
     fn rigid(arrival: usize, duration: usize, vcpus: u32) -> Job {
@@ -212,8 +212,14 @@ mod tests {
 
     #[test]
     fn with_identical_traces_dispatch_does_not_change_the_grams() {
-        let values: Vec<f64> = (0..24 * 60).map(|h| 200.0 + (h % 24) as f64 * 10.0).collect();
-        let s = series(&[("FR", values.clone()), ("DE", values.clone()), ("ES", values)]);
+        let values: Vec<f64> = (0..24 * 60)
+            .map(|h| 200.0 + (h % 24) as f64 * 10.0)
+            .collect();
+        let s = series(&[
+            ("FR", values.clone()),
+            ("DE", values.clone()),
+            ("ES", values),
+        ]);
         let config = ClusterConfig::default();
         let jobs = jobs_for(&config, &s, &[1, 1, 1])
             .into_iter()
@@ -233,7 +239,11 @@ mod tests {
                 .map(|h| base + 40.0 * ((h * 7 % 11) as f64 / 11.0))
                 .collect()
         };
-        let s = series(&[("DE", noisy(400.0)), ("NO", noisy(30.0)), ("ES", noisy(250.0))]);
+        let s = series(&[
+            ("DE", noisy(400.0)),
+            ("NO", noisy(30.0)),
+            ("ES", noisy(250.0)),
+        ]);
         let jobs: Vec<Job> = (0..100).map(|i| rigid(i, 3, 2)).collect();
         // NO holds 16 vCPUs, the load needs 6: it never fills.
         let green = run(&s, vec![4, 4, 4], &jobs, Dispatch::Greenest);
@@ -257,8 +267,20 @@ mod tests {
             slack: 12,
             ..rigid(2, 1, 1)
         };
-        let jobs = [flexible, rigid(2, 1, 1), Job { slack: 5, ..flexible }];
-        let out = run(&s, vec![1], &jobs, Dispatch::GreenestDeferred { k_sigma: 1.0 });
+        let jobs = [
+            flexible,
+            rigid(2, 1, 1),
+            Job {
+                slack: 5,
+                ..flexible
+            },
+        ];
+        let out = run(
+            &s,
+            vec![1],
+            &jobs,
+            Dispatch::GreenestDeferred { k_sigma: 1.0 },
+        );
         // The 50 g hour is at step 10: the first job waits 8 steps for it, the rigid one
         // starts at once, the third cannot reach it and starts by its latest start.
         assert_eq!(out.outcome.delays[..2], [8, 0]);
