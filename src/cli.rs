@@ -128,6 +128,12 @@ pub struct AgentArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Kubeconfig (a mounted Secret) of a cluster whose CarbonScores the leader reads first,
+    /// with read-only access there, so that a fleet polls each zone once; data missing there
+    /// or older than --max-age falls through to this agent's own providers.
+    #[arg(long, env = "CARBON_KUBE_SHARED_SCORES_KUBECONFIG")]
+    pub shared_scores_kubeconfig: Option<PathBuf>,
+
     /// Grid zone used when a node has neither the grid-zone label nor a known region label.
     #[arg(long, env = "CARBON_KUBE_DEFAULT_ZONE")]
     pub default_zone: Option<String>,

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub identity: String,
     pub namespace: String,
     pub kubeconfig: Option<PathBuf>,
+    /// Another cluster's kubeconfig: its CarbonScores go first in the chain.
+    pub shared_scores_kubeconfig: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     pub election: Timing,
     pub providers: ProvidersConfig,
@@ -154,6 +156,7 @@ impl AgentConfig {
             metrics_addr: args.metrics_addr,
             namespace: args.namespace.clone(),
             kubeconfig: args.kubeconfig.clone(),
+            shared_scores_kubeconfig: args.shared_scores_kubeconfig.clone(),
             identity,
             node_name,
         })

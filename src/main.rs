@@ -38,7 +38,8 @@ use carbon_kube::metrics::{self, Metrics};
 use carbon_kube::migration::controller::Migrator;
 use carbon_kube::poller::Poller;
 use carbon_kube::power::PowerCoefficients;
-use carbon_kube::providers::build_chain;
+use carbon_kube::providers::cluster::SharedScores;
+use carbon_kube::providers::{Provider, build_chain};
 use carbon_kube::reconcile::Reconciler;
 use carbon_kube::supervise::Supervisor;
 use carbon_kube::zones::REGION_LABEL;
@@ -96,7 +97,7 @@ fn init_logging(cli: &Cli) {
 /// `carbon-kube intensity --zone Z`: one fetch through the chain, each attempt shown.
 async fn intensity(args: Box<IntensityArgs>) -> Result<()> {
     let zone = GridZone::parse(&args.zone).map_err(|e| anyhow::anyhow!("--zone: {e}"))?;
-    let chain = build_chain(&config::providers_config(&args.providers)?);
+    let chain = build_chain(&config::providers_config(&args.providers)?, None);
     let fetch = chain.fetch(&zone).await;
     for attempt in &fetch.attempts {
         eprintln!(
@@ -167,7 +168,17 @@ async fn agent(config: AgentConfig) -> Result<()> {
     let (elector, is_leader) = Elector::new(leases, LEASE_NAME, &config.identity, config.election);
     let fence = elector.fence();
     tasks.spawn("leader election", elector.run(shutdown.clone()));
-    let chain = Arc::new(build_chain(&config.providers));
+    let shared = match &config.shared_scores_kubeconfig {
+        Some(path) => {
+            let source = kube_client(Some(path))
+                .await
+                .context("--shared-scores-kubeconfig")?;
+            let provider = SharedScores::new(Api::all(source), config.reconciler.decision.max_age);
+            Some(Arc::new(provider) as Arc<dyn Provider>)
+        }
+        None => None,
+    };
+    let chain = Arc::new(build_chain(&config.providers, shared));
     let poller = {
         let (client, metrics, settings) = (client.clone(), metrics.clone(), config.poller);
         move || {

@@ -323,6 +323,8 @@ fn every_setting_the_chart_passes_is_one_the_agent_knows() {
         "podAttribution.enabled=true",
         "--set",
         "deferral.enabled=true",
+        "--set",
+        "sharedScores.existingSecret=shared-scores",
     ]));
     let help = carbon_kube(&["agent", "--help"], &[]);
     // Wrapped help lines joined, so an `[env: NAME=]` split over two lines still matches.

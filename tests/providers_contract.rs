@@ -277,7 +277,7 @@ async fn watttime_skips_zones_without_a_region_and_uses_configured_ones() {
     cfg.order = vec![ProviderKind::WattTime];
     cfg.watttime_regions
         .insert(zone("US-NW-GCPD"), "CHPD".into());
-    let fetch = build_chain(&cfg).fetch(&zone("US-NW-GCPD")).await;
+    let fetch = build_chain(&cfg, None).fetch(&zone("US-NW-GCPD")).await;
     assert!((fetch.result.unwrap().grams_per_kwh - 90.0).abs() < 1e-9);
 }
 
@@ -370,7 +370,7 @@ async fn every_provider_failing_reports_all_failed_with_the_last_good_reading() 
         ProviderKind::WattTime,
         ProviderKind::Noaa,
     ];
-    let chain = build_chain(&cfg);
+    let chain = build_chain(&cfg, None);
     let good = chain.fetch(&zone("US-CAL-CISO")).await.result.unwrap();
     assert_eq!(good.source, "electricity-maps");
 
@@ -415,7 +415,7 @@ async fn the_breaker_stops_calling_a_failing_api() {
     let mut cfg = api.config();
     cfg.order = vec![ProviderKind::ElectricityMaps, ProviderKind::Static];
     cfg.breaker_failures = 2;
-    let chain = build_chain(&cfg);
+    let chain = build_chain(&cfg, None);
     let mut outcomes = Vec::new();
     for _ in 0..4 {
         let fetch = chain.fetch(&zone("DE")).await;
@@ -446,7 +446,7 @@ async fn rate_limits_silence_the_provider_for_retry_after() {
     );
     let mut cfg = api.config();
     cfg.order = vec![ProviderKind::ElectricityMaps, ProviderKind::Static];
-    let chain = build_chain(&cfg);
+    let chain = build_chain(&cfg, None);
     assert_eq!(
         chain.fetch(&zone("DE")).await.attempts[0].outcome,
         "rate_limited"
@@ -464,7 +464,7 @@ async fn unconfigured_providers_are_skipped_silently() {
     let mut cfg = api.config();
     cfg.electricity_maps_token = None;
     cfg.watttime_password = None;
-    let fetch = build_chain(&cfg).fetch(&zone("DE")).await;
+    let fetch = build_chain(&cfg, None).fetch(&zone("DE")).await;
     let seen: Vec<_> = fetch
         .attempts
         .iter()
@@ -515,7 +515,7 @@ async fn credentials_never_appear_in_errors_or_debug_output() {
     texts.push(format!("{cfg:?}"));
 
     // Refused credentials.
-    let fetch = build_chain(&cfg).fetch(&zone("US-CAL-CISO")).await;
+    let fetch = build_chain(&cfg, None).fetch(&zone("US-CAL-CISO")).await;
     texts.push(format!("{fetch:?}"));
     if let Err(e) = &fetch.result {
         texts.push(e.to_string());
@@ -531,7 +531,7 @@ async fn credentials_never_appear_in_errors_or_debug_output() {
         for fault in [Fault::Hang, Fault::Garbage, Fault::Truncated] {
             api.set_fault(EM, fault.clone());
             api.set_fault(WT, fault);
-            let fetch = build_chain(&cfg).fetch(&zone("US-CAL-CISO")).await;
+            let fetch = build_chain(&cfg, None).fetch(&zone("US-CAL-CISO")).await;
             texts.push(format!("{fetch:?}"));
             if let Err(e) = &fetch.result {
                 texts.push(e.to_string());

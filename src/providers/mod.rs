@@ -2,6 +2,7 @@
 //! that tries them in order.
 
 pub mod chain;
+pub mod cluster;
 pub mod electricity_maps;
 pub mod http;
 pub mod noaa;
@@ -195,13 +196,15 @@ impl Default for ProvidersConfig {
 /// data, re-login after a 401, data again), so the attempt budget covers them.
 const REQUESTS_PER_ATTEMPT: u32 = 4;
 
-/// Builds the chain in the configured order. Providers missing credentials
-/// stay in the chain and answer `NotConfigured`, which the chain skips, so
-/// the default order can list every provider.
-pub fn build_chain(cfg: &ProvidersConfig) -> Chain {
+/// Builds the chain in the configured order, after `shared` (another
+/// cluster's CarbonScores, [`cluster::SharedScores`]) when there is one.
+/// Providers missing credentials stay in the chain and answer
+/// `NotConfigured`, which the chain skips, so the default order can list
+/// every provider.
+pub fn build_chain(cfg: &ProvidersConfig, shared: Option<Arc<dyn Provider>>) -> Chain {
     let http = HttpClient::new(cfg.timeout, cfg.max_response_bytes);
     let mut seen = Vec::new();
-    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+    let mut providers: Vec<Arc<dyn Provider>> = shared.into_iter().collect();
     for kind in &cfg.order {
         if seen.contains(kind) {
             continue;
@@ -263,16 +266,19 @@ mod tests {
 
     #[test]
     fn default_chain_lists_every_provider_once() {
-        let chain = build_chain(&ProvidersConfig {
-            order: vec![
-                ProviderKind::Static,
-                ProviderKind::Static,
-                ProviderKind::Noaa,
-            ],
-            ..ProvidersConfig::default()
-        });
+        let chain = build_chain(
+            &ProvidersConfig {
+                order: vec![
+                    ProviderKind::Static,
+                    ProviderKind::Static,
+                    ProviderKind::Noaa,
+                ],
+                ..ProvidersConfig::default()
+            },
+            None,
+        );
         assert_eq!(chain.provider_names(), vec!["static", "noaa-estimate"]);
-        let all = build_chain(&ProvidersConfig::default());
+        let all = build_chain(&ProvidersConfig::default(), None);
         assert_eq!(
             all.provider_names(),
             vec![
