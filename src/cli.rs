@@ -268,6 +268,12 @@ pub struct AgentArgs {
           num_args = 0..=1, default_missing_value = "true")]
     pub kueue_dispatcher: bool,
 
+    /// With --kueue-dispatcher: a Workload no worker has admitted this long after its
+    /// nomination (the greenest has no room) is offered to the next greenest too, one more
+    /// worker each time this passes again, until every worker is nominated.
+    #[arg(long, env = "CARBON_KUBE_KUEUE_WIDEN_AFTER", value_parser = period, default_value = "5m")]
+    pub kueue_widen_after: Duration,
+
     /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
     /// has carried the carbon taint for --migrate-after and a greener untainted zone exists
     /// (needs pods list/watch and pods/eviction create).

@@ -19,6 +19,7 @@ use crate::deferral::controller::DeferralSettings;
 use crate::deferral::round::RoundSettings;
 use crate::election::Timing;
 use crate::emissions::{EmissionsSettings, PowerSettings};
+use crate::kueue::dispatch::DispatchSettings;
 use crate::meters::MeterSettings;
 use crate::migration::controller::MigrationSettings;
 use crate::planner::PlannerParams;
@@ -55,8 +56,8 @@ pub struct AgentConfig {
     /// carbon-kube.io/green-window checks as it plans deferred pods.
     pub kueue: Option<DeferralSettings>,
     /// `Some` with `--kueue-dispatcher`: the leader nominates MultiKueue workers as
-    /// carbon-kube.io/greenest, on data no older than this.
-    pub kueue_dispatcher: Option<Duration>,
+    /// carbon-kube.io/greenest.
+    pub kueue_dispatcher: Option<DispatchSettings>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -150,7 +151,10 @@ impl AgentConfig {
                 meters: MeterSettings::from_args(&args.meters)?,
             },
             kueue: args.kueue_green_window.then(|| deferral.clone()),
-            kueue_dispatcher: args.kueue_dispatcher.then_some(deferral.max_age),
+            kueue_dispatcher: args.kueue_dispatcher.then_some(DispatchSettings {
+                max_age: deferral.max_age,
+                widen_after: args.kueue_widen_after,
+            }),
             deferral: args.deferral.then_some(deferral),
             migration,
             metrics_addr: args.metrics_addr,

@@ -205,14 +205,14 @@ async fn agent(config: AgentConfig) -> Result<()> {
         );
     }
     // Leader of a MultiKueue manager: nominate the greenest worker for each Workload.
-    if let Some(max_age) = config.kueue_dispatcher {
+    if let Some(settings) = config.kueue_dispatcher {
         tasks.spawn(
             "kueue dispatcher",
             carbon_kube::kueue::dispatch::while_leader(
                 is_leader.clone(),
                 client.clone(),
                 carbon_kube::kueue::dispatch::DispatchMetrics::new(&metrics),
-                max_age,
+                settings,
             ),
         );
     }

@@ -503,6 +503,7 @@ mod green_window {
             });
             let state = our_check(&w, "rbac").expect("our check");
             assert_eq!(state["state"], "Ready", "{state}");
+
             let log = agent.output();
             assert!(
                 !log.contains("Forbidden") && !log.contains("forbidden"),
@@ -698,7 +699,14 @@ mod multikueue {
             let agent = Agent::spawn(
                 &manager,
                 "m-de",
-                &agent_args(&api, &["--kueue-dispatcher", "--deferral=false"]),
+                &agent_args(
+                    &api,
+                    &[
+                        "--kueue-dispatcher",
+                        "--deferral=false",
+                        "--kueue-widen-after=5s",
+                    ],
+                ),
                 &[
                     ("KUBECONFIG", agent_kc.to_str().expect("utf-8 path")),
                     (
@@ -707,7 +715,8 @@ mod multikueue {
                     ),
                 ],
             );
-            let (w_de, _kueue_de) = worker("8");
+            // w-de has room for small Jobs only (the third Job below does not fit).
+            let (w_de, _kueue_de) = worker("2");
             let (w_fr, _kueue_fr) = worker("8");
             let _kueue = Kueue::start_with(
                 &manager,
@@ -812,6 +821,29 @@ mod multikueue {
                     "{cluster}:\n{metrics}"
                 );
             }
+            // The greenest worker has no room for the third Job: after --kueue-widen-after
+            // it is offered to the next greenest too, which admits it.
+            let submitted = std::time::Instant::now();
+            manager.apply(&job("third", "default", "lq", 1, "4").to_string());
+            let names = wait_for("third nominated", Duration::from_secs(60), || {
+                nominated(&manager, "third")
+            });
+            assert_eq!(names, ["w-de"], "the greenest first");
+            wait_for("third placed on w-fr", Duration::from_secs(90), || {
+                workload_of(&manager, "default", "third")
+                    .filter(|w| w["status"]["clusterName"].as_str() == Some("w-fr"))
+            });
+            println!(
+                "multikueue greenest: a Job the greenest worker had no room for was admitted by \
+                 the next greenest {:.1} s after submission (widen after 5 s)",
+                submitted.elapsed().as_secs_f64()
+            );
+            let widened = agent.metric_with(
+                "carbon_kube_kueue_dispatched_total",
+                &[("cluster", "w-fr"), ("reason", "widened")],
+            );
+            assert_eq!(widened, Some(1.0));
+
             let log = agent.output();
             assert!(
                 !log.contains("Forbidden") && !log.contains("forbidden"),

@@ -11,7 +11,7 @@
 //! (today: a manager node in that zone). Room on the workers is left to the workers' own
 //! Kueue: a worker without quota keeps the copy pending.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,14 +53,26 @@ const HINT: &str = " (needs RBAC workloads, admissionchecks, multikueueconfigs, 
                      multikueueclusters get/list/watch and workloads/status patch on the manager \
                      cluster), or --kueue-dispatcher=false";
 
+/// The dispatcher's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DispatchSettings {
+    /// Zone data older than this is not compared: every worker is nominated.
+    pub max_age: Duration,
+    /// How long a nomination waits for a worker to admit the Workload before the next
+    /// greenest worker is added (Kueue's incremental dispatcher widens the same way).
+    pub widen_after: Duration,
+}
+
 /// Where a Workload goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Nomination {
-    /// The greenest worker: its name, zone and mean forecast over the run.
+    /// The greenest worker: its name, zone and mean forecast over the run; then the
+    /// other workers, greener first, offered in turn while none admits it.
     Greenest {
         cluster: String,
         zone: GridZone,
         mean: f64,
+        then: Vec<String>,
     },
     /// Every worker, and why no choice was made.
     All { clusters: Vec<String>, why: String },
@@ -68,8 +80,17 @@ pub enum Nomination {
 
 impl Nomination {
     pub fn clusters(&self) -> Vec<String> {
+        self.widened(0)
+    }
+
+    /// The workers to nominate once `rounds` widenings have passed: the greenest and the
+    /// next `rounds` greenest.
+    pub fn widened(&self, rounds: usize) -> Vec<String> {
         match self {
-            Nomination::Greenest { cluster, .. } => vec![cluster.clone()],
+            Nomination::Greenest { cluster, then, .. } => std::iter::once(cluster)
+                .chain(then.iter().take(rounds))
+                .cloned()
+                .collect(),
             Nomination::All { clusters, .. } => clusters.clone(),
         }
     }
@@ -103,7 +124,7 @@ pub fn nominate(
         clusters: workers.iter().map(|(name, _)| name.clone()).collect(),
         why,
     };
-    let mut best: Option<(String, GridZone, f64)> = None;
+    let mut ranked: Vec<(String, GridZone, f64)> = Vec::new();
     for (name, zone) in workers {
         let Some(zone) = zone else {
             return all(format!(
@@ -123,15 +144,17 @@ pub fn nominate(
                 }
             },
         };
-        if best.as_ref().is_none_or(|(_, _, b)| mean < *b) {
-            best = Some((name.clone(), zone.clone(), mean));
-        }
+        ranked.push((name.clone(), zone.clone(), mean));
     }
-    match best {
+    // Stable: ties keep `workers`' order.
+    ranked.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let mut ranked = ranked.into_iter();
+    match ranked.next() {
         Some((cluster, zone, mean)) => Nomination::Greenest {
             cluster,
             zone,
             mean,
+            then: ranked.map(|(name, ..)| name).collect(),
         },
         None => all("the MultiKueueConfig lists no cluster".into()),
     }
@@ -140,9 +163,17 @@ pub fn nominate(
 struct Dispatcher {
     client: Client,
     metrics: Arc<DispatchMetrics>,
-    max_age: Duration,
+    settings: DispatchSettings,
     /// Nominations written a moment ago (the watch may not show them yet), by Workload uid.
     done: HashMap<String, std::time::Instant>,
+    /// When each Workload not yet admitted was first nominated, by uid; a new leader
+    /// starts the clock again (it widens later, never sooner).
+    since: HashMap<String, std::time::Instant>,
+}
+
+/// Widenings due `waited` after the first nomination.
+fn rounds(waited: Duration, widen_after: Duration) -> usize {
+    (waited.as_secs_f64() / widen_after.as_secs_f64().max(1e-3)) as usize
 }
 
 impl Dispatcher {
@@ -264,25 +295,41 @@ impl Dispatcher {
                 let zone = GridZone::parse(&s.spec.zone).ok()?;
                 let series = match &s.status {
                     Some(status) => {
-                        ZoneSeries::from_snapshot(&zone, &status.into(), now, self.max_age)
+                        ZoneSeries::from_snapshot(&zone, &status.into(), now, self.settings.max_age)
                     }
                     None => Err(format!("zone {zone} has no carbon data yet")),
                 };
                 Some((zone, series))
             })
             .collect();
+        let pending: HashSet<String> = workloads
+            .state()
+            .iter()
+            .filter(|w| w.data["status"]["clusterName"].is_null())
+            .filter_map(|w| w.uid())
+            .collect();
+        self.since.retain(|uid, _| pending.contains(uid));
         for workload in workloads.state() {
             let status: WorkloadStatus = parse(workload.data.get("status")).unwrap_or_default();
-            let nominated = &workload.data["status"]["nominatedClusterNames"];
-            let placed = !workload.data["status"]["clusterName"].is_null()
-                || nominated.as_array().is_some_and(|n| !n.is_empty());
-            if placed || !status.awaits_checks() || workload.metadata.deletion_timestamp.is_some() {
+            let nominated: Vec<String> = workload.data["status"]["nominatedClusterNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            let admitted = !workload.data["status"]["clusterName"].is_null();
+            if admitted || !status.awaits_checks() || workload.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             let uid = workload.uid().unwrap_or_default();
             if self.done.contains_key(&uid) {
                 continue;
             }
+            let since = *self
+                .since
+                .entry(uid.clone())
+                .or_insert_with(std::time::Instant::now);
             let Some(workers) = status
                 .admission_checks
                 .iter()
@@ -301,13 +348,42 @@ impl Dispatcher {
                 })
                 .unwrap_or(deferral::DEFAULT_DURATION);
             let nomination = nominate(workers, &series, now, duration);
-            if self.write(&workload, &nomination).await {
+            let widened = rounds(since.elapsed(), self.settings.widen_after);
+            // Written once, then again only when a widening is due: a nomination is never
+            // narrowed (a worker may have started admitting it), and grows by the greenest
+            // workers not in it yet.
+            let wanted = nomination.widened(widened).len();
+            if nominated.len() >= wanted {
+                continue;
+            }
+            let clusters: Vec<String> = nominated
+                .iter()
+                .cloned()
+                .chain(
+                    nomination
+                        .widened(usize::MAX)
+                        .into_iter()
+                        .filter(|c| !nominated.contains(c)),
+                )
+                .take(wanted)
+                .collect();
+            let widening = !nominated.is_empty();
+            if self
+                .write(&workload, &nomination, &clusters, widening)
+                .await
+            {
                 self.done.insert(uid, std::time::Instant::now());
             }
         }
     }
 
-    async fn write(&self, workload: &DynamicObject, nomination: &Nomination) -> bool {
+    async fn write(
+        &self,
+        workload: &DynamicObject,
+        nomination: &Nomination,
+        clusters: &[String],
+        widening: bool,
+    ) -> bool {
         let namespace = workload.namespace().unwrap_or_default();
         let name = workload.name_any();
         let api = Api::<DynamicObject>::namespaced_with(
@@ -319,7 +395,7 @@ impl Dispatcher {
         // not drop a field that manager owns (it would be removed), and the resourceVersion
         // makes it fail rather than write back a status Kueue has changed meanwhile.
         let mut status = workload.data["status"].clone();
-        status["nominatedClusterNames"] = json!(nomination.clusters());
+        status["nominatedClusterNames"] = json!(clusters);
         let body = json!({
             "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Workload",
             "metadata": {
@@ -338,10 +414,15 @@ impl Dispatcher {
             }
         }
         let reason = match nomination {
+            Nomination::Greenest { .. } if widening => {
+                info!(workload = %format!("{namespace}/{name}"), clusters = ?clusters, "kueue: no worker admitted it yet; offered to the next greenest too");
+                "widened"
+            }
             Nomination::Greenest {
                 cluster,
                 zone,
                 mean,
+                ..
             } => {
                 info!(workload = %format!("{namespace}/{name}"), cluster = %cluster, zone = %zone, mean = mean, "kueue: dispatched to the greenest worker");
                 "greenest"
@@ -351,7 +432,7 @@ impl Dispatcher {
                 "all"
             }
         };
-        for cluster in nomination.clusters() {
+        for cluster in clusters {
             self.metrics
                 .dispatched
                 .with_label_values(&[cluster.as_str(), reason])
@@ -366,7 +447,7 @@ pub async fn while_leader(
     mut is_leader: watch::Receiver<bool>,
     client: Client,
     metrics: Arc<DispatchMetrics>,
-    max_age: Duration,
+    settings: DispatchSettings,
 ) {
     loop {
         if is_leader.wait_for(|leader| *leader).await.is_err() {
@@ -375,8 +456,9 @@ pub async fn while_leader(
         let dispatcher = Dispatcher {
             client: client.clone(),
             metrics: metrics.clone(),
-            max_age,
+            settings,
             done: HashMap::new(),
+            since: HashMap::new(),
         };
         tokio::select! {
             _ = dispatcher.run() => {}
@@ -440,5 +522,32 @@ mod tests {
         );
         let beyond = nominate(&workers[..1], &data, now, 10 * hour);
         assert!(matches!(beyond, Nomination::All { .. }), "{beyond:?}");
+    }
+
+    #[test]
+    fn a_nomination_widens_greenest_first_one_worker_per_period() {
+        let now: Timestamp = "2025-06-01T10:00:00Z".parse().unwrap();
+        let zones: Vec<GridZone> = ["DE", "FR", "PL"]
+            .iter()
+            .map(|z| GridZone::parse(z).unwrap())
+            .collect();
+        let workers: Vec<(String, Option<GridZone>)> = ["w-de", "w-fr", "w-pl"]
+            .iter()
+            .zip(&zones)
+            .map(|(w, z)| (w.to_string(), Some(z.clone())))
+            .collect();
+        let data = HashMap::from([
+            (zones[0].clone(), Ok(series(300.0, &[300.0], now))),
+            (zones[1].clone(), Ok(series(50.0, &[50.0], now))),
+            (zones[2].clone(), Ok(series(700.0, &[700.0], now))),
+        ]);
+        let nomination = nominate(&workers, &data, now, Duration::from_secs(3600));
+        assert_eq!(nomination.widened(0), ["w-fr"]);
+        assert_eq!(nomination.widened(1), ["w-fr", "w-de"]);
+        assert_eq!(nomination.widened(9), ["w-fr", "w-de", "w-pl"]);
+        let period = Duration::from_secs(300);
+        assert_eq!(rounds(Duration::from_secs(299), period), 0);
+        assert_eq!(rounds(Duration::from_secs(300), period), 1);
+        assert_eq!(rounds(Duration::from_secs(901), period), 3);
     }
 }
