@@ -35,8 +35,10 @@ fn source_score(source: &ControlPlane, grams: f64, minutes_ago: i64) {
     ]);
 }
 
+/// DE's status on `cp` once it says `grams`; the leader may not have created it yet.
 fn local_score(cp: &ControlPlane, grams: f64) -> Option<serde_json::Value> {
-    let score = cp.kubectl_json(&["get", "carbonscore", "de"]);
+    let out = cp.kubectl(&["get", "carbonscore", "de", "-o", "json"]);
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     (score["status"]["intensityGramsPerKwh"].as_f64() == Some(grams))
         .then(|| score["status"].clone())
 }
