@@ -1,10 +1,15 @@
 //! API-server load at scale, reaction time and failover, against the real
 //! test control plane, with a naive design measured in the same run as the peer.
 //!
-//! `cargo bench --bench scale` (env: SCALE_AGENTS=200, SCALE_WINDOW_SECONDS=120).
+//! `cargo bench --bench scale` (env: SCALE_AGENTS=1000, SCALE_WINDOW_SECONDS=300,
+//! SCALE_NAIVE_SECONDS=60).
 //!
-//! carbon-kube: N agent processes (one per simulated node, each its own
-//! client and connections), lease 15 s, leader poll every 30 s.
+//! carbon-kube: N processes of the static release binary that ships (one per
+//! simulated node, each its own client, connections, watches and Lease
+//! handling), lease 15 s, leader poll every 30 s. The steady window is as long
+//! as a watch lasts (the client re-opens each watch after 290 s), so the
+//! re-opens are in it; the control plane's own requests (its components'
+//! Leases) are measured before the agents start and subtracted.
 //! Naive peer: N clients that each do what an agent without a shared poller
 //! and with client-go-style election would do: GET the Lease every 2 s
 //! (client-go's follower retry period) and, every poll interval, fetch the
@@ -25,9 +30,38 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN};
 use support::cluster::{Agent, ControlPlane, wait_for};
+use support::deploy::build_static;
 
 const ZONES: [&str; 4] = ["DE", "FR", "ES", "NL"];
 const POLL_SECONDS: u64 = 30;
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// Utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(
+                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                    / CLOCK_TICKS_PER_SECOND,
+            )
+        })
+        .unwrap_or(0.0)
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, name: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -42,6 +76,18 @@ fn delta(before: &Totals, after: &Totals) -> Totals {
     after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// `totals` less what the control plane did alone at `rate` (per second) over `window`.
+fn less_baseline(totals: &Totals, rate: &Totals, window: Duration) -> Totals {
+    totals
+        .iter()
+        .map(|(k, v)| {
+            let own = rate.get(k).copied().unwrap_or(0.0) * window.as_secs_f64();
+            (k.clone(), (v - own).max(0.0).round())
+        })
         .filter(|(_, v)| *v > 0.0)
         .collect()
 }
@@ -228,10 +274,27 @@ async fn naive_peer(
     (delta(&before, &after), em)
 }
 
+/// Mean RSS and anonymous RSS (MiB) of the agents, leader apart.
+fn agent_memory(agents: &[Agent], leader: Option<u32>) -> (f64, f64, usize) {
+    let followers: Vec<u32> = agents
+        .iter()
+        .map(Agent::pid)
+        .filter(|pid| Some(*pid) != leader)
+        .collect();
+    let mean = |field: &str| {
+        followers.iter().map(|p| status_kib(*p, field)).sum::<f64>()
+            / followers.len().max(1) as f64
+            / 1024.0
+    };
+    (mean("VmRSS:"), mean("RssAnon:"), followers.len())
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let agents_wanted = env_or("SCALE_AGENTS", 200) as usize;
-    let window = Duration::from_secs(env_or("SCALE_WINDOW_SECONDS", 120));
+    let agents_wanted = env_or("SCALE_AGENTS", 1000) as usize;
+    let window = Duration::from_secs(env_or("SCALE_WINDOW_SECONDS", 300));
+    let naive_window = Duration::from_secs(env_or("SCALE_NAIVE_SECONDS", 60));
+    let binary = build_static(&[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let api = runtime.block_on(CarbonApi::start());
     for zone in ZONES {
@@ -248,6 +311,20 @@ fn main() {
         Client::try_from(config).expect("client")
     });
     let nodes = runtime.block_on(create_nodes(&client, agents_wanted));
+
+    // What the control plane does on its own (its components renew their Leases).
+    let quiet = Duration::from_secs(30);
+    let (before, cpu_before) = (cp.request_totals(), cpu_seconds(cp.pid()));
+    std::thread::sleep(quiet);
+    let own = delta(&before, &cp.request_totals());
+    let own_rate: Totals = own
+        .iter()
+        .map(|(k, v)| (k.clone(), v / quiet.as_secs_f64()))
+        .collect();
+    let apiserver_idle_millicores =
+        (cpu_seconds(cp.pid()) - cpu_before) / quiet.as_secs_f64() * 1000.0;
+    let apiserver_rss_before = status_kib(cp.pid(), "VmRSS:") / 1024.0;
+
     let args: Vec<String> = [
         "--providers=electricity-maps",
         "--dwell=0s",
@@ -266,7 +343,8 @@ fn main() {
     let mut agents: Vec<Agent> = nodes
         .iter()
         .map(|(name, _)| {
-            Agent::spawn(
+            Agent::spawn_binary(
+                &binary,
                 &cp,
                 name,
                 &args,
@@ -277,6 +355,12 @@ fn main() {
             )
         })
         .collect();
+    println!(
+        "{} agents ({}) started in {:.1} s",
+        agents.len(),
+        binary.display(),
+        started.elapsed().as_secs_f64()
+    );
     wait_for(
         "CarbonScores for every zone",
         Duration::from_secs(120),
@@ -288,38 +372,98 @@ fn main() {
             .then_some(())
         },
     );
-    println!(
-        "{} agents started; CarbonScores after {:.1} s",
-        agents.len(),
-        started.elapsed().as_secs_f64()
-    );
     // Let start-up lists and watches settle before measuring the steady state.
     std::thread::sleep(Duration::from_secs(30));
 
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "carbon-kube");
+    let holder = |leases: &Api<Lease>| {
+        runtime
+            .block_on(leases.get("carbon-kube-leader"))
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let leader_pid = holder(&leases).and_then(|h| {
+        let node = h.trim_start_matches("carbon-kube-").to_string();
+        agents.iter().find(|a| a.node == node).map(Agent::pid)
+    });
     let before = cp.request_totals();
     let em_before = api.requests(EM);
+    let apiserver_cpu = cpu_seconds(cp.pid());
+    let leader_cpu = leader_pid.map(cpu_seconds).unwrap_or(0.0);
+    let agents_cpu: f64 = agents.iter().map(|a| cpu_seconds(a.pid())).sum();
     std::thread::sleep(window);
     let after = cp.request_totals();
     let em_ours = api.requests(EM) - em_before;
-    let ours = delta(&before, &after);
+    let apiserver_millicores =
+        (cpu_seconds(cp.pid()) - apiserver_cpu) / window.as_secs_f64() * 1000.0;
+    let leader_seconds = leader_pid.map(cpu_seconds).unwrap_or(0.0) - leader_cpu;
+    let agents_seconds = agents.iter().map(|a| cpu_seconds(a.pid())).sum::<f64>() - agents_cpu;
+    let ours = less_baseline(&delta(&before, &after), &own_rate, window);
     let held = watches(&cp);
-    let per_agent_ours = report("carbon-kube (steady state)", &ours, agents.len(), window);
+    let per_agent_ours = report(
+        "carbon-kube (steady state, the control plane's own requests subtracted)",
+        &ours,
+        agents.len(),
+        window,
+    );
     let polls = window.as_secs_f64() / POLL_SECONDS as f64;
-    let applies = ours
+    let count = |pairs: &[(&str, &str)]| {
+        ours.iter()
+            .filter(|((v, r), _)| pairs.contains(&(v.as_str(), r.as_str())))
+            .map(|(_, n)| n)
+            .sum::<f64>()
+    };
+    let leaders = count(&[
+        ("LIST", "nodes"),
+        ("LIST", "carbonscores"),
+        ("APPLY", "carbonscores"),
+        ("PUT", "leases"),
+    ]);
+    let reopens = count(&[
+        ("WATCH", "nodes"),
+        ("WATCH", "carbonscores"),
+        ("WATCH", "leases"),
+    ]);
+    let other: Vec<_> = ours
         .iter()
-        .filter(|((v, r), _)| v == "APPLY" && r == "carbonscores")
-        .map(|(_, n)| n)
-        .sum::<f64>();
+        .filter(|((v, r), _)| {
+            !(matches!(v.as_str(), "LIST" | "APPLY" | "PUT" | "WATCH")
+                && matches!(r.as_str(), "nodes" | "carbonscores" | "leases"))
+        })
+        .collect();
+    let minutes = window.as_secs_f64() / 60.0;
     println!(
-        "  leader CarbonScore writes per poll interval: {:.1} ({} zones)",
-        applies / polls,
+        "  the leader's polls and Lease renewals: {:.1} per minute ({:.1} CarbonScore applies per poll, {} zones)",
+        leaders / minutes,
+        count(&[("APPLY", "carbonscores")]) / polls,
         ZONES.len()
     );
+    println!(
+        "  watch re-opens (every agent's 3 watches, each after 290 s): {:.3} per agent per minute",
+        reopens / agents.len() as f64 / minutes
+    );
+    println!("  any other request (a follower polling or writing): {other:?}");
     println!(
         "  carbon API requests per poll interval: {:.1}",
         em_ours as f64 / polls
     );
     println!("  watches held (all clients, incl. the control plane's own): {held:?}");
+    println!(
+        "  apiserver+etcd process: {apiserver_millicores:.0} millicores (alone: {apiserver_idle_millicores:.0}), RSS {:.0} MiB (before the agents: {apiserver_rss_before:.0} MiB)",
+        status_kib(cp.pid(), "VmRSS:") / 1024.0
+    );
+    println!(
+        "  the leader: {:.3} CPU-seconds per poll interval ({:.1} millicores), RSS {:.1} MiB, of which anonymous {:.1} MiB",
+        leader_seconds / polls,
+        leader_seconds / window.as_secs_f64() * 1000.0,
+        leader_pid.map_or(0.0, |p| status_kib(p, "VmRSS:")) / 1024.0,
+        leader_pid.map_or(0.0, |p| status_kib(p, "RssAnon:")) / 1024.0,
+    );
+    let (rss, anon, followers) = agent_memory(&agents, leader_pid);
+    println!(
+        "  a follower (mean of {followers}): {:.2} millicores, RSS {rss:.1} MiB, of which anonymous {anon:.1} MiB",
+        (agents_seconds - leader_seconds) / followers.max(1) as f64 / window.as_secs_f64() * 1000.0
+    );
 
     let zone_nodes = nodes.iter().filter(|(_, z)| *z == "DE").count();
     let latencies = runtime.block_on(reaction(&client, &api, zone_nodes));
@@ -338,13 +482,6 @@ fn main() {
         );
     }
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "carbon-kube");
-    let holder = |leases: &Api<Lease>| {
-        runtime
-            .block_on(leases.get("carbon-kube-leader"))
-            .ok()
-            .and_then(|l| l.spec?.holder_identity)
-    };
     if let Some(first) = holder(&leases) {
         let node = first.trim_start_matches("carbon-kube-").to_string();
         if let Some(agent) = agents.iter_mut().find(|a| a.node == node) {
@@ -361,20 +498,22 @@ fn main() {
     }
     drop(agents);
 
-    let (naive, em_naive) = runtime.block_on(naive_peer(&cp, &api, &nodes, window));
+    let (naive, em_naive) = runtime.block_on(naive_peer(&cp, &api, &nodes, naive_window));
+    let naive = less_baseline(&naive, &own_rate, naive_window);
     let per_agent_naive = report(
         "naive peer (Lease GET every 2 s, own carbon API poll)",
         &naive,
         nodes.len(),
-        window,
+        naive_window,
     );
     println!(
         "  carbon API requests per poll interval: {:.1}",
-        em_naive as f64 / polls
+        em_naive as f64 / (naive_window.as_secs_f64() / POLL_SECONDS as f64)
     );
     println!(
-        "\nratio naive / carbon-kube: apiserver requests {:.0}×, carbon API calls {:.0}×",
+        "\nratio naive / carbon-kube: apiserver requests {:.0}×, carbon API calls per poll {:.0}×",
         per_agent_naive / per_agent_ours.max(f64::MIN_POSITIVE),
-        em_naive as f64 / (em_ours as f64).max(1.0)
+        (em_naive as f64 / naive_window.as_secs_f64())
+            / (em_ours as f64 / window.as_secs_f64()).max(f64::MIN_POSITIVE)
     );
 }

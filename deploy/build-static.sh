@@ -82,7 +82,7 @@ fi
 
 # Exactly this RUSTFLAGS value: any other string changes cargo's fingerprint and
 # rebuilds everything.
-export RUSTFLAGS='-C target-feature=+crt-static'
+export RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static'
 echo "build-static.sh: cargo build --release --locked --target $TARGET (RUSTFLAGS=$RUSTFLAGS)" >&2
 cargo build --release --locked --target "$TARGET" --bin carbon-kube >&2
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/carbon-kube"

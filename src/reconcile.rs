@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
 use crate::taint::TaintEffect;
+use crate::watches::Slim;
 use crate::zones;
 
 /// Re-decide at least this often, so dwell and staleness take effect without events.
@@ -165,6 +166,7 @@ impl Reconciler {
         let mut watches = JoinSet::new();
         watches.spawn(async move {
             let mut events = watcher(nodes, node_config)
+                .modify(Node::slim)
                 .default_backoff()
                 .applied_objects()
                 .boxed();

@@ -5,15 +5,56 @@ use std::fmt::Debug;
 use std::hash::Hash;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
-/// A store of what `config` selects, and the watch that keeps it current: it
-/// retries with backoff and never ends, and must be polled for the store to
-/// fill. Its items say only whether the watch works.
+/// What a watched object carries that the agent never reads, dropped as it
+/// arrives so that caches hold only the rest: every object's managedFields
+/// (often larger than a small object itself) and a Node's list of the images
+/// it holds (up to 50 entries by default, each with its digests).
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+fn drop_managed_fields(object: &mut impl Resource) {
+    object.meta_mut().managed_fields = None;
+}
+
+impl Slim for Node {
+    fn slim(&mut self) {
+        drop_managed_fields(self);
+        if let Some(status) = self.status.as_mut() {
+            status.images = None;
+        }
+    }
+}
+
+impl Slim for Pod {
+    fn slim(&mut self) {
+        drop_managed_fields(self);
+    }
+}
+
+impl Slim for PartialObjectMeta<Pod> {
+    fn slim(&mut self) {
+        drop_managed_fields(self);
+    }
+}
+
+impl Slim for crate::crd::CarbonScore {
+    fn slim(&mut self) {
+        drop_managed_fields(self);
+    }
+}
+
+/// A store of what `config` selects, slimmed, and the watch that keeps it
+/// current: it retries with backoff and never ends, and must be polled for the
+/// store to fill. Its items say only whether the watch works.
 pub fn cached<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -22,11 +63,12 @@ pub fn cached<K>(
     impl Stream<Item = Result<(), watcher::Error>> + Send + use<K>,
 )
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
     let events = watcher(api, config)
+        .modify(K::slim)
         .default_backoff()
         .reflect(writer)
         .map(|event| event.map(|_| ()));

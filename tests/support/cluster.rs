@@ -381,8 +381,25 @@ impl Agent {
     /// picked free but may be taken by another process before the agent binds;
     /// only that race is retried.
     pub fn spawn(cp: &ControlPlane, node: &str, args: &[String], env: &[(&str, &str)]) -> Self {
+        Self::spawn_binary(
+            Path::new(env!("CARGO_BIN_EXE_carbon-kube")),
+            cp,
+            node,
+            args,
+            env,
+        )
+    }
+
+    /// [`Agent::spawn`] with another build of the agent, e.g. the static release binary.
+    pub fn spawn_binary(
+        binary: &Path,
+        cp: &ControlPlane,
+        node: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Self {
         for _ in 0..5 {
-            let mut agent = Self::start(cp, node, args, env, free_port());
+            let mut agent = Self::start(binary, cp, node, args, env, free_port());
             if !agent.lost_port_race() {
                 return agent;
             }
@@ -391,6 +408,7 @@ impl Agent {
     }
 
     fn start(
+        binary: &Path,
         cp: &ControlPlane,
         node: &str,
         args: &[String],
@@ -399,7 +417,7 @@ impl Agent {
     ) -> Self {
         let log = cp.dir.join(format!("agent-{node}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+        let child = Command::new(binary)
             .arg("agent")
             .args(args)
             .env_clear()

@@ -23,6 +23,45 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What `cargo test` and `cargo bench` tell a test about its own package is not
+/// the release build's: ring's build script tracks CARGO_MANIFEST_DIR, so
+/// inheriting these would rebuild ring and everything above it on every run.
+const CARGO_TEST_ENV: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// The static release binary that ships, built by deploy/build-static.sh with
+/// `args` (e.g. `--arch arm64`); a no-op when it is up to date. Its progress
+/// goes to this process's stderr.
+pub fn build_static(args: &[&str]) -> PathBuf {
+    let mut build = Command::new("bash");
+    build
+        .arg(repo_root().join("deploy/build-static.sh"))
+        .args(args);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_TEST_ENV.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(&*name);
+        }
+    }
+    let out = build
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running deploy/build-static.sh");
+    assert!(
+        out.status.success(),
+        "deploy/build-static.sh {args:?} failed (see its output above)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub fn chart_dir() -> PathBuf {
     repo_root().join("deploy/helm/carbon-kube")
 }

@@ -92,38 +92,7 @@ pub fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let root = repo_root();
-        let mut command = Command::new("bash");
-        command.arg(root.join("deploy/build-static.sh"));
-        // Cargo gives a test its package's CARGO_PKG_* and CARGO_MANIFEST_* variables;
-        // build scripts that watch them (ring's) would see a change and rebuild the whole
-        // release from there on, instead of reusing the build CI and developers make.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            let from_cargo = [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| key.starts_with(p))
-                || matches!(
-                    key.as_str(),
-                    "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
-                );
-            if from_cargo {
-                command.env_remove(&key);
-            }
-        }
-        let build = command
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running deploy/build-static.sh");
-        assert!(
-            build.status.success(),
-            "deploy/build-static.sh failed (see its output above)"
-        );
-        let binary = PathBuf::from(String::from_utf8_lossy(&build.stdout).trim());
+        let binary = super::deploy::build_static(&[]);
         let dir = root.join("target/images");
         std::fs::create_dir_all(&dir).expect("target/images");
         let image = |args: &[&str]| {
