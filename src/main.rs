@@ -58,7 +58,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Crd => {
-            print!("{}", crd::crd_yaml()?);
+            print!("{}", crd::CRD_YAML);
             Ok(())
         }
         Command::KueueCrd => {

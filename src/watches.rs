@@ -147,6 +147,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_slim_node_keeps_what_the_agent_reads_and_drops_managed_fields_and_images() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "n1",
+                "labels": { "carbon-kube.io/grid-zone": "DE" },
+                "managedFields": [{ "manager": "kubelet", "operation": "Update" }]
+            },
+            "spec": { "taints": [{ "key": "carbon-kube.io/high-intensity", "effect": "PreferNoSchedule" }] },
+            "status": {
+                "conditions": [{ "type": "Ready", "status": "True" }],
+                "images": [{ "names": ["registry.example/app@sha256:00"], "sizeBytes": 1 }]
+            }
+        }))
+        .unwrap();
+        let mut expected = node.clone();
+        expected.metadata.managed_fields = None;
+        expected.status.as_mut().unwrap().images = None;
+        node.slim();
+        assert_eq!(node, expected);
+        assert_eq!(node.spec.unwrap().taints.unwrap().len(), 1);
+    }
+
     struct Sink(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
