@@ -569,8 +569,7 @@ fn chart_crd_is_the_binarys_crd() {
     let checked_in = std::fs::read_to_string(&file).unwrap();
     assert!(
         printed == checked_in,
-        "{} differs from `carbon-kube crd`: run `cargo run -- crd > {}` and `bash deploy/render.sh`",
-        file.display(),
+        "{} differs from `carbon-kube crd`, which embeds it: rebuild, or regenerate it from the types with `CARBON_KUBE_UPDATE_CRD=1 cargo test --lib crd` and run `bash deploy/render.sh`",
         file.display()
     );
     // And the chart installs it unchanged apart from labels and the keep annotation
