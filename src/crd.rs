@@ -3,7 +3,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
-use kube::core::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -164,9 +163,32 @@ fn round_centi(grams_per_kwh: f64) -> f64 {
     (grams_per_kwh * 100.0).round() / 100.0
 }
 
-/// The CRD as YAML, what `carbon-kube crd` prints and `deploy/` checks in.
-pub fn crd_yaml() -> Result<String, yaml_serde::Error> {
-    yaml_serde::to_string(&CarbonScore::crd())
+/// The CRD as YAML, what `carbon-kube crd` prints and the chart installs:
+/// generated from the types above by a test (which fails when they drift
+/// apart), so that the agent does not carry the schema generator.
+pub const CRD_YAML: &str =
+    include_str!("../deploy/helm/carbon-kube/files/carbonscores.carbon-kube.io.yaml");
+
+/// Asserts that the chart's `file` (embedded as `embedded`) is the CRD
+/// `crd` generates; with CARBON_KUBE_UPDATE_CRD set, writes it first.
+#[cfg(test)]
+pub(crate) fn assert_checked_in(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    file: &str,
+    embedded: &str,
+) {
+    let generated = yaml_serde::to_string(crd).unwrap();
+    let path = format!(
+        "{}/deploy/helm/carbon-kube/files/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if std::env::var_os("CARBON_KUBE_UPDATE_CRD").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    assert!(
+        generated == embedded,
+        "{path} differs from the CRD the types generate: run `CARBON_KUBE_UPDATE_CRD=1 cargo test --lib crd` (then rebuild) and `bash deploy/render.sh`"
+    );
 }
 
 impl CarbonScoreStatus {
@@ -241,6 +263,8 @@ impl CarbonScore {
 
 #[cfg(test)]
 mod tests {
+    use kube::core::CustomResourceExt;
+
     use super::*;
     use crate::carbon::ForecastPoint;
 
@@ -260,7 +284,16 @@ mod tests {
             .collect();
         assert!(columns.contains(&"Intensity") && columns.contains(&"Observed"));
         assert!(version.subresources.as_ref().unwrap().status.is_some());
-        assert!(crd_yaml().unwrap().contains("intensityGramsPerKwh"));
+        assert!(CRD_YAML.contains("intensityGramsPerKwh"));
+    }
+
+    #[test]
+    fn the_checked_in_crd_is_generated_from_the_types() {
+        assert_checked_in(
+            &CarbonScore::crd(),
+            "carbonscores.carbon-kube.io.yaml",
+            CRD_YAML,
+        );
     }
 
     #[test]

@@ -27,7 +27,6 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use kube::CustomResource;
-use kube::core::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +71,11 @@ pub struct GreenWindowConfigSpec {
     pub default_duration: Option<String>,
 }
 
-/// The parameters CRD as YAML, what `carbon-kube kueue-crd` prints.
-pub fn crd_yaml() -> Result<String, yaml_serde::Error> {
-    yaml_serde::to_string(&GreenWindowConfig::crd())
-}
+/// The parameters CRD as YAML, what `carbon-kube kueue-crd` prints: checked
+/// in under the chart and generated from the types by a test, like
+/// [`crate::crd::CRD_YAML`].
+pub const CRD_YAML: &str =
+    include_str!("../deploy/helm/carbon-kube/files/greenwindowconfigs.carbon-kube.io.yaml");
 
 /// A [`GreenWindowConfig`], checked.
 #[derive(Debug, Clone, PartialEq)]

@@ -62,7 +62,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::KueueCrd => {
-            print!("{}", carbon_kube::kueue::crd_yaml()?);
+            print!("{}", carbon_kube::kueue::CRD_YAML);
             Ok(())
         }
         Command::Intensity(args) => runtime.block_on(intensity(args)),

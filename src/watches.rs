@@ -17,40 +17,25 @@ use tracing::{debug, warn};
 /// arrives so that caches hold only the rest: every object's managedFields
 /// (often larger than a small object itself) and a Node's list of the images
 /// it holds (up to 50 entries by default, each with its digests).
-pub trait Slim {
-    fn slim(&mut self);
-}
-
-fn drop_managed_fields(object: &mut impl Resource) {
-    object.meta_mut().managed_fields = None;
+pub trait Slim: Resource {
+    fn slim(&mut self) {
+        self.meta_mut().managed_fields = None;
+    }
 }
 
 impl Slim for Node {
     fn slim(&mut self) {
-        drop_managed_fields(self);
+        self.meta_mut().managed_fields = None;
         if let Some(status) = self.status.as_mut() {
             status.images = None;
         }
     }
 }
 
-impl Slim for Pod {
-    fn slim(&mut self) {
-        drop_managed_fields(self);
-    }
-}
-
-impl Slim for PartialObjectMeta<Pod> {
-    fn slim(&mut self) {
-        drop_managed_fields(self);
-    }
-}
-
-impl Slim for crate::crd::CarbonScore {
-    fn slim(&mut self) {
-        drop_managed_fields(self);
-    }
-}
+impl Slim for Pod {}
+impl Slim for PartialObjectMeta<Pod> {}
+impl Slim for crate::crd::CarbonScore {}
+impl Slim for crate::kueue::GreenWindowConfig {}
 
 /// A store of what `config` selects, slimmed, and the watch that keeps it
 /// current: it retries with backoff and never ends, and must be polled for the

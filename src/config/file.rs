@@ -36,8 +36,9 @@ pub fn parse_cli_from(mut args: Vec<OsString>) -> Result<Cli, clap::Error> {
 fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
-    let entries: BTreeMap<String, yaml_serde::Value> =
-        yaml_serde::from_str(&text).map_err(|e| {
+    // kube reads kubeconfigs with serde-saphyr: one YAML parser in the binary.
+    let entries: BTreeMap<String, serde_json::Value> =
+        serde_saphyr::from_str(&text).map_err(|e| {
             ConfigError::new(
                 "config",
                 format!("{} is not a YAML map: {e}", path.display()),
@@ -68,7 +69,7 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
             continue;
         }
         let text = match value {
-            yaml_serde::Value::Sequence(items) => items
+            serde_json::Value::Array(items) => items
                 .iter()
                 .map(scalar_text)
                 .collect::<Option<Vec<_>>>()
@@ -86,11 +87,11 @@ fn file_args(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, C
     Ok(out)
 }
 
-fn scalar_text(value: &yaml_serde::Value) -> Option<String> {
+fn scalar_text(value: &serde_json::Value) -> Option<String> {
     match value {
-        yaml_serde::Value::String(s) => Some(s.clone()),
-        yaml_serde::Value::Number(n) => Some(n.to_string()),
-        yaml_serde::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }

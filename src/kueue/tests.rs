@@ -1,3 +1,5 @@
+use kube::core::CustomResourceExt;
+
 use super::*;
 
 fn at(text: &str) -> Timestamp {
@@ -162,5 +164,14 @@ fn the_parameters_crd_is_cluster_scoped() {
         crd.metadata.name.as_deref(),
         Some("greenwindowconfigs.carbon-kube.io")
     );
-    assert!(crd_yaml().unwrap().contains("maxDelay"));
+    assert!(CRD_YAML.contains("maxDelay"));
+}
+
+#[test]
+fn the_checked_in_crd_is_generated_from_the_types() {
+    crate::crd::assert_checked_in(
+        &GreenWindowConfig::crd(),
+        "greenwindowconfigs.carbon-kube.io.yaml",
+        CRD_YAML,
+    );
 }
