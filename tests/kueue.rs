@@ -616,8 +616,7 @@ fn chart_green_window_crd_is_the_binarys_crd() {
     let checked_in = std::fs::read_to_string(&file).expect("the chart's copy");
     assert!(
         String::from_utf8_lossy(&out.stdout) == checked_in,
-        "{} differs from `carbon-kube kueue-crd`: run `cargo run -- kueue-crd > {}`",
-        file.display(),
+        "{} differs from `carbon-kube kueue-crd`, which embeds it: rebuild, or regenerate it from the types with `CARBON_KUBE_UPDATE_CRD=1 cargo test --lib crd`",
         file.display()
     );
 }
