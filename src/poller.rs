@@ -90,6 +90,9 @@ pub fn rank_value(reading: &Reading, window: Duration) -> f64 {
     (reading.grams_per_kwh + ahead.iter().sum::<f64>()) / (1 + ahead.len()) as f64
 }
 
+/// Nodes per LIST request of the poller.
+const NODE_PAGE: u32 = 500;
+
 /// Counts nodes per zone from their labels.
 pub fn zones_of_nodes<'a>(
     labels: impl Iterator<Item = &'a BTreeMap<String, String>>,
@@ -142,15 +145,23 @@ impl Poller {
 
     pub async fn poll_once(&mut self) -> Result<(), kube::Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let listed = nodes.list_metadata(&ListParams::default()).await?;
-        let counts = zones_of_nodes(
-            listed
-                .items
-                .iter()
-                .map(|n| &n.metadata.labels)
-                .flat_map(|l| l.as_ref()),
-            self.settings.default_zone.as_ref(),
-        );
+        // Page by page, keeping only labels: the leader holds one page of
+        // node metadata (managedFields and all) at a time, not the cluster's.
+        let mut labels = Vec::new();
+        let mut params = ListParams::default().limit(NODE_PAGE);
+        loop {
+            let page = nodes.list_metadata(&params).await?;
+            labels.extend(
+                page.items
+                    .into_iter()
+                    .map(|n| n.metadata.labels.unwrap_or_default()),
+            );
+            match page.metadata.continue_.filter(|t| !t.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        let counts = zones_of_nodes(labels.iter(), self.settings.default_zone.as_ref());
 
         let scores: Api<CarbonScore> = Api::all(self.client.clone());
         let existing: BTreeMap<String, CarbonScore> = scores
@@ -288,11 +299,7 @@ impl Poller {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
         }
-        info!(
-            zones = counts.len(),
-            nodes = listed.items.len(),
-            "poll done"
-        );
+        info!(zones = counts.len(), nodes = labels.len(), "poll done");
         Ok(())
     }
 
