@@ -274,6 +274,15 @@ pub struct AgentArgs {
     #[arg(long, env = "CARBON_KUBE_KUEUE_WIDEN_AFTER", value_parser = period, default_value = "5m")]
     pub kueue_widen_after: Duration,
 
+    /// With --kueue-dispatcher: Kueue's namespace, where the MultiKueueClusters' kubeconfig
+    /// Secrets are; the leader reads each worker's own CarbonScore for its zone with them.
+    #[arg(
+        long,
+        env = "CARBON_KUBE_KUEUE_NAMESPACE",
+        default_value = "kueue-system"
+    )]
+    pub kueue_namespace: String,
+
     /// Every agent: evict pods labelled `carbon-kube.io/migrate=true` off its own node once it
     /// has carried the carbon taint for --migrate-after and a greener untainted zone exists
     /// (needs pods list/watch and pods/eviction create).

@@ -151,7 +151,8 @@ impl AgentConfig {
                 meters: MeterSettings::from_args(&args.meters)?,
             },
             kueue: args.kueue_green_window.then(|| deferral.clone()),
-            kueue_dispatcher: args.kueue_dispatcher.then_some(DispatchSettings {
+            kueue_dispatcher: args.kueue_dispatcher.then(|| DispatchSettings {
+                kueue_namespace: args.kueue_namespace.clone(),
                 max_age: deferral.max_age,
                 widen_after: args.kueue_widen_after,
             }),

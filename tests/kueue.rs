@@ -650,6 +650,41 @@ mod multikueue {
         (!names.is_empty()).then_some(names)
     }
 
+    /// `zone`'s CarbonScore on a worker, as the worker's own leader would write it.
+    fn worker_score(worker: &ControlPlane, zone: &str, grams: f64) {
+        let name = zone.to_ascii_lowercase();
+        worker.apply(
+            &json!({
+                "apiVersion": "carbon-kube.io/v1alpha1", "kind": "CarbonScore",
+                "metadata": { "name": name }, "spec": { "zone": zone },
+            })
+            .to_string(),
+        );
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let hour = |k: i64| {
+            (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(k))
+                .strftime("%Y-%m-%dT%H:00:00Z")
+                .to_string()
+        };
+        let status = json!({ "status": {
+            "intensityGramsPerKwh": grams, "source": "electricity-maps", "estimated": false,
+            "kind": "Measured", "observedAt": now, "fetchedAt": now,
+            "forecast": (1..=4).map(|k| json!({ "at": hour(k), "gramsPerKwh": grams })).collect::<Vec<_>>(),
+            "thresholdGramsPerKwh": 300.0, "taintAllowed": false, "nodes": 1,
+        }});
+        worker.kubectl_ok(&[
+            "patch",
+            "carbonscore",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+    }
+
     fn has_job(cp: &ControlPlane, name: &str) -> bool {
         cp.kubectl(&["get", "job", name]).status.success()
     }
@@ -678,10 +713,11 @@ mod multikueue {
         api.set_intensity("DE", 500.0);
         api.set_intensity("FR", 100.0);
         tokio::task::block_in_place(|| {
-            // The manager's leader polls the zones of its own nodes: one node per worker zone.
+            // The manager's leader polls the zone of its own node, DE; FR comes from the FR
+            // worker's own CarbonScore, read with Kueue's kubeconfig Secret for it.
             let manager = ControlPlane::start();
             manager.create_node("m-de", &[("carbon-kube.io/grid-zone", "DE")]);
-            manager.create_node("m-fr", &[("carbon-kube.io/grid-zone", "FR")]);
+            let _ = manager.kubectl(&["create", "namespace", "kueue-system"]);
             // The agent runs with the chart's RBAC (kueue.dispatcher) and a node-bound token.
             manager.apply(&template_ok(&[
                 "--set",
@@ -766,7 +802,16 @@ mod multikueue {
                 },
             );
             wait_score(&manager, "DE", 500.0);
-            wait_score(&manager, "FR", 100.0);
+            worker_score(&w_fr, "FR", 100.0);
+            // The leader reads a worker's score at most every 10 s.
+            std::thread::sleep(Duration::from_secs(11));
+            assert!(
+                !manager
+                    .kubectl(&["get", "carbonscore", "fr"])
+                    .status
+                    .success(),
+                "the manager polls FR itself"
+            );
 
             let submitted = std::time::Instant::now();
             manager.apply(&job("first", "default", "lq", 1, "500m").to_string());
@@ -788,9 +833,10 @@ mod multikueue {
 
             // The order of the zones flips: the next Job goes to the other worker.
             api.set_intensity("DE", 50.0);
-            api.set_intensity("FR", 400.0);
             wait_score(&manager, "DE", 50.0);
-            wait_score(&manager, "FR", 400.0);
+            worker_score(&w_fr, "FR", 400.0);
+            // The leader reads a worker's score at most every 10 s.
+            std::thread::sleep(Duration::from_secs(11));
             manager.apply(&job("second", "default", "lq", 1, "500m").to_string());
             let names = wait_for("second nominated", Duration::from_secs(60), || {
                 nominated(&manager, "second")

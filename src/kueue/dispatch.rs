@@ -35,7 +35,9 @@ use crate::metrics::Metrics;
 use crate::watches;
 
 mod metrics;
+mod workers;
 pub use metrics::DispatchMetrics;
+use workers::WorkerScores;
 
 /// The `multiKueue.dispatcherName` that hands the choice to this loop.
 pub const DISPATCHER_NAME: &str = "carbon-kube.io/greenest";
@@ -54,8 +56,10 @@ const HINT: &str = " (needs RBAC workloads, admissionchecks, multikueueconfigs, 
                      cluster), or --kueue-dispatcher=false";
 
 /// The dispatcher's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DispatchSettings {
+    /// Kueue's namespace, where the MultiKueueClusters' kubeconfig Secrets are.
+    pub kueue_namespace: String,
     /// Zone data older than this is not compared: every worker is nominated.
     pub max_age: Duration,
     /// How long a nomination waits for a worker to admit the Workload before the next
@@ -169,6 +173,7 @@ struct Dispatcher {
     /// When each Workload not yet admitted was first nominated, by uid; a new leader
     /// starts the clock again (it widens later, never sooner).
     since: HashMap<String, std::time::Instant>,
+    workers: WorkerScores,
 }
 
 /// Widenings due `waited` after the first nomination.
@@ -288,7 +293,7 @@ impl Dispatcher {
                 .collect();
             workers_of.insert(check.name_any(), workers);
         }
-        let series: HashMap<GridZone, Result<ZoneSeries, String>> = scores
+        let mut series: HashMap<GridZone, Result<ZoneSeries, String>> = scores
             .state()
             .iter()
             .filter_map(|s| {
@@ -302,6 +307,30 @@ impl Dispatcher {
                 Some((zone, series))
             })
             .collect();
+        // A worker's own CarbonScore for its zone wins over the manager's.
+        for cluster in clusters.state() {
+            let Some(zone) = cluster
+                .labels()
+                .get(crate::zones::GRID_ZONE_LABEL)
+                .and_then(|z| GridZone::parse(z).ok())
+            else {
+                continue;
+            };
+            match self.workers.snapshot(&cluster, &zone).await {
+                // Stale or unusable there: the manager's own view of the zone stands.
+                Ok(Some(snapshot)) => {
+                    if let Ok(own) =
+                        ZoneSeries::from_snapshot(&zone, &snapshot, now, self.settings.max_age)
+                    {
+                        series.insert(zone, Ok(own));
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    warn!(cluster = %cluster.name_any(), error = %why, "kueue: reading a worker's CarbonScore failed; the manager's own is used")
+                }
+            }
+        }
         let pending: HashSet<String> = workloads
             .state()
             .iter()
@@ -456,7 +485,8 @@ pub async fn while_leader(
         let dispatcher = Dispatcher {
             client: client.clone(),
             metrics: metrics.clone(),
-            settings,
+            workers: WorkerScores::new(client.clone(), &settings.kueue_namespace, settings.max_age),
+            settings: settings.clone(),
             done: HashMap::new(),
             since: HashMap::new(),
         };
