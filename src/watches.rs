@@ -92,6 +92,46 @@ impl FailureLog {
     }
 }
 
+/// A cached kind: its store and the watch that fills it.
+pub type Cached<K> = (
+    Store<K>,
+    std::pin::Pin<Box<dyn Stream<Item = Result<(), watcher::Error>> + Send>>,
+);
+
+/// Every node and every CarbonScore, cached as the planning loops (deferral,
+/// the Kueue check) read them: allocatable CPU and zones, forecasts.
+pub fn nodes_and_scores(client: &kube::Client) -> (Cached<Node>, Cached<crate::crd::CarbonScore>) {
+    let (nodes, node_events) = cached(Api::all(client.clone()), watcher::Config::default());
+    let (scores, score_events) = cached(Api::all(client.clone()), watcher::Config::default());
+    (
+        (nodes, Box::pin(node_events)),
+        (scores, Box::pin(score_events)),
+    )
+}
+
+/// The rounds of a leader loop: one every `every`, and one as soon as a watch
+/// reports a change, so a new object is acted on without waiting for the tick.
+pub struct Rounds {
+    ticker: tokio::time::Interval,
+    changed: tokio::sync::watch::Receiver<()>,
+}
+
+impl Rounds {
+    pub fn new(every: std::time::Duration, changed: tokio::sync::watch::Receiver<()>) -> Self {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ticker, changed }
+    }
+
+    /// Waits for the next round; `false` once every watch is gone.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.ticker.tick() => true,
+            changed = self.changed.changed() => changed.is_ok(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

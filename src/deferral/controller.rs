@@ -89,6 +89,22 @@ pub enum Release {
 }
 
 impl Release {
+    /// A planned release in words: where it was booked, and the forecast over the
+    /// run (empty for the other releases).
+    pub(crate) fn planned_words(&self) -> (String, String) {
+        let Release::Planned { zone, now_mean, .. } = self else {
+            return (String::new(), String::new());
+        };
+        let zone_text = zone.as_ref().map_or_else(
+            || "no zone has room now".to_string(),
+            |z| format!("booked in zone {z}"),
+        );
+        let mean_text = now_mean.map_or(String::new(), |m| {
+            format!(", {m:.0} gCO2/kWh forecast on average over the run")
+        });
+        (zone_text, mean_text)
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Release::Planned { reason, .. } => reason.label(),
@@ -163,32 +179,21 @@ impl Deferral {
     /// Runs until dropped (the caller drops it on losing the Lease); the
     /// watches live inside this future and end with it.
     pub async fn run(mut self) {
-        let (changed_tx, mut changed) = watch::channel(());
+        let (changed_tx, changed) = watch::channel(());
         // Every pod that holds or may hold CPU: gated ones, and those bound to nodes.
         let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         );
-        let (nodes, node_events) = watches::cached(
-            Api::<Node>::all(self.client.clone()),
-            watcher::Config::default(),
-        );
-        let (scores, score_events) = watches::cached(
-            Api::<CarbonScore>::all(self.client.clone()),
-            watcher::Config::default(),
-        );
+        let ((nodes, node_events), (scores, score_events)) =
+            watches::nodes_and_scores(&self.client);
         let pod_watch = pod_events.for_each(notify(changed_tx.clone(), "pod"));
         let node_watch = node_events.for_each(notify(changed_tx.clone(), "node"));
         let score_watch = score_events.for_each(notify(changed_tx, "CarbonScore"));
         info!("deferral: planning pods gated by {GATE} into the greenest hours with room");
         let work = async {
-            let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    changed = changed.changed() => if changed.is_err() { return },
-                }
+            let mut rounds = watches::Rounds::new(TICK, changed);
+            while rounds.next().await {
                 if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err()
                 {
                     return;
@@ -219,13 +224,7 @@ impl Deferral {
         scores: &Store<CarbonScore>,
         now: Timestamp,
     ) -> Vec<ZoneState> {
-        let (mut zones, zone_of_node) = zone_capacity(
-            scores,
-            nodes,
-            self.settings.default_zone.as_ref(),
-            self.settings.max_age,
-            now,
-        );
+        let (mut zones, zone_of_node) = zone_capacity(scores, nodes, &self.settings, now);
         for pod in pods.iter().filter(|p| !is_terminal(p)) {
             let uid = pod.uid().unwrap_or_default();
             // A pod we just released may still show the gate in the cache.

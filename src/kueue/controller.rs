@@ -148,7 +148,7 @@ impl GreenWindow {
 
     /// Runs until dropped (the caller drops it on losing the Lease).
     pub async fn run(mut self) {
-        let (changed_tx, mut changed) = watch::channel(());
+        let (changed_tx, changed) = watch::channel(());
         let workload_resource = api_resource("Workload", "workloads");
         let check_resource = api_resource("AdmissionCheck", "admissionchecks");
         let (workloads, workload_events) = cached_dynamic(&self.client, &workload_resource);
@@ -162,14 +162,8 @@ impl GreenWindow {
             watcher::Config::default()
                 .fields("spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"),
         );
-        let (nodes, node_events) = watches::cached(
-            Api::<Node>::all(self.client.clone()),
-            watcher::Config::default(),
-        );
-        let (scores, score_events) = watches::cached(
-            Api::<CarbonScore>::all(self.client.clone()),
-            watcher::Config::default(),
-        );
+        let ((nodes, node_events), (scores, score_events)) =
+            watches::nodes_and_scores(&self.client);
         let workload_watch = workload_events.for_each(watching(&changed_tx, "Workload"));
         let check_watch = check_events.for_each(watching(&changed_tx, "AdmissionCheck"));
         let config_watch = config_events.for_each(watching(&changed_tx, "GreenWindowConfig"));
@@ -180,13 +174,8 @@ impl GreenWindow {
             "kueue: deciding AdmissionChecks of {CONTROLLER_NAME} by the greenest start with room"
         );
         let work = async {
-            let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    changed = changed.changed() => if changed.is_err() { return },
-                }
+            let mut rounds = watches::Rounds::new(TICK, changed);
+            while rounds.next().await {
                 let ready = futures::future::join(
                     futures::future::join3(
                         workloads.wait_until_ready(),
@@ -231,13 +220,7 @@ impl GreenWindow {
         let now = Timestamp::now();
         self.done
             .retain(|_, at| at.elapsed() < Duration::from_secs(30));
-        let (mut zones, zone_of_node) = zone_capacity(
-            scores,
-            nodes,
-            self.settings.default_zone.as_ref(),
-            self.settings.max_age,
-            now,
-        );
+        let (mut zones, zone_of_node) = zone_capacity(scores, nodes, &self.settings, now);
         for pod in pods.state().iter().filter(|p| !is_terminal(p)) {
             let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
             if let Some(&index) = node.and_then(|n| zone_of_node.get(n)) {

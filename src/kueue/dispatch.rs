@@ -183,7 +183,7 @@ fn rounds(waited: Duration, widen_after: Duration) -> usize {
 
 impl Dispatcher {
     async fn run(mut self) {
-        let (tx, mut changed) = watch::channel(());
+        let (tx, changed) = watch::channel(());
         let watching = |what: &str| notify(tx.clone(), format!("kueue dispatcher: {what}"), HINT);
         let (workloads, workload_events) =
             cached_dynamic(&self.client, &api_resource("Workload", "workloads"));
@@ -210,13 +210,8 @@ impl Dispatcher {
         let score_watch = score_events.for_each(watching("CarbonScore"));
         info!("kueue: nominating MultiKueue workers as {DISPATCHER_NAME}");
         let work = async {
-            let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    changed = changed.changed() => if changed.is_err() { return },
-                }
+            let mut rounds = watches::Rounds::new(TICK, changed);
+            while rounds.next().await {
                 let ready = futures::future::join5(
                     workloads.wait_until_ready(),
                     checks.wait_until_ready(),

@@ -9,10 +9,10 @@ use super::*;
 pub fn zone_capacity(
     scores: &Store<CarbonScore>,
     nodes: &Store<Node>,
-    default_zone: Option<&GridZone>,
-    max_age: Duration,
+    settings: &DeferralSettings,
     now: Timestamp,
 ) -> (Vec<ZoneState>, HashMap<String, usize>) {
+    let (default_zone, max_age) = (settings.default_zone.as_ref(), settings.max_age);
     let mut zones: Vec<ZoneState> = scores
         .state()
         .iter()

@@ -60,6 +60,7 @@ impl Deferral {
             }
         }
         let uid = pod.uid().unwrap_or_default();
+        let (zone_text, mean_text) = release.planned_words();
         let zone = match &release {
             Release::Planned { zone, .. } => zone.clone(),
             _ => None,
@@ -102,55 +103,42 @@ impl Deferral {
         let latest = ask.map_or_else(String::new, |a| a.request.latest_start.to_string());
         let margin = human(self.settings.round.planner.margin);
         let (kind, reason, note) = match &release {
-            Release::Planned {
-                reason,
-                zone,
-                now_mean,
-            } => {
-                let zone_text = zone.as_ref().map_or_else(
-                    || "no zone has room now".to_string(),
-                    |z| format!("booked in zone {z}"),
-                );
-                let mean_text = now_mean.map_or(String::new(), |m| {
-                    format!(", {m:.0} gCO2/kWh forecast on average over the run")
-                });
-                match reason {
-                    ReleaseReason::Greenest => (
-                        EventType::Normal,
-                        "Released",
-                        format!(
-                            "Released after {waited_text}: now is the greenest start with free CPU \
+            Release::Planned { reason, .. } => match reason {
+                ReleaseReason::Greenest => (
+                    EventType::Normal,
+                    "Released",
+                    format!(
+                        "Released after {waited_text}: now is the greenest start with free CPU \
                              before the latest start ({zone_text}{mean_text}).{saved_text}"
-                        ),
                     ),
-                    ReleaseReason::GainWithinError => (
-                        EventType::Normal,
-                        "Released",
-                        format!(
-                            "Released after {waited_text}: a later start is forecast cheaper, but by \
+                ),
+                ReleaseReason::GainWithinError => (
+                    EventType::Normal,
+                    "Released",
+                    format!(
+                        "Released after {waited_text}: a later start is forecast cheaper, but by \
                              less than the forecast's error ({zone_text}{mean_text}).{saved_text}"
-                        ),
                     ),
-                    ReleaseReason::Deadline => (
-                        EventType::Normal,
-                        "ReleasedNearDeadline",
-                        format!(
-                            "Released after {waited_text}: its latest start {latest} is less than \
+                ),
+                ReleaseReason::Deadline => (
+                    EventType::Normal,
+                    "ReleasedNearDeadline",
+                    format!(
+                        "Released after {waited_text}: its latest start {latest} is less than \
                              the margin ({margin}) plus the expected wait to be scheduled away \
                              ({zone_text}).{saved_text}"
-                        ),
                     ),
-                    ReleaseReason::NoRoom => (
-                        EventType::Normal,
-                        "ReleasedNoRoom",
-                        format!(
-                            "Released after {waited_text}: no window before its latest start {latest} \
+                ),
+                ReleaseReason::NoRoom => (
+                    EventType::Normal,
+                    "ReleasedNoRoom",
+                    format!(
+                        "Released after {waited_text}: no window before its latest start {latest} \
                              (less the margin {margin}) has free CPU for it; waiting would only risk \
                              the deadline."
-                        ),
                     ),
-                }
-            }
+                ),
+            },
             Release::NoForecast(why) => (
                 EventType::Warning,
                 "ReleasedWithoutForecast",

@@ -19,19 +19,9 @@ impl GreenWindow {
                 crate::zones::GRID_ZONE_LABEL
             )
         });
+        let (zone_text, mean_text) = ready.planned_words();
         let message = match &ready {
-            Release::Planned {
-                reason,
-                zone,
-                now_mean,
-            } => {
-                let zone_text = zone.as_ref().map_or_else(
-                    || "no zone has room now".to_string(),
-                    |z| format!("booked in zone {z}"),
-                );
-                let mean_text = now_mean.map_or(String::new(), |m| {
-                    format!(", {m:.0} gCO2/kWh forecast on average over the run")
-                });
+            Release::Planned { reason, .. } => {
                 let why = match reason {
                     ReleaseReason::Greenest => {
                         "now is the greenest start with free CPU before the latest start"
