@@ -71,6 +71,9 @@ pub struct GreenWindowConfigSpec {
     pub default_duration: Option<String>,
 }
 
+// Its cache keeps what the check reads, without managedFields.
+impl crate::watches::Slim for GreenWindowConfig {}
+
 /// The parameters CRD as YAML, what `carbon-kube kueue-crd` prints: checked
 /// in under the chart and generated from the types by a test, like
 /// [`crate::crd::CRD_YAML`].

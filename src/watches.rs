@@ -35,7 +35,6 @@ impl Slim for Node {
 impl Slim for Pod {}
 impl Slim for PartialObjectMeta<Pod> {}
 impl Slim for crate::crd::CarbonScore {}
-impl Slim for crate::kueue::GreenWindowConfig {}
 
 /// A store of what `config` selects, slimmed, and the watch that keeps it
 /// current: it retries with backoff and never ends, and must be polled for the
