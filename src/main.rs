@@ -82,14 +82,20 @@ fn main() -> Result<()> {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `info,carbon_kube=debug`: targets and levels, which is all `--log` takes; the
+    // regex-based EnvFilter would bring a regex engine into the binary for nothing.
+    let filter: tracing_subscriber::filter::Targets = cli
+        .log
+        .parse()
+        .unwrap_or_else(|_| "info".parse().expect("a level"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().finish().with(filter).init(),
+        LogFormat::Text => builder.finish().with(filter).init(),
     }
 }
 
