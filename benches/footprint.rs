@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use support::carbon_api::{CarbonApi, EM_TOKEN};
 use support::cluster::{Agent, ControlPlane, free_port, http_get, require_tool, wait_for};
 use support::deploy::build_static;
+use support::procfs::cpu_seconds;
 
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 const PAGE: u64 = 4096;
 
 /// A `/proc/PID/status` field in KiB (or a count, for `Threads:`).
@@ -32,21 +32,6 @@ fn status_field(pid: u32, name: &str) -> f64 {
             s.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = s.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(
-                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                    / CLOCK_TICKS_PER_SECOND,
-            )
         })
         .unwrap_or(0.0)
 }

@@ -31,25 +31,10 @@ use kube::{Api, Client};
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN};
 use support::cluster::{Agent, ControlPlane, wait_for};
 use support::deploy::build_static;
+use support::procfs::cpu_seconds;
 
 const ZONES: [&str; 4] = ["DE", "FR", "ES", "NL"];
 const POLL_SECONDS: u64 = 30;
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
-/// Utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(
-                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                    / CLOCK_TICKS_PER_SECOND,
-            )
-        })
-        .unwrap_or(0.0)
-}
 
 /// A `/proc/PID/status` field in KiB.
 fn status_kib(pid: u32, name: &str) -> f64 {

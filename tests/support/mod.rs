@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod deploy;
 pub mod kueue;
 pub mod nodes;
+pub mod procfs;
 pub mod scenario;
