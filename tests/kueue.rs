@@ -269,12 +269,14 @@ mod green_window {
             );
 
             // Not before: the Job stays suspended and the Workload unadmitted until the plan.
+            // The Job is read before the Workload: Kueue admits, then unsuspends, so a Job seen
+            // running before its Workload reads admitted really ran early.
             let admitted = wait_for("the Workload admitted", Duration::from_secs(120), || {
+                let job = cp.kubectl_json(&["get", "job", "render"]);
                 let w = workload_of(&cp, "default", "render")?;
                 if is_true(&w, "Admitted") {
                     return Some(Timestamp::now());
                 }
-                let job = cp.kubectl_json(&["get", "job", "render"]);
                 assert_eq!(
                     job["spec"]["suspend"],
                     Value::Bool(true),
