@@ -6,10 +6,11 @@
 //!
 //! carbon-kube: N processes of the static release binary that ships (one per
 //! simulated node, each its own client, connections, watches and Lease
-//! handling), lease 15 s, leader poll every 30 s. The steady window is as long
-//! as a watch lasts (the client re-opens each watch after 290 s), so the
-//! re-opens are in it; the control plane's own requests (its components'
-//! Leases) are measured before the agents start and subtracted.
+//! handling), lease 15 s, leader poll every 30 s. The API server ends each
+//! agent watch after 30 to 60 min (its own jittered default: the agent leaves
+//! the length to it), so a 300 s steady window may or may not hold a watch
+//! re-open; the control plane's own requests (its components' Leases) are
+//! measured before the agents start and subtracted.
 //! Naive peer: N clients that each do what an agent without a shared poller
 //! and with client-go-style election would do: GET the Lease every 2 s
 //! (client-go's follower retry period) and, every poll interval, fetch the
@@ -426,7 +427,7 @@ fn main() {
         ZONES.len()
     );
     println!(
-        "  watch re-opens (every agent's 3 watches, each after 290 s): {:.3} per agent per minute",
+        "  watch re-opens (every agent's 3 watches, each after 30 to 60 min): {:.3} per agent per minute",
         reopens / agents.len() as f64 / minutes
     );
     println!(

@@ -16,7 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -360,16 +359,21 @@ fn observe(previous: Option<Observed>, lease: &Lease) -> Observed {
     }
 }
 
+/// A draw in `0..=max`. Std's hasher keys are random per process and change with
+/// every `RandomState`, which spreads agents' retries as well as an RNG crate
+/// would; jitter needs no more, and the agent links no RNG.
 fn jitter(max: Duration) -> Duration {
-    if max.is_zero() {
+    use std::hash::{BuildHasher, RandomState};
+    let span = max.as_millis() as u64;
+    if span == 0 {
         return max;
     }
-    Duration::from_millis(rand::rng().random_range(0..=max.as_millis() as u64))
+    Duration::from_millis(RandomState::new().hash_one(()) % (span + 1))
 }
 
 /// Feeds the latest Lease (or its absence) into `seen`; the flag says the first list is done.
 async fn watch_lease(api: Api<Lease>, name: String, seen: watch::Sender<(bool, Option<Lease>)>) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let config = crate::watches::config().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         match event {

@@ -11,7 +11,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +89,7 @@ fn init_logging(cli: &Cli) {
         .log
         .parse()
         .unwrap_or_else(|_| "info".parse().expect("a level"));
-    let builder = tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().finish().with(filter).init(),
         LogFormat::Text => builder.finish().with(filter).init(),
@@ -138,7 +135,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
 }
 
 async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
-    Ok(match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -147,7 +144,9 @@ async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
         None => kube::Config::infer()
             .await
             .context("no in-cluster config and no kubeconfig")?,
-    })
+    };
+    config.read_timeout = Some(carbon_kube::watches::READ_TIMEOUT);
+    Ok(config)
 }
 
 async fn agent(config: AgentConfig) -> Result<()> {

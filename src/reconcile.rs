@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
 use crate::taint::TaintEffect;
-use crate::watches::Slim;
+use crate::watches::{self, Slim};
 use crate::zones;
 
 /// Re-decide at least this often, so dwell and staleness take effect without events.
@@ -158,8 +158,7 @@ impl Reconciler {
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let node_config =
-            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
+        let node_config = watches::config().fields(&format!("metadata.name={}", self.node_name));
         let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
         // Dropping the set aborts the watches, however this loop ends; one
         // that ends on its own closes its channel, which ends this loop.
@@ -181,7 +180,7 @@ impl Reconciler {
         });
         let (store, events) = crate::watches::cached(
             Api::<CarbonScore>::all(self.client.clone()),
-            watcher::Config::default(),
+            watches::config(),
         );
         let (score_tx, mut score_rx) = watch::channel(());
         watches.spawn(async move {

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -12,6 +13,24 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
+
+/// How every watch of the agent is opened. kube's default asks the API server
+/// to end a watch after 290 s, so each follower re-opened its three watches
+/// about once a minute between them: the one request a follower made in its
+/// steady state. A timeout of 0 leaves the length to the server
+/// (`--min-request-timeout`, 30 min by default, to twice that, jittered per
+/// watch, so a thousand agents do not re-open together). A dead connection is
+/// still found quickly: the server sends a bookmark about every minute to a
+/// watch that asks for them (kube always asks), and [`READ_TIMEOUT`] cuts a
+/// connection silent for longer, so the watcher resumes.
+pub fn config() -> watcher::Config {
+    watcher::Config::default().timeout(0)
+}
+
+/// The longest an API-server connection may stay silent: over two of the
+/// bookmark periods that keep an idle watch talking, and far above any answer
+/// to a plain request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// What a watched object carries that the agent never reads, dropped as it
 /// arrives so that caches hold only the rest: every object's managedFields
@@ -100,8 +119,8 @@ pub type Cached<K> = (
 /// Every node and every CarbonScore, cached as the planning loops (deferral,
 /// the Kueue check) read them: allocatable CPU and zones, forecasts.
 pub fn nodes_and_scores(client: &kube::Client) -> (Cached<Node>, Cached<crate::crd::CarbonScore>) {
-    let (nodes, node_events) = cached(Api::all(client.clone()), watcher::Config::default());
-    let (scores, score_events) = cached(Api::all(client.clone()), watcher::Config::default());
+    let (nodes, node_events) = cached(Api::all(client.clone()), config());
+    let (scores, score_events) = cached(Api::all(client.clone()), config());
     (
         (nodes, Box::pin(node_events)),
         (scores, Box::pin(score_events)),

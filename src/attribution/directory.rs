@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::warn;
@@ -37,7 +36,7 @@ impl PodDirectory {
     ) -> (Self, impl Future<Output = ()> + use<>) {
         // An Api of PartialObjectMeta asks the API server for metadata only.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
-        let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        let config = watches::config().fields(&format!("spec.nodeName={node_name}"));
         let (store, events) = watches::cached(api, config);
         let task = async move {
             let mut events = events.boxed();
@@ -67,7 +66,7 @@ impl PodDirectory {
                 metadata,
                 ..Default::default()
             };
-            writer.apply_watcher_event(&watcher::Event::Apply(pod));
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pod));
         }
         Self { store }
     }

@@ -183,7 +183,7 @@ impl Deferral {
         // Every pod that holds or may hold CPU: gated ones, and those bound to nodes.
         let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
-            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+            watches::config().fields("status.phase!=Succeeded,status.phase!=Failed"),
         );
         let ((nodes, node_events), (scores, score_events)) =
             watches::nodes_and_scores(&self.client);

@@ -99,6 +99,17 @@ fn jitter_stays_within_bounds() {
     assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
 }
 
+#[test]
+fn jitter_spreads_over_its_range() {
+    // 1,000 draws over 0..=9 ms: each value comes up (an expected 100 times each;
+    // a fixed or stuck draw would leave most empty).
+    let mut seen = [0u32; 10];
+    for _ in 0..1000 {
+        seen[jitter(Duration::from_millis(9)).as_millis() as usize] += 1;
+    }
+    assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+}
+
 // ------------------------------------------- against a mock API server --
 
 mod hung {

@@ -94,7 +94,7 @@ pub(super) fn cached_dynamic(
     let writer = reflector::store::Writer::new(resource.clone());
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), resource);
-    let events = watcher(api, watcher::Config::default())
+    let events = watcher(api, watches::config())
         .default_backoff()
         .reflect(writer)
         .map(|event| event.map(|_| ()));
@@ -155,11 +155,11 @@ impl GreenWindow {
         let (checks, check_events) = cached_dynamic(&self.client, &check_resource);
         let (configs, config_events) = watches::cached(
             Api::<GreenWindowConfig>::all(self.client.clone()),
-            watcher::Config::default(),
+            watches::config(),
         );
         let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
-            watcher::Config::default()
+            watches::config()
                 .fields("spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"),
         );
         let ((nodes, node_events), (scores, score_events)) =

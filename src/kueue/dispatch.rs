@@ -19,7 +19,6 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
@@ -201,7 +200,7 @@ impl Dispatcher {
         );
         let (scores, score_events) = watches::cached(
             Api::<CarbonScore>::all(self.client.clone()),
-            watcher::Config::default(),
+            watches::config(),
         );
         let workload_watch = workload_events.for_each(watching("Workload"));
         let check_watch = check_events.for_each(watching("AdmissionCheck"));

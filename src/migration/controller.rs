@@ -109,18 +109,18 @@ impl Migrator {
         };
         let (node, node_events) = watches::cached(
             Api::<Node>::all(self.client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
+            watches::config().fields(&format!("metadata.name={}", self.node_name)),
         );
         let node_watch = node_events.for_each(log("node"));
         let (scores, score_events) = watches::cached(
             Api::<CarbonScore>::all(self.client.clone()),
-            watcher::Config::default(),
+            watches::config(),
         );
         let score_watch = score_events.for_each(log("CarbonScore"));
         // Only this node's opted-in pods, as a kubelet watches its own.
         let (pods, pod_events) = watches::cached(
             Api::<Pod>::all(self.client.clone()),
-            watcher::Config::default()
+            watches::config()
                 .fields(&format!("spec.nodeName={}", self.node_name))
                 .labels(&format!("{OPT_IN_LABEL}=true")),
         );

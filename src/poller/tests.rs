@@ -179,6 +179,32 @@ mod polls {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn nodes_are_listed_page_by_page_and_counted_across_pages() {
+        let (client, mut server) = api_server::pair();
+        let provider = Scripted::always("electricity-maps", Ok(520.0));
+        let mut poller = poller(client, provider.clone(), false);
+        let scenario = async {
+            let Reply::Json(code, mut first) = nodes(&[("n1", "DE"), ("n2", "DE")]) else {
+                unreachable!("a list is JSON")
+            };
+            first["metadata"]["continue"] = json!("page-2");
+            let seen = server
+                .expect(Method::GET, NODES, Reply::Json(code, first))
+                .await;
+            assert!(seen.query.contains("limit=500"), "{}", seen.query);
+            let seen = server
+                .expect(Method::GET, NODES, nodes(&[("n3", "FR"), ("n4", "DE")]))
+                .await;
+            assert!(seen.query.contains("continue=page-2"), "{}", seen.query);
+            server.expect(Method::GET, SCORES, scores(&[])).await;
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        outcome.expect("poll");
+        assert_eq!(provider.calls(), 2, "DE and FR, from both pages");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_garbled_score_list_fails_the_poll_before_any_fetch_or_write() {
         let (client, mut server) = api_server::pair();
         let provider = Scripted::always("electricity-maps", Ok(520.0));
