@@ -195,7 +195,8 @@ impl Attribution {
         }
         for (key, w) in &pods {
             let emitted = emissions(*w, grams_per_kwh, elapsed);
-            self.metrics.set_pod(&key.namespace, &key.name, *w, emitted);
+            self.metrics
+                .set_pod(&key.namespace, &key.name, *w, elapsed, emitted);
         }
         let current: BTreeSet<PodKey> = pods.into_keys().collect();
         for gone in self.exported.difference(&current) {

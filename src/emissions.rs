@@ -168,6 +168,7 @@ impl EmissionsLoop {
             last = Instant::now();
             self.metrics.node_power_watts.set(watts);
             self.metrics.set_power_parts(&breakdown);
+            self.metrics.add_node_energy(&breakdown, elapsed);
             // After the metrics, so whoever sees the note sees the figures it describes.
             self.power_note.send_if_modified(|note| {
                 let now = power_note(&meter);

@@ -13,6 +13,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -21,6 +22,7 @@ use prometheus::{
 };
 use tracing::warn;
 
+use crate::carbon::Signal;
 use crate::error::Error;
 use crate::power::measured::{Breakdown, PartKind};
 use crate::providers::Attempt;
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub node_emission_score: LazyGauge,
     pub node_cpu_utilisation: Gauge,
     node_power_parts: GaugeVec,
+    node_energy_joules: CounterVec,
+    node_grid_info: GaugeVec,
     // Decision and node writes.
     pub threshold: LazyGauge,
     pub tainted: IntGauge,
@@ -77,6 +81,7 @@ pub struct Metrics {
     pod_power_watts: GaugeVec,
     pod_emissions_rate: GaugeVec,
     pod_emitted_grams: CounterVec,
+    pod_energy_joules: CounterVec,
     pub attributed_pods: IntGauge,
     // Deferral (leader) and migration (every agent with --migration).
     pub pods_deferred: IntGauge,
@@ -183,11 +188,57 @@ impl Metrics {
         }
     }
 
-    /// A pod's share of the node's power over the last sample, and the grams
-    /// it emitted meanwhile (`None` while the zone's intensity is unknown).
-    pub fn set_pod(&self, namespace: &str, pod: &str, watts: f64, emissions: Option<PodEmissions>) {
+    /// Adds the node's energy over `elapsed` at `breakdown`'s power, split into
+    /// what was measured and what was modelled; the measured series exists only
+    /// once something measures.
+    pub fn add_node_energy(&self, breakdown: &Breakdown, elapsed: Duration) {
+        let watts = |measured| {
+            [PartKind::Cpu, PartKind::Dram, PartKind::Gpu]
+                .iter()
+                .map(|kind| breakdown.watts_of(*kind, measured))
+                .sum::<f64>()
+        };
+        let measured = joules(watts(true), elapsed);
+        if measured > 0.0 {
+            self.node_energy_joules
+                .with_label_values(&["measured"])
+                .inc_by(measured);
+        }
+        self.node_energy_joules
+            .with_label_values(&["modelled"])
+            .inc_by(joules(watts(false), elapsed));
+    }
+
+    /// The grid zone whose intensity prices this node's figures and the signal
+    /// type its provider publishes (see [`Signal::of_source`]): one series.
+    pub fn set_node_grid(&self, zone: &str, signal: Signal) {
+        let labels = [zone, signal.as_str()];
+        let current = label_sets(&self.node_grid_info).into_iter().any(|l| {
+            l.get("zone").map(String::as_str) == Some(zone)
+                && l.get("signal").map(String::as_str) == Some(signal.as_str())
+        });
+        if !current {
+            self.node_grid_info.reset();
+            self.node_grid_info.with_label_values(&labels).set(1.0);
+        }
+    }
+
+    /// A pod's share of the node's power over the last sample (`elapsed`
+    /// long), and the grams it emitted meanwhile (`None` while the zone's
+    /// intensity is unknown).
+    pub fn set_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        watts: f64,
+        elapsed: Duration,
+        emissions: Option<PodEmissions>,
+    ) {
         let labels = [namespace, pod];
         self.pod_power_watts.with_label_values(&labels).set(watts);
+        self.pod_energy_joules
+            .with_label_values(&labels)
+            .inc_by(joules(watts, elapsed));
         if let Some(e) = emissions {
             self.pod_emissions_rate
                 .with_label_values(&labels)
@@ -204,6 +255,7 @@ impl Metrics {
         let _ = self.pod_power_watts.remove_label_values(&labels);
         let _ = self.pod_emissions_rate.remove_label_values(&labels);
         let _ = self.pod_emitted_grams.remove_label_values(&labels);
+        let _ = self.pod_energy_joules.remove_label_values(&labels);
     }
 
     /// The planner's ledger after a round, per zone: peak booked vCPUs and room now.
@@ -249,6 +301,13 @@ pub struct PodEmissions {
     pub grams_per_hour: f64,
     /// Grams emitted during the sample: added to the pod's counter.
     pub grams: f64,
+}
+
+/// Energy of `watts` over `elapsed`; what is not a finite non-negative figure
+/// adds nothing, as a counter must never go down or become NaN.
+fn joules(watts: f64, elapsed: Duration) -> f64 {
+    let j = watts * elapsed.as_secs_f64();
+    if j.is_finite() && j > 0.0 { j } else { 0.0 }
 }
 
 /// The label sets of a vector's current children.

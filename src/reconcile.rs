@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::carbon::{GridZone, SourceKind};
+use crate::carbon::{GridZone, Signal, SourceKind};
 use crate::crd::CarbonScore;
 use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
 use crate::error::Error;
@@ -305,6 +305,8 @@ impl Reconciler {
         if let (Some(zone), Some(score)) = (zone, score) {
             self.metrics
                 .set_zone_intensity(zone.as_str(), source, score.grams_per_kwh);
+            self.metrics
+                .set_node_grid(zone.as_str(), Signal::of_source(source));
             self.metrics.threshold.set(score.threshold_grams_per_kwh);
             self.metrics
                 .data_age_seconds

@@ -83,14 +83,17 @@ fn catalogue() -> BTreeSet<String> {
         grams_per_hour: 1.0,
         grams: 1.0,
     };
-    m.set_pod("ns", "p", 1.0, Some(step));
+    m.set_pod("ns", "p", 1.0, Duration::from_secs(1), Some(step));
+    m.set_node_grid("DE", carbon_kube::carbon::Signal::Average);
     let model = ModelInputs {
         vcpus: 1.0,
         cpu_utilisation: 0.5,
         memory_gb: 1.0,
     };
     let coefficients = PowerCoefficients::for_architecture("x86_64");
-    m.set_power_parts(&Breakdown::combine(&[], model, &coefficients));
+    let breakdown = Breakdown::combine(&[], model, &coefficients);
+    m.set_power_parts(&breakdown);
+    m.add_node_energy(&breakdown, Duration::from_secs(1));
     for lazy in [
         &m.data_age_seconds,
         &m.threshold,

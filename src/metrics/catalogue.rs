@@ -104,6 +104,16 @@ impl Metrics {
                 "The node's power by part (cpu, dram, gpu) and whether the figure is measured or modelled, in watts including PUE; the parts add up to node_power_watts.",
                 &["part", "source"],
             ),
+            node_energy_joules: c.counters(
+                "node_energy_joules_total",
+                "Energy drawn by this node since the agent started, in joules including PUE, by whether it was measured or modelled.",
+                &["source"],
+            ),
+            node_grid_info: c.gauges(
+                "node_grid_info",
+                "Always 1: the grid zone whose intensity prices this node's emissions, and that intensity's signal type (average or marginal).",
+                &["zone", "signal"],
+            ),
             threshold: c.lazy(
                 "threshold_grams_per_kwh",
                 "Threshold in force for this node's zone, in gCO2eq/kWh.",
@@ -188,6 +198,11 @@ impl Metrics {
             pod_emitted_grams: c.counters(
                 "pod_emitted_grams_total",
                 "CO2eq emitted by a pod's share of this node's dynamic power, in grams.",
+                POD_LABELS,
+            ),
+            pod_energy_joules: c.counters(
+                "pod_energy_joules_total",
+                "Energy of a pod's share of this node's dynamic power, in joules including PUE.",
                 POD_LABELS,
             ),
             attributed_pods: c.int_gauge(

@@ -1,4 +1,5 @@
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper::StatusCode;
 
@@ -146,9 +147,10 @@ fn pod_series_accumulate_and_go_with_the_pod() {
         grams_per_hour: 3.6,
         grams: 0.5,
     };
-    metrics.set_pod("shop", "web-1", 7.5, Some(step));
-    metrics.set_pod("shop", "web-1", 7.0, Some(step));
-    metrics.set_pod("shop", "web-2", 1.0, None);
+    let second = Duration::from_secs(1);
+    metrics.set_pod("shop", "web-1", 7.5, second, Some(step));
+    metrics.set_pod("shop", "web-1", 7.0, Duration::from_secs(2), Some(step));
+    metrics.set_pod("shop", "web-2", 1.0, second, None);
     let text = metrics.encode();
     let web1 = ["namespace=\"shop\"", "pod=\"web-1\""];
     assert_eq!(
@@ -162,6 +164,11 @@ fn pod_series_accumulate_and_go_with_the_pod() {
     assert_eq!(
         sample(&text, "carbon_kube_pod_emissions_grams_per_hour", &web1),
         Some(3.6)
+    );
+    assert_eq!(
+        sample(&text, "carbon_kube_pod_energy_joules_total", &web1),
+        Some(7.5 + 14.0),
+        "energy counts whether or not the intensity is known"
     );
     metrics.remove_pod("shop", "web-1");
     let text = metrics.encode();
@@ -199,4 +206,56 @@ fn errors_are_counted_by_part_and_kind() {
     assert_eq!(count("reconciler", "conflict"), Some(2.0));
     assert_eq!(count("poller", "config"), Some(1.0));
     assert_eq!(count("poller", "conflict"), None);
+}
+
+#[test]
+fn node_energy_splits_measured_from_modelled_and_the_grid_names_its_signal() {
+    use crate::power::PowerCoefficients;
+    use crate::power::measured::{Breakdown, ModelInputs, Part, PartKind, Source};
+    let metrics = Metrics::new("n");
+    let model = ModelInputs {
+        vcpus: 4.0,
+        cpu_utilisation: 0.5,
+        memory_gb: 8.0,
+    };
+    let c = PowerCoefficients {
+        min_watts_per_vcpu: 1.0,
+        max_watts_per_vcpu: 4.0,
+        memory_watts_per_gb: 0.5,
+        pue: 1.0,
+    };
+    let modelled = Breakdown::combine(&[], model, &c);
+    metrics.add_node_energy(&modelled, Duration::from_secs(10));
+    let text = metrics.encode();
+    let energy = |text: &str, source: &str| {
+        let label = format!("source=\"{source}\"");
+        sample(text, "carbon_kube_node_energy_joules_total", &[label.as_str()])
+    };
+    // (4 × 2.5 + 8 × 0.5) W for 10 s; nothing measured yet, so no measured series.
+    assert_eq!(energy(&text, "modelled"), Some(140.0));
+    assert_eq!(energy(&text, "measured"), None, "{text}");
+    let gpu = Part {
+        kind: PartKind::Gpu,
+        device: "GPU-0".into(),
+        watts: 60.0,
+        source: Source::Hwmon,
+    };
+    let measured = Breakdown::combine(&[gpu], model, &c);
+    metrics.add_node_energy(&measured, Duration::from_secs(10));
+    let text = metrics.encode();
+    assert_eq!(energy(&text, "measured"), Some(600.0));
+    assert_eq!(energy(&text, "modelled"), Some(280.0));
+
+    metrics.set_node_grid("US-CAL-CISO", Signal::of_source("watttime"));
+    metrics.set_node_grid("DE", Signal::of_source("electricity-maps"));
+    let text = metrics.encode();
+    let info: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("carbon_kube_node_grid_info{"))
+        .collect();
+    assert_eq!(info.len(), 1, "one zone and signal at a time: {info:?}");
+    assert!(
+        info[0].contains("zone=\"DE\"") && info[0].contains("signal=\"average\""),
+        "{info:?}"
+    );
 }

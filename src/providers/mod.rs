@@ -265,6 +265,20 @@ mod tests {
     }
 
     #[test]
+    fn the_signal_type_follows_the_provider_that_answered() {
+        use crate::carbon::Signal;
+        for kind in ProviderKind::ALL {
+            let expected = if kind == ProviderKind::WattTime {
+                Signal::Marginal
+            } else {
+                Signal::Average
+            };
+            assert_eq!(Signal::of_source(kind.as_str()), expected, "{kind}");
+        }
+        assert_eq!(Signal::of_source(noaa::NAME), Signal::Average);
+    }
+
+    #[test]
     fn default_chain_lists_every_provider_once() {
         let chain = build_chain(
             &ProvidersConfig {

@@ -88,6 +88,36 @@ impl SourceKind {
     }
 }
 
+/// What an intensity figure prices: the grid's average generation mix, or the
+/// marginal plant that one more kWh would start. Emissions reported under the
+/// GHG Protocol's location-based method use the average; a marginal figure
+/// answers "what would this load change" and must not be summed with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Signal {
+    Average,
+    Marginal,
+}
+
+impl Signal {
+    /// The signal a provider publishes, by the name in a reading's `source`:
+    /// WattTime's MOER is marginal; Electricity Maps, the UK API, the NOAA
+    /// estimate and the static table are averages.
+    pub fn of_source(source: &str) -> Self {
+        if source == "watttime" {
+            Self::Marginal
+        } else {
+            Self::Average
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Average => "average",
+            Self::Marginal => "marginal",
+        }
+    }
+}
+
 /// A zone's last published state as the cluster shares it (a CarbonScore's
 /// status, without the Kubernetes wrapping): what planners read.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -207,5 +237,14 @@ mod tests {
         let mut bad = reading;
         bad.forecast[0].grams_per_kwh = f64::NAN;
         assert!(bad.validated().unwrap_err().contains("forecast"));
+    }
+
+    #[test]
+    fn only_watttime_publishes_a_marginal_signal() {
+        assert_eq!(Signal::of_source("watttime"), Signal::Marginal);
+        for average in ["electricity-maps", "uk-carbon-intensity", "noaa-estimate", "static"] {
+            assert_eq!(Signal::of_source(average), Signal::Average, "{average}");
+        }
+        assert_eq!(Signal::Marginal.as_str(), "marginal");
     }
 }
