@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub use carbon_kube_core::{
-    budget, carbon, decision, duration, learner, planner, power, quantity, taint, tuner, zones,
+    accounting, budget, carbon, decision, duration, learner, planner, power, quantity, taint, tuner, zones,
 };
 
 pub mod attribution;

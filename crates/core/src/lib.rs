@@ -8,10 +8,12 @@
 //! - [`planner`] and [`deferral`]: when deferred work should start.
 //! - [`migration`]: when an opted-in pod may be moved.
 //! - [`tuner`] and [`learner`]: the threshold tuner and the outcome learner.
+//! - [`accounting`]: hourly energy and CO2e from the agents' counters, for reports.
 //! - [`duration`] and [`quantity`]: the one grammar for each.
 
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod budget;
 pub mod carbon;
 pub mod decision;
