@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::budget::TaintPolicy;
+use crate::accounting::GroupBy;
 use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
 use crate::duration::{parse_flag as duration, parse_period as period};
 pub use crate::taint::TaintEffect;
@@ -60,6 +61,37 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print one sample of this node's power (CPU, DRAM, GPUs), each figure with its source.
     Power(Box<PowerSampleArgs>),
+    /// Energy, CO2e (location-based) and the saving of carbon-aware placement over a range, by
+    /// namespace, node or zone, from the agents' counters in Prometheus; prints a table and
+    /// writes CSV.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Prometheus that scrapes the agents, e.g. http://prometheus.monitoring:9090.
+    #[arg(long)]
+    pub prometheus: String,
+
+    /// Start of the range, on a whole hour: a date (2026-10-01, midnight UTC) or an RFC 3339 time.
+    #[arg(long, value_parser = report_time)]
+    pub from: jiff::Timestamp,
+
+    /// End of the range (exclusive), as --from.
+    #[arg(long, value_parser = report_time)]
+    pub to: jiff::Timestamp,
+
+    /// How rows are grouped.
+    #[arg(long, value_enum, default_value = "namespace")]
+    pub by: GroupBy,
+
+    /// CSV file to write.
+    #[arg(long, default_value = "carbon-kube-report.csv")]
+    pub csv: PathBuf,
+}
+
+fn report_time(text: &str) -> Result<jiff::Timestamp, String> {
+    crate::report::parse_time(text)
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ pub mod node;
 pub mod poller;
 pub mod providers;
 pub mod reconcile;
+pub mod report;
 pub mod resources;
 pub mod supervise;
 #[cfg(test)]

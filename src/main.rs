@@ -40,6 +40,7 @@ use carbon_kube::power::PowerCoefficients;
 use carbon_kube::providers::cluster::SharedScores;
 use carbon_kube::providers::{Provider, build_chain};
 use carbon_kube::reconcile::Reconciler;
+use carbon_kube::report;
 use carbon_kube::supervise::Supervisor;
 use carbon_kube::zones::REGION_LABEL;
 
@@ -71,6 +72,16 @@ fn main() -> Result<()> {
             let meters = MeterSettings::from_args(&args.meters)?;
             let sample = emissions::print_sample(&power, &meters, Duration::from_secs(1));
             print!("{}", runtime.block_on(sample)?);
+            Ok(())
+        }
+        Command::Report(args) => {
+            let request = report::Request {
+                prometheus: args.prometheus,
+                range: report::Range::new(args.from, args.to)?,
+                by: args.by,
+                csv: args.csv,
+            };
+            print!("{}", runtime.block_on(report::run(&request))?);
             Ok(())
         }
         Command::Agent(args) => {

@@ -138,7 +138,7 @@ pub struct Ledger {
 }
 
 /// How the report's rows are grouped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum GroupBy {
     Namespace,
     Node,
