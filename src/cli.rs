@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::budget::TaintPolicy;
 use crate::accounting::GroupBy;
+pub use crate::budget::TaintPolicy;
 use crate::budget::{DEFAULT_MIN_SPREAD_GRAMS_PER_KWH, DEFAULT_MIN_SPREAD_PERCENT};
 use crate::duration::{parse_flag as duration, parse_period as period};
 pub use crate::taint::TaintEffect;

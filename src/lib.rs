@@ -8,7 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub use carbon_kube_core::{
-    accounting, budget, carbon, decision, duration, learner, planner, power, quantity, taint, tuner, zones,
+    accounting, budget, carbon, decision, duration, learner, planner, power, quantity, taint,
+    tuner, zones,
 };
 
 pub mod attribution;

@@ -15,8 +15,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use crate::accounting::{
-    GroupBy, Hour, HourSummary, Ledger, NodeHour, PodHour, hourly_increases,
-    hours_needing_samples,
+    GroupBy, Hour, HourSummary, Ledger, NodeHour, PodHour, hourly_increases, hours_needing_samples,
 };
 use crate::carbon::Signal;
 use crate::providers::http::{Auth, HttpClient, endpoint};
@@ -168,10 +167,11 @@ impl Prometheus {
                         _ => bail!("{}: sample {v:?} is not a finite number", failed()),
                     })
                     .collect::<Result<_>>()?;
-                Ok(Series {
-                    labels: s.metric,
-                    points,
-                })
+                // last_over_time keeps the metric's name, min_over_time drops it: a
+                // series is known by its other labels.
+                let mut labels = s.metric;
+                labels.remove("__name__");
+                Ok(Series { labels, points })
             })
             .collect()
     }
@@ -197,7 +197,11 @@ impl Prometheus {
     }
 
     /// Each series of counter `metric` with its increase in every hour of `range`.
-    async fn counter(&self, metric: &str, range: &Range) -> Result<Vec<(Labels, Vec<(Hour, f64)>)>> {
+    async fn counter(
+        &self,
+        metric: &str,
+        range: &Range,
+    ) -> Result<Vec<(Labels, Vec<(Hour, f64)>)>> {
         let over_hour = |f: &str| format!("{f}({metric}[1h])");
         let lasts = self.hourly(&over_hour("last_over_time"), range).await?;
         let mins = by_labels(self.hourly(&over_hour("min_over_time"), range).await?);
@@ -209,18 +213,20 @@ impl Prometheus {
             let of = |map: &BTreeMap<Labels, BTreeMap<i64, f64>>, hour| {
                 map.get(&series.labels).and_then(|p| p.get(&hour).copied())
             };
-            let hours: Vec<(Hour, HourSummary)> = series
+            let hours = series
                 .points
                 .iter()
                 .map(|&(hour, last)| {
-                    let summary = HourSummary {
-                        last,
-                        min: of(&mins, hour).unwrap_or(last),
-                        resets: of(&resets, hour).unwrap_or(0.0),
+                    let (Some(min), Some(resets)) = (of(&mins, hour), of(&resets, hour)) else {
+                        bail!(
+                            "Prometheus at {}: {metric}{} has a last sample at {hour} but no lowest sample or resets count",
+                            self.base,
+                            selector(&series.labels)
+                        );
                     };
-                    (hour, summary)
+                    Ok((hour, HourSummary { last, min, resets }))
                 })
-                .collect();
+                .collect::<Result<Vec<(Hour, HourSummary)>>>()?;
             let baseline = of(&baselines, range.from.as_second());
             let mut samples = BTreeMap::new();
             for hour in hours_needing_samples(baseline, &hours) {
@@ -242,7 +248,10 @@ impl Prometheus {
         for (labels, hours) in self.counter(NODE_ENERGY, range).await? {
             let measured = labels.get("source").is_some_and(|s| s == "measured");
             for (hour, joules) in hours {
-                let node = ledger.nodes.entry((hour, label(&labels, "node"))).or_default();
+                let node = ledger
+                    .nodes
+                    .entry((hour, label(&labels, "node")))
+                    .or_default();
                 if measured {
                     node.measured_joules += joules;
                 } else {
@@ -256,7 +265,10 @@ impl Prometheus {
                 ledger.nodes.entry(key).or_default().grams += grams;
             }
         }
-        for series in self.hourly(&format!("last_over_time({NODE_GRID}[1h])"), range).await? {
+        for series in self
+            .hourly(&format!("last_over_time({NODE_GRID}[1h])"), range)
+            .await?
+        {
             let zone = label(&series.labels, "zone");
             let signal = match series.labels.get("signal").map(String::as_str) {
                 Some("marginal") => Signal::Marginal,
@@ -303,7 +315,10 @@ fn selector(labels: &Labels) -> String {
     let matchers: Vec<String> = labels
         .iter()
         .map(|(k, v)| {
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             format!("{k}=\"{v}\"")
         })
         .collect();

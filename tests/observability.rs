@@ -7,6 +7,7 @@
 mod dashboards;
 #[path = "observability/fake_cgroups.rs"]
 mod fake_cgroups;
+#[allow(dead_code)]
 #[path = "observability/prometheus.rs"]
 mod prometheus;
 mod support;

@@ -229,7 +229,11 @@ fn node_energy_splits_measured_from_modelled_and_the_grid_names_its_signal() {
     let text = metrics.encode();
     let energy = |text: &str, source: &str| {
         let label = format!("source=\"{source}\"");
-        sample(text, "carbon_kube_node_energy_joules_total", &[label.as_str()])
+        sample(
+            text,
+            "carbon_kube_node_energy_joules_total",
+            &[label.as_str()],
+        )
     };
     // (4 × 2.5 + 8 × 0.5) W for 10 s; nothing measured yet, so no measured series.
     assert_eq!(energy(&text, "modelled"), Some(140.0));

@@ -53,7 +53,14 @@ pub fn table(request: &Request, rows: &[Row], total: &Row) -> String {
         request.prometheus,
         request.csv.display()
     );
-    let head = [group_name(request.by), "signal", "energy kWh", "measured %", "CO2e kg", "saved kg"];
+    let head = [
+        group_name(request.by),
+        "signal",
+        "energy kWh",
+        "measured %",
+        "CO2e kg",
+        "saved kg",
+    ];
     let width = rows
         .iter()
         .map(|r| r.group.len())

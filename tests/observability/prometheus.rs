@@ -32,13 +32,28 @@ impl Prometheus {
 
     /// Runs `scrape_configs` (a JSON array of Prometheus scrape configs) every second.
     pub fn start_with(dir: &Path, scrape_configs: Value, rules: &[&Path]) -> Self {
-        require_tool("prometheus", INSTALL);
-        let addr = format!("127.0.0.1:{}", free_port());
         let config = serde_json::json!({
             "global": { "scrape_interval": "1s", "evaluation_interval": "1s" },
             "rule_files": rules,
             "scrape_configs": scrape_configs,
         });
+        Self::spawn(dir, config, &dir.join("tsdb"), &[])
+    }
+
+    /// Serves the blocks in `tsdb` (e.g. backfilled by promtool), however old,
+    /// scraping nothing; blocks are neither compacted nor expired.
+    pub fn serve_blocks(dir: &Path, tsdb: &Path) -> Self {
+        let flags = [
+            "--storage.tsdb.retention.time=100y",
+            "--storage.tsdb.min-block-duration=2h",
+            "--storage.tsdb.max-block-duration=2h",
+        ];
+        Self::spawn(dir, serde_json::json!({}), tsdb, &flags)
+    }
+
+    fn spawn(dir: &Path, config: Value, tsdb: &Path, flags: &[&str]) -> Self {
+        require_tool("prometheus", INSTALL);
+        let addr = format!("127.0.0.1:{}", free_port());
         // JSON is YAML, so the config needs no YAML writer.
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config.to_string()).expect("writing prometheus.yml");
@@ -46,12 +61,10 @@ impl Prometheus {
         let out = std::fs::File::create(&log).expect("prometheus log");
         let child = Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", tsdb.display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)

@@ -325,14 +325,22 @@ mod tests {
         let samples = BTreeMap::from([(7200, vec![20.0, 5.0, 30.0]), (10800, vec![1.0, 35.0])]);
         assert_eq!(
             hourly_increases(None, &hours, &samples),
-            vec![(3600, 10.0), (7200, 10.0 + 30.0), (10800, 35.0), (14400, 5.0)]
+            vec![
+                (3600, 10.0),
+                (7200, 10.0 + 30.0),
+                (10800, 35.0),
+                (14400, 5.0)
+            ]
         );
     }
 
     #[test]
     fn a_scrape_gap_loses_nothing() {
         // No samples in the second hour: the third continues from the first's last.
-        let hours = [(3600, summary(10.0, 0.0, 0.0)), (10800, summary(50.0, 40.0, 0.0))];
+        let hours = [
+            (3600, summary(10.0, 0.0, 0.0)),
+            (10800, summary(50.0, 40.0, 0.0)),
+        ];
         assert!(hours_needing_samples(Some(0.0), &hours).is_empty());
         let increases = hourly_increases(Some(0.0), &hours, &BTreeMap::new());
         assert_eq!(increases, vec![(3600, 10.0), (10800, 40.0)]);
@@ -385,7 +393,10 @@ mod tests {
         assert_eq!(rows[1].saved_grams, 200.0);
         let rest = &rows[0];
         assert_eq!((rest.kwh, rest.grams, rest.saved_grams), (2.0, 600.0, 0.0));
-        assert_eq!((total.kwh, total.grams, total.saved_grams), (6.0, 1400.0, 400.0));
+        assert_eq!(
+            (total.kwh, total.grams, total.saved_grams),
+            (6.0, 1400.0, 400.0)
+        );
     }
 
     #[test]
@@ -395,8 +406,14 @@ mod tests {
         let (de, fr) = (&rows[0], &rows[1]);
         assert_eq!((de.group.as_str(), de.kwh, de.grams), ("DE", 2.0, 1000.0));
         assert_eq!((de.saved_grams, de.measured_share()), (-200.0, 0.5));
-        assert_eq!((fr.group.as_str(), fr.kwh, fr.saved_grams), ("FR", 4.0, 600.0));
-        assert_eq!((total.kwh, total.grams, total.saved_grams), (6.0, 1400.0, 400.0));
+        assert_eq!(
+            (fr.group.as_str(), fr.kwh, fr.saved_grams),
+            ("FR", 4.0, 600.0)
+        );
+        assert_eq!(
+            (total.kwh, total.grams, total.saved_grams),
+            (6.0, 1400.0, 400.0)
+        );
         let (by_node, _) = ledger().rows(GroupBy::Node);
         let names: Vec<&str> = by_node.iter().map(|r| r.group.as_str()).collect();
         assert_eq!(names, ["clean", "dirty"]);
@@ -412,7 +429,11 @@ mod tests {
         // Each node is alone with its signal, so it is its own mean: nothing saved.
         assert!(rows.iter().all(|r| r.saved_grams == 0.0), "{rows:?}");
         // A node-hour without carbon data has energy and no zone.
-        ledger.nodes.get_mut(&(3600, "dirty".to_string())).unwrap().grid = None;
+        ledger
+            .nodes
+            .get_mut(&(3600, "dirty".to_string()))
+            .unwrap()
+            .grid = None;
         let (rows, _) = ledger.rows(GroupBy::Zone);
         assert_eq!((rows[0].group.as_str(), rows[0].signal), (NO_ZONE, "none"));
     }

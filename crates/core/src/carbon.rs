@@ -242,7 +242,12 @@ mod tests {
     #[test]
     fn only_watttime_publishes_a_marginal_signal() {
         assert_eq!(Signal::of_source("watttime"), Signal::Marginal);
-        for average in ["electricity-maps", "uk-carbon-intensity", "noaa-estimate", "static"] {
+        for average in [
+            "electricity-maps",
+            "uk-carbon-intensity",
+            "noaa-estimate",
+            "static",
+        ] {
             assert_eq!(Signal::of_source(average), Signal::Average, "{average}");
         }
         assert_eq!(Signal::Marginal.as_str(), "marginal");
