@@ -94,11 +94,11 @@ pub struct Request {
 pub async fn run(request: &Request) -> Result<String> {
     let prometheus = Prometheus::new(&request.prometheus);
     let ledger = prometheus.ledger(&request.range).await?;
-    let (rows, total) = ledger.rows(request.by);
-    let csv_text = csv(request.by, &rows, &total);
+    let (rows, totals) = ledger.rows(request.by);
+    let csv_text = csv(request.by, &rows, &totals);
     std::fs::write(&request.csv, csv_text)
         .with_context(|| format!("--csv: writing {}", request.csv.display()))?;
-    Ok(table(request, &rows, &total))
+    Ok(table(request, &rows, &totals))
 }
 
 type Labels = BTreeMap<String, String>;

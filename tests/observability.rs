@@ -140,7 +140,11 @@ fn alert_rules_pass_promtool_and_the_chart_ships_the_same_groups() {
         );
     }
     let catalogue = catalogue();
-    for rule in rules["groups"][0]["rules"].as_sequence().expect("rules") {
+    let groups = rules["groups"].as_sequence().expect("groups");
+    for rule in groups
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().expect("rules"))
+    {
         for name in dashboards::metric_names(rule["expr"].as_str().unwrap_or_default()) {
             assert!(
                 catalogue.contains(&name),
@@ -431,12 +435,19 @@ async fn prometheus_scrapes_the_agents_and_every_dashboard_query_has_data() {
     });
 }
 
+/// The alerts; the accounting group records once an hour, too rarely to wait
+/// for here (its rules have promtool unit tests instead).
 fn rules_evaluate_cleanly(prom: &Prometheus) {
-    let rules = wait_for("every rule evaluated", Duration::from_secs(30), || {
-        let rules = prom.rules();
-        (rules.len() == 7 && rules.iter().all(|(_, health, _)| health != "unknown"))
-            .then_some(rules)
-    });
+    let rules = wait_for(
+        "every alert rule evaluated",
+        Duration::from_secs(30),
+        || {
+            let mut rules = prom.rules();
+            rules.retain(|(name, _, _)| !name.starts_with("carbon_kube:"));
+            (rules.len() == 7 && rules.iter().all(|(_, health, _)| health != "unknown"))
+                .then_some(rules)
+        },
+    );
     for (name, health, error) in rules {
         assert_eq!(
             health,

@@ -42,7 +42,7 @@ fn figures(row: &Row) -> [String; 4] {
     ]
 }
 
-pub fn table(request: &Request, rows: &[Row], total: &Row) -> String {
+pub fn table(request: &Request, rows: &[Row], totals: &[Row]) -> String {
     let range = &request.range;
     let mut out = format!(
         "carbon-kube report by {} from {} to {} ({} h), Prometheus {}; CSV: {}\n{METHOD}\n\n",
@@ -64,7 +64,7 @@ pub fn table(request: &Request, rows: &[Row], total: &Row) -> String {
     let width = rows
         .iter()
         .map(|r| r.group.len())
-        .chain([head[0].len(), total.group.len()])
+        .chain([head[0].len(), crate::accounting::TOTAL.len()])
         .max()
         .unwrap_or(0);
     let line = |cells: [&str; 6]| {
@@ -74,7 +74,7 @@ pub fn table(request: &Request, rows: &[Row], total: &Row) -> String {
         )
     };
     out.push_str(&line(head));
-    for row in rows.iter().chain([total]) {
+    for row in rows.iter().chain(totals) {
         let f = figures(row);
         out.push_str(&line([&row.group, row.signal, &f[0], &f[1], &f[2], &f[3]]));
     }
@@ -90,12 +90,12 @@ fn field(text: &str) -> String {
     }
 }
 
-pub fn csv(by: GroupBy, rows: &[Row], total: &Row) -> String {
+pub fn csv(by: GroupBy, rows: &[Row], totals: &[Row]) -> String {
     let mut out = format!(
         "{},signal,energy_kWh,measured_share_percent,emissions_kgCO2e,saved_vs_carbon_agnostic_kgCO2e\r\n",
         group_name(by)
     );
-    for row in rows.iter().chain([total]) {
+    for row in rows.iter().chain(totals) {
         let f = figures(row);
         out.push_str(&format!(
             "{},{},{}\r\n",
@@ -125,7 +125,7 @@ mod tests {
             group: "total".into(),
             ..row.clone()
         };
-        let text = csv(GroupBy::Namespace, &[row], &total);
+        let text = csv(GroupBy::Namespace, &[row], &[total]);
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert_eq!(
             lines[0],

@@ -148,6 +148,8 @@ pub enum GroupBy {
 /// The row of a namespace report that holds what no pod was given: idle
 /// CPU, memory and processes outside pods.
 pub const NOT_ATTRIBUTED: &str = "(not attributed to pods)";
+/// The group of the total rows.
+pub const TOTAL: &str = "total";
 /// The zone of node-hours with no carbon data.
 pub const NO_ZONE: &str = "(no carbon data)";
 
@@ -201,8 +203,9 @@ impl Ledger {
         sums.into_iter().map(|(k, (s, n))| (k, s / n)).collect()
     }
 
-    /// The report's rows, sorted by group then signal, and their total.
-    pub fn rows(&self, by: GroupBy) -> (Vec<Row>, Row) {
+    /// The report's rows, sorted by group then signal, and a total per
+    /// signal type: average (location-based) and marginal figures never add up.
+    pub fn rows(&self, by: GroupBy) -> (Vec<Row>, Vec<Row>) {
         let means = self.mean_intensities();
         let mut rows: BTreeMap<(String, &'static str), Row> = BTreeMap::new();
         let mut add = |group: &str, signal: &'static str, row: Row| {
@@ -268,15 +271,11 @@ impl Ledger {
                 }
             }
         }
-        let mut total = Row {
-            group: "total".into(),
-            signal: "",
-            ..Row::default()
-        };
+        let mut totals: BTreeMap<&'static str, Row> = BTreeMap::new();
         let rows: Vec<Row> = rows
             .into_iter()
             .map(|((group, signal), row)| {
-                total.add(&row);
+                totals.entry(signal).or_default().add(&row);
                 Row {
                     group,
                     signal,
@@ -284,7 +283,15 @@ impl Ledger {
                 }
             })
             .collect();
-        (rows, total)
+        let totals = totals
+            .into_iter()
+            .map(|(signal, row)| Row {
+                group: TOTAL.into(),
+                signal,
+                ..row
+            })
+            .collect();
+        (rows, totals)
     }
 }
 
@@ -381,7 +388,8 @@ mod tests {
 
     #[test]
     fn namespaces_carry_pod_energy_and_the_rest_stays_unattributed() {
-        let (rows, total) = ledger().rows(GroupBy::Namespace);
+        let (rows, totals) = ledger().rows(GroupBy::Namespace);
+        let total = &totals[0];
         let names: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
         assert_eq!(names, [NOT_ATTRIBUTED, "batch", "shop"]);
         let shop = &rows[2];
@@ -401,7 +409,8 @@ mod tests {
 
     #[test]
     fn nodes_and_zones_carry_the_whole_node_and_their_pods_savings() {
-        let (rows, total) = ledger().rows(GroupBy::Zone);
+        let (rows, totals) = ledger().rows(GroupBy::Zone);
+        let total = &totals[0];
         assert_eq!(rows.len(), 2);
         let (de, fr) = (&rows[0], &rows[1]);
         assert_eq!((de.group.as_str(), de.kwh, de.grams), ("DE", 2.0, 1000.0));
@@ -424,8 +433,16 @@ mod tests {
         let mut ledger = ledger();
         let marginal = ledger.nodes.get_mut(&(3600, "clean".to_string())).unwrap();
         marginal.grid = Some(("FR".into(), Signal::Marginal));
-        let (rows, _) = ledger.rows(GroupBy::Node);
+        let (rows, totals) = ledger.rows(GroupBy::Node);
         assert_eq!(rows[0].signal, "marginal");
+        let signals: Vec<(&str, &str, f64)> = totals
+            .iter()
+            .map(|t| (t.group.as_str(), t.signal, t.grams))
+            .collect();
+        assert_eq!(
+            signals,
+            [(TOTAL, "average", 1000.0), (TOTAL, "marginal", 400.0)]
+        );
         // Each node is alone with its signal, so it is its own mean: nothing saved.
         assert!(rows.iter().all(|r| r.saved_grams == 0.0), "{rows:?}");
         // A node-hour without carbon data has energy and no zone.
