@@ -172,11 +172,14 @@ struct Month {
     samples: usize,
 }
 
+/// (Unix seconds, value) of one series.
+type Samples = Vec<(i64, f64)>;
+
 fn simulate() -> Month {
     let nodes = nodes();
     let pods = pods();
     // family → series labels → samples.
-    let mut families: BTreeMap<&str, BTreeMap<String, Vec<(i64, f64)>>> = BTreeMap::new();
+    let mut families: BTreeMap<&str, BTreeMap<String, Samples>> = BTreeMap::new();
     let mut truth_nodes: BTreeMap<(i64, &'static str), Booked> = BTreeMap::new();
     let mut truth_pods: BTreeMap<(i64, &'static str, &'static str), Booked> = BTreeMap::new();
     let mut samples = 0;
