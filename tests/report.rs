@@ -7,6 +7,9 @@
 //! sample that reports it.
 
 #[allow(dead_code)]
+#[path = "observability/dashboards.rs"]
+mod dashboards;
+#[allow(dead_code)]
 #[path = "observability/prometheus.rs"]
 mod prometheus;
 mod support;
@@ -547,8 +550,93 @@ fn a_month_of_synthetic_counters_is_reported_to_the_gram() {
             );
         }
     }
+    dashboard_row_agrees(&prom, &month);
     drop(prom);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The overview dashboard's accounting row over the month agrees with the
+/// known totals, within what increase() extrapolates at the range's edges.
+fn dashboard_row_agrees(prom: &Prometheus, month: &Month) {
+    let (_, overview) = dashboards::load_all()
+        .into_iter()
+        .find(|(name, _)| name == "carbon-kube-overview.json")
+        .expect("the overview dashboard");
+    let queries = dashboards::panel_queries("overview", &overview);
+    let results = |title: &str, n: usize| {
+        let query = queries
+            .iter()
+            .filter(|q| q.panel == title)
+            .nth(n)
+            .unwrap_or_else(|| panic!("no query {n} in panel {title}"));
+        let expr = query
+            .expr
+            .replace("$__range", &format!("{}h", (TO - FROM) / HOUR));
+        prom.query_at(&expr, TO)
+            .unwrap_or_else(|e| panic!("{title}: {e}\n{expr}"))
+            .iter()
+            .map(|s| {
+                let value = s["value"][1]
+                    .as_str()
+                    .expect("a value")
+                    .parse::<f64>()
+                    .expect("a number");
+                (s["metric"].clone(), value)
+            })
+            .collect::<Vec<_>>()
+    };
+    let value = |title: &str| results(title, 0)[0].1;
+    let signal_of = |node: &str| {
+        nodes()
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.signal)
+            .expect("a node")
+    };
+    let (mut kwh, mut measured, mut grams) = (0.0, 0.0, BTreeMap::<&str, f64>::new());
+    for ((_, node), b) in &month.nodes {
+        kwh += b.joules / J_PER_KWH;
+        measured += b.measured_joules / J_PER_KWH;
+        *grams.entry(signal_of(node)).or_default() += b.grams;
+    }
+    let close = |what: &str, got: f64, known: f64| {
+        println!("dashboard {what}: {got:.3} (known {known:.3})");
+        assert!(
+            (got - known).abs() <= 0.005 * known.abs(),
+            "dashboard {what}: {got} vs known {known}"
+        );
+    };
+    close("energy kWh", value("Energy (time range)"), kwh);
+    close(
+        "location-based kg",
+        value("Location-based CO₂e (time range)"),
+        grams["average"] / 1000.0,
+    );
+    close(
+        "marginal kg",
+        value("Marginal-signal CO₂e (time range)"),
+        grams["marginal"] / 1000.0,
+    );
+    close(
+        "measured share",
+        value("Energy measured (share, time range)"),
+        measured / kwh,
+    );
+    let mut namespaces: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for ((_, node, namespace), b) in &month.pods {
+        *namespaces
+            .entry((namespace.to_string(), signal_of(node).to_string()))
+            .or_default() += b.joules / J_PER_KWH;
+    }
+    let table = results("Energy, CO₂e and saving by namespace (time range)", 0);
+    assert_eq!(table.len(), namespaces.len(), "{table:?}");
+    for (labels, got) in table {
+        let key = (
+            labels["namespace"].as_str().expect("namespace").to_string(),
+            labels["signal"].as_str().expect("signal").to_string(),
+        );
+        close(&format!("{key:?} kWh"), got, namespaces[&key]);
+    }
 }
 
 /// A server that answers every request with `response` until dropped.

@@ -79,7 +79,16 @@ impl Prometheus {
 
     /// The result vector of an instant query, or the error Prometheus gave.
     pub fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        self.query_path(format!("/api/v1/query?query={}", percent_encode(promql)))
+    }
+
+    /// The same, evaluated at `at` (Unix seconds).
+    pub fn query_at(&self, promql: &str, at: i64) -> Result<Vec<Value>, String> {
+        let query = percent_encode(promql);
+        self.query_path(format!("/api/v1/query?query={query}&time={at}"))
+    }
+
+    fn query_path(&self, path: String) -> Result<Vec<Value>, String> {
         let (status, body) = get(&self.addr, &path).ok_or("no answer from Prometheus")?;
         let reply: Value =
             serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
