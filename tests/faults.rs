@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use serde_json::Value;
+use support::api_proxy::ApiProxy;
 use support::carbon_api::{CarbonApi, EM, EM_LATEST, Fault, NOAA};
 use support::cluster::{Agent, ControlPlane, path_str, temp_dir, wait_for};
 use support::scenario::{
-    carbon_taints, class_label_of, condition_of, create_nodes, has_taint, leaders, node_json,
-    one_leader, score_status, start_agent, transitions, tuner_steps, wait_tainted_within,
+    agent_kubeconfig, carbon_taints, class_label_of, condition_of, create_nodes, has_taint,
+    leaders, node_json, one_leader, score_status, start_agent, transitions, tuner_steps,
+    wait_tainted_within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::block_in_place;
@@ -119,51 +121,12 @@ impl Cluster {
         self.audit_dir.join("audit.log")
     }
 
-    /// A kubeconfig for `node`'s agent under its own service account
-    /// (cluster-admin: the test is about faults, not RBAC).
-    fn identity(&self, node: &str) -> PathBuf {
-        let path = self.cp.dir.join(format!("kubeconfig-{node}"));
-        if path.exists() {
-            return path;
-        }
-        let sa = format!("agent-{node}");
-        self.cp
-            .kubectl_ok(&["-n", NAMESPACE, "create", "serviceaccount", &sa]);
-        self.cp.kubectl_ok(&[
-            "create",
-            "clusterrolebinding",
-            &sa,
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={NAMESPACE}:{sa}"),
-        ]);
-        let token = self
-            .cp
-            .kubectl_ok(&["-n", NAMESPACE, "create", "token", &sa, "--duration=6h"]);
-        let admin = std::fs::read_to_string(&self.cp.kubeconfig).expect("admin kubeconfig");
-        let ours: Vec<String> = admin
-            .lines()
-            .map(|line| {
-                if line.trim_start().starts_with("token: ") {
-                    format!("    token: {}", token.trim())
-                } else if let (Some(server), true) =
-                    (&self.server, line.trim_start().starts_with("server: "))
-                {
-                    format!("    server: {server}")
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect();
-        std::fs::write(&path, ours.join("\n") + "\n").expect("agent kubeconfig");
-        path
-    }
-
     /// Starts `node`'s agent, under its own identity, with the cluster's
     /// flags plus `extra`, and `env`.
     fn start_agent(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut flags: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         flags.extend_from_slice(extra);
-        let kubeconfig = self.identity(node);
+        let kubeconfig = agent_kubeconfig(&self.cp, node, self.server.as_deref());
         let mut all_env = vec![("KUBECONFIG", path_str(&kubeconfig))];
         all_env.extend_from_slice(env);
         start_agent(&self.cp, node, &self.em_url, &flags, &all_env)
@@ -436,73 +399,6 @@ async fn api_server_frozen_for_30s_agents_reconnect_without_flapping() {
             c.agents[leader].node
         );
     });
-}
-
-/// A TCP proxy between the agents and the apiserver that can go away: `down`
-/// drops every connection and the listener (clients see resets, then
-/// connection refused), `up` listens on the same port again.
-struct ApiProxy {
-    addr: std::net::SocketAddr,
-    upstream: std::net::SocketAddr,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl ApiProxy {
-    /// Must run on the test's runtime (inside `block_in_place` is fine).
-    fn start(upstream: std::net::SocketAddr) -> ApiProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
-        let proxy = ApiProxy {
-            addr: listener.local_addr().expect("proxy address"),
-            upstream,
-            task: std::sync::Mutex::new(None),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: std::net::TcpListener) {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-        let upstream = self.upstream;
-        let task = tokio::spawn(async move {
-            // Dropping this future (abort) drops the set and every connection.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((mut client, _)) = accepted else { continue };
-                        connections.spawn(async move {
-                            if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                        });
-                    }
-                    Some(_) = connections.join_next() => {}
-                }
-            }
-        });
-        *self.task.lock().unwrap() = Some(task);
-    }
-
-    fn down(&self) {
-        if let Some(task) = self.task.lock().unwrap().take() {
-            task.abort();
-        }
-    }
-
-    fn up(&self) {
-        // std's listener sets SO_REUSEADDR, so the port is free again at once.
-        let listener = wait_for("the proxy port again", Duration::from_secs(10), || {
-            std::net::TcpListener::bind(self.addr).ok()
-        });
-        self.serve(listener);
-    }
-}
-
-impl Drop for ApiProxy {
-    fn drop(&mut self) {
-        self.down();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

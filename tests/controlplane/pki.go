@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -56,8 +57,20 @@ func serial() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 }
 
-func generatePKI(dir string) (*pki, error) {
-	p := &pki{
+// statePKI loads the PKI a previous run left in dir when keep is set and it is
+// there (a restart: service-account tokens and kubeconfigs stay valid), else
+// generates a new one.
+func statePKI(dir string, keep bool) (*pki, error) {
+	if keep {
+		if _, err := os.Stat(filepath.Join(dir, "tokens.csv")); err == nil {
+			return loadPKI(dir)
+		}
+	}
+	return generatePKI(dir)
+}
+
+func pkiFiles(dir string) *pki {
+	return &pki{
 		CACert:         filepath.Join(dir, "ca.crt"),
 		CAKey:          filepath.Join(dir, "ca.key"),
 		ServingCert:    filepath.Join(dir, "apiserver.crt"),
@@ -71,6 +84,33 @@ func generatePKI(dir string) (*pki, error) {
 		TokenFile:      filepath.Join(dir, "tokens.csv"),
 		AdminTokenFile: filepath.Join(dir, "admin-token"),
 	}
+}
+
+// loadPKI reads back what generatePKI wrote: the CA for kubeconfigs, the
+// static tokens from tokens.csv (admin, scheduler, controller-manager in order).
+func loadPKI(dir string) (*pki, error) {
+	p := pkiFiles(dir)
+	var err error
+	if p.caPEM, err = os.ReadFile(p.CACert); err != nil {
+		return nil, err
+	}
+	csv, err := os.ReadFile(p.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(csv)), "\n")
+	tokens := []*string{&p.AdminToken, &p.SchedulerToken, &p.CMToken}
+	if len(lines) != len(tokens) {
+		return nil, fmt.Errorf("%s: %d lines, want %d", p.TokenFile, len(lines), len(tokens))
+	}
+	for i, line := range lines {
+		*tokens[i], _, _ = strings.Cut(line, ",")
+	}
+	return p, nil
+}
+
+func generatePKI(dir string) (*pki, error) {
+	p := pkiFiles(dir)
 	now := time.Now()
 
 	// CA

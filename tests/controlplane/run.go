@@ -52,6 +52,7 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 type runConfig struct {
 	dir              string
 	exitOnStdinClose bool
+	keepState        bool
 	verbosity        int
 	readyTimeout     time.Duration
 	apiserverArgs    multiFlag
@@ -69,6 +70,7 @@ func runMain(args []string) int {
 	fs.SetOutput(os.Stderr)
 	fs.StringVar(&c.dir, "dir", "", "state directory (created if missing, kept on exit); default: a temp dir removed on exit")
 	fs.BoolVar(&c.exitOnStdinClose, "exit-on-stdin-close", false, "shut down when stdin reaches EOF (so a dead test harness cannot leak the control plane)")
+	fs.BoolVar(&c.keepState, "keep-state", false, "with --dir: restart the cluster a previous run left there (same etcd data, certificates, tokens and ports) instead of a fresh one")
 	fs.IntVar(&c.verbosity, "v", 1, "log verbosity of the components (their logs go to files in --dir)")
 	fs.DurationVar(&c.readyTimeout, "ready-timeout", 90*time.Second, "give up if not ready within this time")
 	fs.Var(&c.apiserverArgs, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--feature-gates=X=true (repeatable; later flags win)")
@@ -113,6 +115,40 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// portsFile records a run's ports in its directory, so that a restart with
+// --keep-state serves on the same address (clients keep their kubeconfigs) and
+// etcd's member keeps the peer URL stored in its data.
+const portsFile = "ports"
+
+// statePorts returns the ports recorded in dir, else n free ones, recorded.
+func statePorts(dir string, n int) ([]int, error) {
+	path := filepath.Join(dir, portsFile)
+	if text, err := os.ReadFile(path); err == nil {
+		fields := strings.Fields(string(text))
+		ports := make([]int, 0, n)
+		for _, f := range fields {
+			p, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			ports = append(ports, p)
+		}
+		if len(ports) != n {
+			return nil, fmt.Errorf("%s: %d ports, want %d", path, len(ports), n)
+		}
+		return ports, nil
+	}
+	ports, err := freePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	words := make([]string, len(ports))
+	for i, p := range ports {
+		words[i] = strconv.Itoa(p)
+	}
+	return ports, os.WriteFile(path, []byte(strings.Join(words, " ")+"\n"), 0o644)
 }
 
 // child is a component running as a separate process of this binary.
@@ -317,11 +353,17 @@ func run(c runConfig) (code int, retErr error) {
 		if err := os.MkdirAll(c.dir, 0o755); err != nil {
 			return 1, err
 		}
-		// Every run is a fresh cluster: etcd data and ports are not reused.
-		if err := os.RemoveAll(filepath.Join(c.dir, "etcd")); err != nil {
-			return 1, err
+		// Every run is a fresh cluster unless asked to restart the one left there.
+		if !c.keepState {
+			if err := os.RemoveAll(filepath.Join(c.dir, "etcd")); err != nil {
+				return 1, err
+			}
+			_ = os.Remove(filepath.Join(c.dir, portsFile))
 		}
 		_ = os.Remove(filepath.Join(c.dir, "kubeconfig"))
+	}
+	if c.keepState && removeDir {
+		return 2, errors.New("--keep-state needs --dir")
 	}
 	defer func() {
 		if removeDir {
@@ -341,16 +383,16 @@ func run(c runConfig) (code int, retErr error) {
 		}()
 	}
 
-	ports, err := freePorts(5)
+	ports, err := statePorts(c.dir, 5)
 	if err != nil {
 		return 1, err
 	}
 	etcdClientPort, etcdPeerPort, apiPort, schedPort, cmPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 	server := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
-	p, err := generatePKI(c.dir)
+	p, err := statePKI(c.dir, c.keepState)
 	if err != nil {
-		return 1, fmt.Errorf("generate certificates: %w", err)
+		return 1, fmt.Errorf("certificates: %w", err)
 	}
 
 	// Everything the components log goes to files in the state directory; klog (used by

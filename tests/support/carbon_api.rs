@@ -83,6 +83,8 @@ struct State {
     weather: Weather,
     tokens: Vec<String>,
     issued: usize,
+    /// Electricity Maps' `datetime` is the start of this period (seconds).
+    em_period_secs: i64,
 }
 
 pub struct CarbonApi {
@@ -119,6 +121,7 @@ impl CarbonApi {
             },
             tokens: Vec::new(),
             issued: 0,
+            em_period_secs: 3600,
         }));
         let base = format!("http://{addr}");
         let task = tokio::spawn(serve(listener, state.clone(), base));
@@ -217,6 +220,13 @@ impl CarbonApi {
 
     /// `target` is a route (`watttime/login`) or a provider (`watttime`);
     /// a route's own fault wins over its provider's.
+    /// Electricity Maps' latest `datetime` is the start of the hour, so its
+    /// data is up to an hour old when fresh; a shorter period here lets a
+    /// test with a short `--max-age` tell fresh data from stale.
+    pub fn set_em_period(&self, seconds: i64) {
+        self.state().em_period_secs = seconds;
+    }
+
     pub fn set_fault(&self, target: &str, fault: Fault) {
         self.state().faults.insert(target.into(), fault);
     }

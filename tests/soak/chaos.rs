@@ -1,0 +1,616 @@
+//! Runs a schedule against a real control plane and five agent processes,
+//! each under its own service account, behind its own cuttable TCP path to
+//! the apiserver and its own wall clock (libfaketime), with a foreign writer
+//! changing taints, labels and conditions throughout. Records what it did
+//! (impairments, agent exits, convergence times) for the checkers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use carbon_kube::node::TAINT_KEY;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::history::AUDIT_POLICY;
+use super::invariants::Impairment;
+use super::rng::Rng;
+use super::schedule::{Episode, FaultKind, LEVELS, ProviderFault, Target};
+use super::support::api_proxy::ApiProxy;
+use super::support::carbon_api::{CarbonApi, EM_LATEST, EM_TOKEN, Fault};
+use super::support::cluster::{Agent, ControlPlane, path_str, tail, temp_dir, tool};
+use super::support::scenario::{agent_kubeconfig, create_nodes, fast_agent_args};
+
+/// The fleet: two zones of two nodes and one of one, so that the budget
+/// (half of five: two nodes) fits one zone at a time.
+pub const NODES: [(&str, &str); 5] = [
+    ("a1", "DE"),
+    ("a2", "DE"),
+    ("b1", "PL"),
+    ("b2", "PL"),
+    ("c1", "FR"),
+];
+pub const ZONES: [&str; 3] = ["DE", "PL", "FR"];
+pub const MAX_TAINTED_FRACTION: f64 = 0.5;
+pub const MAX_AGE: Duration = Duration::from_secs(30);
+const AGENT_FLAGS: [&str; 6] = [
+    "--policy=relative",
+    "--max-tainted-fraction=0.5",
+    "--dwell=4s",
+    "--max-age=30s",
+    "--lease-duration=4s",
+    "--poll-interval=2s",
+];
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// How long the taints must keep matching the decisions to count as converged.
+const STABLE: Duration = Duration::from_secs(6);
+/// How long the harness waits for convergence after an episode.
+pub const CONVERGENCE_WAIT: Duration = Duration::from_secs(150);
+
+/// One agent's place in the fleet.
+struct Slot {
+    node: String,
+    zone: String,
+    agent: Option<Agent>,
+    frozen: bool,
+    proxy: ApiProxy,
+    cut: bool,
+    clock: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+/// What one run did and saw, for the checkers and the figures.
+#[derive(Default)]
+pub struct Record {
+    pub impairments: Vec<Impairment>,
+    pub exits: Vec<(String, Timestamp)>,
+    pub exit_logs: Vec<String>,
+    /// Per episode: when its faults ended and how long convergence took.
+    pub converged: Vec<(Timestamp, Option<Duration>)>,
+    /// Per episode: when it started.
+    pub started: Vec<Timestamp>,
+    pub injected: BTreeMap<&'static str, usize>,
+    pub skipped: BTreeMap<&'static str, usize>,
+    pub foreign_writes: usize,
+    /// (node, tainted on the Node, its tainted metric, its is_leader) at the end.
+    pub final_agents: Vec<(String, bool, Option<f64>, Option<f64>)>,
+    pub audit: String,
+}
+
+// Fields drop in order: agents first (they print their logs on a panic),
+// then the control plane (whose directory holds those logs).
+pub struct Soak {
+    slots: Vec<Slot>,
+    cp: ControlPlane,
+    api: CarbonApi,
+    audit_dir: PathBuf,
+    levels: Vec<f64>,
+    paused: bool,
+    /// Nodes deleted by a fault, to create again.
+    deleted: Vec<usize>,
+    record: Record,
+}
+
+impl Drop for Soak {
+    fn drop(&mut self) {
+        // A frozen agent must run to die; the control plane thaws itself on drop.
+        for slot in &mut self.slots {
+            if let (true, Some(agent)) = (slot.frozen, &mut slot.agent) {
+                agent.thaw();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.audit_dir);
+    }
+}
+
+/// kubectl with a request timeout: a paused apiserver must not hang the harness.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=5s")
+        .args(args)
+        .output()
+        .expect("running kubectl")
+}
+
+impl Soak {
+    /// The cluster, settled: agents running, the dirtiest zone tainted.
+    pub fn start(rt: &tokio::runtime::Runtime) -> Soak {
+        assert!(
+            Path::new(LIBFAKETIME).exists(),
+            "the soak runs agents under libfaketime for clock jumps, which is missing: apt-get install faketime"
+        );
+        let api = rt.block_on(CarbonApi::start());
+        api.set_em_period(1);
+        let audit_dir = temp_dir("ck-soak-audit");
+        let policy = audit_dir.join("policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).expect("audit policy");
+        let cp = ControlPlane::start_with(&[
+            format!("--apiserver-arg=--audit-policy-file={}", path_str(&policy)),
+            format!(
+                "--apiserver-arg=--audit-log-path={}",
+                path_str(&audit_dir.join("audit.log"))
+            ),
+            "--apiserver-arg=--audit-log-maxsize=2000".to_string(),
+        ]);
+        create_nodes(&cp, &NODES);
+        let upstream: std::net::SocketAddr = cp
+            .server
+            .trim_start_matches("https://")
+            .parse()
+            .expect("apiserver address");
+        let slots = NODES
+            .iter()
+            .map(|(node, zone)| {
+                let proxy = ApiProxy::start(upstream);
+                let kubeconfig =
+                    agent_kubeconfig(&cp, node, Some(&format!("https://{}", proxy.addr)));
+                let clock = audit_dir.join(format!("clock-{node}"));
+                std::fs::write(&clock, "+0\n").expect("clock file");
+                Slot {
+                    node: node.to_string(),
+                    zone: zone.to_string(),
+                    agent: None,
+                    frozen: false,
+                    proxy,
+                    cut: false,
+                    clock,
+                    kubeconfig,
+                }
+            })
+            .collect();
+        let mut soak = Soak {
+            cp,
+            api,
+            slots,
+            audit_dir,
+            levels: LEVELS.to_vec(),
+            paused: false,
+            deleted: Vec::new(),
+            record: Record::default(),
+        };
+        soak.set_levels();
+        for i in 0..soak.slots.len() {
+            soak.spawn(i);
+        }
+        let settled = soak.converge();
+        assert!(
+            settled.is_some(),
+            "the fleet did not settle before any fault; agent logs:\n{}",
+            soak.logs()
+        );
+        soak
+    }
+
+    fn set_levels(&self) {
+        for (zone, grams) in ZONES.iter().zip(&self.levels) {
+            self.api.set_intensity(zone, *grams);
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let slot = &self.slots[i];
+        let url = self.api.electricity_maps_url();
+        let args = fast_agent_args(&url, &AGENT_FLAGS);
+        let env = [
+            ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
+            ("KUBECONFIG", path_str(&slot.kubeconfig)),
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", path_str(&slot.clock)),
+            ("FAKETIME_CACHE_DURATION", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ];
+        let agent = Agent::spawn(&self.cp, &slot.node, &args, &env);
+        self.slots[i].agent = Some(agent);
+    }
+
+    fn impaired(&mut self, node: Option<usize>, from: Timestamp, skew_secs: i64) {
+        self.record.impairments.push(Impairment {
+            node: node.map(|i| self.slots[i].node.clone()),
+            from,
+            to: Timestamp::now(),
+            skew_secs,
+        });
+    }
+
+    /// Restarts agents that exited on their own (as a kubelet would), and
+    /// creates deleted Nodes again once the apiserver answers.
+    fn supervise(&mut self) {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let Some(agent) = &mut slot.agent else {
+                continue;
+            };
+            if agent.is_running() {
+                continue;
+            }
+            let at = Timestamp::now();
+            self.record.exits.push((slot.node.clone(), at));
+            self.record.exit_logs.push(format!(
+                "--- {} exited on its own at {at} ---\n{}",
+                slot.node,
+                tail(&agent.output(), 30)
+            ));
+            slot.agent = None;
+            self.spawn(i);
+        }
+    }
+
+    /// Sleeps until `until`, supervising.
+    fn wait_until(&mut self, until: Instant) {
+        while Instant::now() < until {
+            self.supervise();
+            std::thread::sleep(Duration::from_millis(250).min(until - Instant::now()));
+        }
+    }
+
+    /// The agent that leads now, asked of those that can answer.
+    fn leader(&mut self) -> Option<usize> {
+        (0..self.slots.len()).find(|i| {
+            let slot = &mut self.slots[*i];
+            !slot.frozen
+                && slot.agent.as_mut().is_some_and(|a| {
+                    a.is_running() && a.metric("carbon_kube_is_leader") == Some(1.0)
+                })
+        })
+    }
+
+    fn resolve(&mut self, target: Target) -> Option<usize> {
+        match target {
+            Target::Agent(i) => Some(i),
+            Target::Leader => self.leader(),
+        }
+    }
+
+    /// Runs one episode: its faults, then the wait for convergence.
+    pub fn run_episode(&mut self, episode: &Episode) {
+        self.record.started.push(Timestamp::now());
+        if let Some(levels) = &episode.intensities {
+            self.levels = levels.clone();
+            self.set_levels();
+            *self.record.injected.entry("zone-order").or_default() += 1;
+        }
+        // Begin and end events in time order; an end needs what its begin found.
+        let mut events: Vec<(u64, bool, usize)> = episode
+            .faults
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| [(f.start_ms, true, i), (f.start_ms + f.length_ms, false, i)])
+            .collect();
+        events.sort_by_key(|&(at, begin, _)| (at, !begin));
+        let began = Instant::now();
+        let mut active: BTreeMap<usize, Active> = BTreeMap::new();
+        for (at, begin, i) in events {
+            self.wait_until(began + Duration::from_millis(at));
+            let kind = &episode.faults[i].kind;
+            if begin {
+                match self.begin(kind) {
+                    Some(a) => {
+                        *self.record.injected.entry(kind.name()).or_default() += 1;
+                        active.insert(i, a);
+                    }
+                    None => *self.record.skipped.entry(kind.name()).or_default() += 1,
+                }
+            } else if let Some(a) = active.remove(&i) {
+                self.end(a);
+            }
+        }
+        self.recreate_deleted();
+        let ended = Timestamp::now();
+        let took = self.converge();
+        self.record.converged.push((ended, took));
+    }
+
+    fn begin(&mut self, kind: &FaultKind) -> Option<Active> {
+        let now = Timestamp::now();
+        match kind {
+            FaultKind::Kill(target) => {
+                let i = self.resolve(*target)?;
+                let slot = &mut self.slots[i];
+                if slot.frozen {
+                    return None;
+                }
+                slot.agent.as_mut()?.kill();
+                slot.agent = None;
+                Some(Active::Killed(i, now))
+            }
+            FaultKind::Freeze(target) => {
+                let i = self.resolve(*target)?;
+                let slot = &mut self.slots[i];
+                if slot.frozen {
+                    return None;
+                }
+                slot.agent.as_mut()?.freeze();
+                slot.frozen = true;
+                Some(Active::Frozen(i, now))
+            }
+            FaultKind::PauseApiServer if !self.paused => {
+                self.cp.freeze();
+                self.paused = true;
+                Some(Active::Paused(now))
+            }
+            FaultKind::RestartApiServer if !self.paused => {
+                self.cp.restart();
+                self.impaired(None, now, 0);
+                Some(Active::Done)
+            }
+            FaultKind::PauseApiServer | FaultKind::RestartApiServer => None,
+            FaultKind::CutNetwork(target) => {
+                let i = self.resolve(*target)?;
+                let slot = &mut self.slots[i];
+                if slot.cut {
+                    return None;
+                }
+                slot.proxy.down();
+                slot.cut = true;
+                Some(Active::Cut(i, now))
+            }
+            FaultKind::Provider(fault) => {
+                self.api.set_fault(
+                    EM_LATEST,
+                    match fault {
+                        ProviderFault::Hang => Fault::Hang,
+                        ProviderFault::Garbage => Fault::Garbage,
+                        ProviderFault::RateLimited { retry_after_secs } => Fault::RateLimited {
+                            retry_after_secs: *retry_after_secs,
+                        },
+                    },
+                );
+                Some(Active::Provider)
+            }
+            FaultKind::ClockJump(target, seconds) => {
+                let i = self.resolve(*target)?;
+                std::fs::write(&self.slots[i].clock, format!("{seconds:+}\n")).ok()?;
+                Some(Active::Skewed(i, now, *seconds))
+            }
+            FaultKind::RecreateNode(i) if !self.paused && !self.deleted.contains(i) => {
+                let node = self.slots[*i].node.clone();
+                kubectl(
+                    &self.cp.kubeconfig,
+                    &["delete", "node", &node, "--wait=false"],
+                )
+                .status
+                .success()
+                .then_some(Active::Deleted(*i))
+            }
+            FaultKind::RecreateNode(_) => None,
+        }
+    }
+
+    fn end(&mut self, active: Active) {
+        match active {
+            Active::Killed(i, from) => {
+                self.spawn(i);
+                self.impaired(Some(i), from, 0);
+            }
+            Active::Frozen(i, from) => {
+                let slot = &mut self.slots[i];
+                if let Some(agent) = &mut slot.agent {
+                    agent.thaw();
+                }
+                slot.frozen = false;
+                self.impaired(Some(i), from, 0);
+            }
+            Active::Paused(from) => {
+                self.cp.thaw();
+                self.paused = false;
+                self.impaired(None, from, 0);
+            }
+            Active::Cut(i, from) => {
+                self.slots[i].proxy.up();
+                self.slots[i].cut = false;
+                self.impaired(Some(i), from, 0);
+            }
+            Active::Provider => self.api.clear_fault(EM_LATEST),
+            Active::Skewed(i, from, seconds) => {
+                let _ = std::fs::write(&self.slots[i].clock, "+0\n");
+                // libfaketime reads the file again within a second.
+                std::thread::sleep(Duration::from_millis(1100));
+                self.impaired(Some(i), from, seconds);
+            }
+            Active::Deleted(i) => self.deleted.push(i),
+            Active::Done => {}
+        }
+    }
+
+    fn recreate_deleted(&mut self) {
+        for i in std::mem::take(&mut self.deleted) {
+            let (node, zone) = NODES[i];
+            self.cp
+                .create_node(node, &[("carbon-kube.io/grid-zone", zone)]);
+        }
+    }
+
+    /// The Nodes that should carry the taint: the dirtiest zone's (the
+    /// levels are far enough apart that hysteresis plays no part, and the
+    /// next zone never fits in what is left of the budget).
+    fn expected(&self) -> Vec<String> {
+        let dirtiest = self
+            .levels
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| ZONES[i])
+            .expect("zones");
+        self.slots
+            .iter()
+            .filter(|s| s.zone == dirtiest)
+            .map(|s| s.node.clone())
+            .collect()
+    }
+
+    /// The Nodes carrying the carbon taint now; `None` if the apiserver did
+    /// not answer or a Node is missing.
+    fn tainted(&self) -> Option<Vec<String>> {
+        let out = kubectl(&self.cp.kubeconfig, &["get", "nodes", "-o", "json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let items = list["items"].as_array()?;
+        if items.len() != self.slots.len() {
+            return None;
+        }
+        Some(
+            items
+                .iter()
+                .filter(|n| {
+                    n["spec"]["taints"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t["key"] == TAINT_KEY))
+                })
+                .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Waits until every Node's taint matches its zone's decision and stays
+    /// so for [`STABLE`]; returns how long until it first matched for good.
+    fn converge(&mut self) -> Option<Duration> {
+        let started = Instant::now();
+        let want = self.expected();
+        let mut matched_since: Option<Instant> = None;
+        while started.elapsed() < CONVERGENCE_WAIT {
+            self.supervise();
+            let now = Instant::now();
+            if self.tainted().as_ref() == Some(&want) {
+                let since = *matched_since.get_or_insert(now);
+                if now - since >= STABLE {
+                    return Some(since - started);
+                }
+            } else {
+                matched_since = None;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    }
+
+    /// Ends the run: asks each agent what it believes, stops them, and
+    /// returns the record with the audit log.
+    pub fn finish(mut self) -> Record {
+        let tainted = self.tainted().unwrap_or_default();
+        let mut finals = Vec::new();
+        for slot in &mut self.slots {
+            let agent = slot.agent.as_ref();
+            finals.push((
+                slot.node.clone(),
+                tainted.contains(&slot.node),
+                agent.and_then(|a| a.metric("carbon_kube_node_tainted")),
+                agent.and_then(|a| a.metric("carbon_kube_is_leader")),
+            ));
+        }
+        self.record.final_agents = finals;
+        for slot in &mut self.slots {
+            if let Some(agent) = &mut slot.agent {
+                agent.kill();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        self.record.audit =
+            std::fs::read_to_string(self.audit_dir.join("audit.log")).unwrap_or_default();
+        std::mem::take(&mut self.record)
+    }
+
+    /// Every agent's log tail, for a failure report.
+    pub fn logs(&self) -> String {
+        self.slots
+            .iter()
+            .filter_map(|s| s.agent.as_ref())
+            .map(|a| format!("--- {} ---\n{}", a.node, tail(&a.output(), 15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts the foreign writer: until the returned flag is set, it adds and
+    /// removes taints, labels and conditions carbon-kube does not own, on
+    /// random Nodes, as the admin, the way other controllers do (taints with
+    /// the resourceVersion read, conditions by strategic merge on their type).
+    pub fn foreign_writer(&self, seed: u64) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let kubeconfig = self.cp.kubeconfig.clone();
+        let nodes: Vec<String> = self.slots.iter().map(|s| s.node.clone()).collect();
+        let handle = std::thread::spawn(move || {
+            let mut rng = Rng::new(seed);
+            let mut writes = 0;
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rng.range(1000, 3000)));
+                let node = rng.pick(&nodes).clone();
+                if foreign_write(&kubeconfig, &node, &mut rng) {
+                    writes += 1;
+                }
+            }
+            writes
+        });
+        (stop, handle)
+    }
+}
+
+/// One change by another controller; true when it was applied.
+fn foreign_write(kubeconfig: &Path, node: &str, rng: &mut Rng) -> bool {
+    let out = kubectl(kubeconfig, &["get", "node", node, "-o", "json"]);
+    let Ok(current) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return false;
+    };
+    let patch_node = |args: &[&str], body: Value| {
+        let body = body.to_string();
+        let mut all = vec!["patch", "node", node];
+        all.extend_from_slice(args);
+        all.extend(["-p", &body]);
+        kubectl(kubeconfig, &all).status.success()
+    };
+    match rng.below(3) {
+        0 => {
+            let key = format!("soak.example/foreign-{}", rng.below(2));
+            let mut taints: Vec<Value> = current["spec"]["taints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if taints.iter().any(|t| t["key"] == key.as_str()) {
+                taints.retain(|t| t["key"] != key.as_str());
+            } else {
+                taints.push(json!({"key": key, "value": "x", "effect": "PreferNoSchedule"}));
+            }
+            patch_node(
+                &["--type=merge"],
+                json!({
+                    "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                    "spec": {"taints": taints},
+                }),
+            )
+        }
+        1 => {
+            let value = rng.range(0, 9).to_string();
+            patch_node(
+                &["--type=merge"],
+                json!({"metadata": {"labels": {"soak.example/label": value}}}),
+            )
+        }
+        _ => {
+            let status = if rng.chance(50) { "True" } else { "False" };
+            let now = Timestamp::now().to_string();
+            patch_node(
+                &["--subresource=status", "--type=strategic"],
+                json!({"status": {"conditions": [{
+                    "type": "SoakForeign", "status": status, "reason": "Soak",
+                    "message": "written by the soak's foreign writer",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now,
+                }]}}),
+            )
+        }
+    }
+}
+
+/// A fault in force, with what its end needs.
+enum Active {
+    Killed(usize, Timestamp),
+    Frozen(usize, Timestamp),
+    Paused(Timestamp),
+    Cut(usize, Timestamp),
+    Provider,
+    Skewed(usize, Timestamp, i64),
+    Deleted(usize),
+    Done,
+}

@@ -1,0 +1,249 @@
+//! The run's history as the apiserver recorded it: its audit log (JSON lines)
+//! parsed into writes, each Node's states in order, each zone's carbon data.
+//! Pure: the checkers in `invariants` read these, and their tests build them
+//! by hand.
+
+use std::collections::BTreeMap;
+
+use carbon_kube::node::{CLASS_LABEL, CONDITION_TYPE, TAINT_KEY};
+use jiff::Timestamp;
+use serde_json::Value;
+
+/// Agents' service accounts are `agent-<node>` in the agents' namespace.
+pub const AGENT_USER_PREFIX: &str = "system:serviceaccount:carbon-kube:agent-";
+/// Their Lease identity is `carbon-kube-<node>`.
+pub const IDENTITY_PREFIX: &str = "carbon-kube-";
+pub const LEASE: &str = "carbon-kube-leader";
+
+/// What the soak's apiserver records: Lease and CarbonScore writes with their
+/// body (holder, carbon data), Node writes with the Node they left behind.
+pub const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Request
+  verbs: ["create", "update", "patch", "delete"]
+  namespaces: ["carbon-kube"]
+  resources:
+  - group: "coordination.k8s.io"
+    resources: ["leases"]
+- level: Request
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: "carbon-kube.io"
+    resources: ["carbonscores", "carbonscores/status"]
+- level: RequestResponse
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: ""
+    resources: ["nodes", "nodes/status"]
+- level: None
+"#;
+
+/// One completed write, from the audit log.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The agent's node, when an agent wrote it.
+    pub agent: Option<String>,
+    pub verb: String,
+    pub resource: String,
+    pub name: String,
+    pub code: u64,
+    pub received: Timestamp,
+    pub done: Timestamp,
+    pub request: Value,
+    pub response: Value,
+}
+
+impl Write {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// Lease writes: the holder written, as a node name.
+    pub fn holder(&self) -> Option<&str> {
+        self.request["spec"]["holderIdentity"]
+            .as_str()?
+            .strip_prefix(IDENTITY_PREFIX)
+    }
+}
+
+/// Parses the audit log's completed writes; lines that are not events (a
+/// line cut by a restart) are skipped.
+pub fn parse_audit(text: &str) -> Vec<Write> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            Some(Write {
+                agent: e["user"]["username"]
+                    .as_str()
+                    .and_then(|u| u.strip_prefix(AGENT_USER_PREFIX))
+                    .map(str::to_string),
+                verb: e["verb"].as_str()?.to_string(),
+                resource: e["objectRef"]["resource"].as_str()?.to_string(),
+                name: e["objectRef"]["name"].as_str().unwrap_or("").to_string(),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or(0),
+                received: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                done: e["stageTimestamp"].as_str()?.parse().ok()?,
+                request: e["requestObject"].clone(),
+                response: e["responseObject"].clone(),
+            })
+        })
+        .collect()
+}
+
+/// What the soak watches on a Node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeState {
+    pub carbon_tainted: bool,
+    /// Taints, labels and conditions carbon-kube does not own, as
+    /// `kind key=value` strings (a condition with its status and reason).
+    pub foreign: Vec<String>,
+}
+
+impl NodeState {
+    pub fn of(node: &Value) -> NodeState {
+        let mut foreign = Vec::new();
+        let mut carbon_tainted = false;
+        for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
+            if taint["key"] == TAINT_KEY {
+                carbon_tainted = true;
+            } else {
+                foreign.push(format!(
+                    "taint {}={}:{}",
+                    taint["key"], taint["value"], taint["effect"]
+                ));
+            }
+        }
+        for (key, value) in node["metadata"]["labels"].as_object().into_iter().flatten() {
+            if key != CLASS_LABEL {
+                foreign.push(format!("label {key}={value}"));
+            }
+        }
+        for condition in node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if condition["type"] != CONDITION_TYPE {
+                foreign.push(format!(
+                    "condition {}={}/{}",
+                    condition["type"], condition["status"], condition["reason"]
+                ));
+            }
+        }
+        foreign.sort();
+        NodeState {
+            carbon_tainted,
+            foreign,
+        }
+    }
+}
+
+/// One change of a Node: who made it, when, and the Node after it (`None`:
+/// deleted).
+#[derive(Debug, Clone)]
+pub struct NodeChange {
+    pub at: Timestamp,
+    pub agent: Option<String>,
+    pub state: Option<NodeState>,
+}
+
+/// Each Node's successful writes in the order etcd applied them (by
+/// resourceVersion, which orders the writes of one object).
+pub fn node_changes(writes: &[Write]) -> BTreeMap<String, Vec<NodeChange>> {
+    let mut by_node: BTreeMap<String, Vec<(u64, NodeChange)>> = BTreeMap::new();
+    for w in writes.iter().filter(|w| w.resource == "nodes" && w.ok()) {
+        let version = w.response["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        let state = (w.verb != "delete").then(|| NodeState::of(&w.response));
+        by_node.entry(w.name.clone()).or_default().push((
+            version,
+            NodeChange {
+                at: w.done,
+                agent: w.agent.clone(),
+                state,
+            },
+        ));
+    }
+    by_node
+        .into_iter()
+        .map(|(node, mut changes)| {
+            changes.sort_by_key(|(version, change)| (change.at, *version));
+            (node, changes.into_iter().map(|(_, c)| c).collect())
+        })
+        .collect()
+}
+
+/// The carbon data a zone's CarbonScore held from `at`: observed when, and
+/// the leader's verdict.
+#[derive(Debug, Clone)]
+pub struct ScoreChange {
+    pub at: Timestamp,
+    pub observed_at: Option<Timestamp>,
+}
+
+/// Each zone's (by CarbonScore name) status writes in order.
+pub fn score_changes(writes: &[Write]) -> BTreeMap<String, Vec<ScoreChange>> {
+    let mut by_zone: BTreeMap<String, Vec<ScoreChange>> = BTreeMap::new();
+    for w in writes
+        .iter()
+        .filter(|w| w.resource == "carbonscores" && w.ok() && w.request["status"].is_object())
+    {
+        by_zone
+            .entry(w.name.clone())
+            .or_default()
+            .push(ScoreChange {
+                at: w.done,
+                observed_at: w.request["status"]["observedAt"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok()),
+            });
+    }
+    for changes in by_zone.values_mut() {
+        changes.sort_by_key(|c| c.at);
+    }
+    by_zone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_line_becomes_a_write_and_a_node_state() {
+        let line = serde_json::json!({
+            "stage": "ResponseComplete", "verb": "patch",
+            "user": {"username": format!("{AGENT_USER_PREFIX}a1")},
+            "objectRef": {"resource": "nodes", "name": "a1"},
+            "responseStatus": {"code": 200},
+            "requestReceivedTimestamp": "2024-01-01T00:00:00.000001Z",
+            "stageTimestamp": "2024-01-01T00:00:00.000002Z",
+            "responseObject": {
+                "metadata": {"resourceVersion": "7", "labels": {"x": "1", CLASS_LABEL: "red"}},
+                "spec": {"taints": [{"key": TAINT_KEY, "effect": "PreferNoSchedule"},
+                                    {"key": "other", "value": "v", "effect": "NoSchedule"}]},
+                "status": {"conditions": [{"type": CONDITION_TYPE, "status": "True"},
+                                          {"type": "Ready", "status": "True", "reason": "R"}]}
+            }
+        });
+        let text = format!("{line}\nnot json\n");
+        let writes = parse_audit(&text);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].agent.as_deref(), Some("a1"));
+        let changes = node_changes(&writes);
+        let state = changes["a1"][0].state.clone().unwrap();
+        assert!(state.carbon_tainted);
+        assert_eq!(
+            state.foreign,
+            [
+                "condition \"Ready\"=\"True\"/\"R\"",
+                "label x=\"1\"",
+                "taint \"other\"=\"v\":\"NoSchedule\""
+            ]
+        );
+    }
+}

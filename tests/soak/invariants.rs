@@ -1,0 +1,555 @@
+//! The soak's invariants, each a pure function of the recorded history: the
+//! audit log's writes, what the harness did (faults, agent exits) and what it
+//! measured. Each returns how many checks it made and what it found broken.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::history::{LEASE, NodeChange, ScoreChange, Write};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at: Timestamp,
+    pub what: String,
+}
+
+/// One invariant's result.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub checks: usize,
+    pub violations: Vec<Violation>,
+}
+
+impl Outcome {
+    fn check(&mut self, ok: bool, violation: impl FnOnce() -> Violation) {
+        self.checks += 1;
+        if !ok {
+            self.violations.push(violation());
+        }
+    }
+}
+
+/// A window in which a node's agent could not act on its node (frozen,
+/// killed, cut off, its apiserver paused or restarting), or acted on a
+/// skewed wall clock. `node: None` is every node.
+#[derive(Debug, Clone)]
+pub struct Impairment {
+    pub node: Option<String>,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// Seconds its wall clock was off; 0 for an agent that could not act.
+    pub skew_secs: i64,
+}
+
+/// How long after an impairment ends the agent is still excused: a reconcile
+/// period (5 s) plus reconnecting its watches with backoff.
+pub const RECOVERY: SignedDuration = SignedDuration::from_secs(20);
+
+fn excused(impairments: &[Impairment], node: &str, at: Timestamp) -> bool {
+    impairments.iter().any(|i| {
+        i.skew_secs == 0
+            && i.node.as_deref().is_none_or(|n| n == node)
+            && i.from <= at
+            && at <= i.to + RECOVERY
+    })
+}
+
+/// The largest backward skew of `node`'s clock around `at` (seconds): data
+/// looks that much younger to it.
+fn backward_skew(impairments: &[Impairment], node: &str, at: Timestamp) -> i64 {
+    impairments
+        .iter()
+        .filter(|i| i.node.as_deref() == Some(node) && i.from <= at && at <= i.to + RECOVERY)
+        .map(|i| (-i.skew_secs).max(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// At most one writer of CarbonScores at a time, fenced by the Lease: every
+/// CarbonScore write came from the agent whose own Lease write, naming
+/// itself holder, was the last to complete before the write arrived.
+pub fn single_writer(writes: &[Write]) -> Outcome {
+    let mut leases: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
+        .collect();
+    leases.sort_by_key(|w| w.done);
+    let mut scores: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "carbonscores" && w.ok() && w.agent.is_some())
+        .collect();
+    scores.sort_by_key(|w| w.received);
+    let mut out = Outcome::default();
+    for write in scores {
+        let last = leases
+            .iter()
+            .take_while(|l| l.done <= write.received)
+            .last();
+        let holder = last.and_then(|l| l.agent.as_deref().filter(|a| Some(*a) == l.holder()));
+        out.check(holder == write.agent.as_deref(), || Violation {
+            invariant: "single-writer",
+            at: write.received,
+            what: format!(
+                "{:?} wrote CarbonScore {} while the Lease was last written by {:?} naming {:?}",
+                write.agent,
+                write.name,
+                last.map(|l| &l.agent),
+                last.and_then(|l| l.holder())
+            ),
+        });
+    }
+    out
+}
+
+/// Every point in time a Node changed, with the carbon-tainted Nodes after it.
+fn tainted_over_time(
+    nodes: &BTreeMap<String, Vec<NodeChange>>,
+) -> Vec<(Timestamp, BTreeMap<String, bool>)> {
+    let mut changes: Vec<(&str, &NodeChange)> = nodes
+        .iter()
+        .flat_map(|(node, cs)| cs.iter().map(move |c| (node.as_str(), c)))
+        .collect();
+    changes.sort_by_key(|(_, c)| c.at);
+    let mut now: BTreeMap<String, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (node, change) in changes {
+        match &change.state {
+            Some(state) => now.insert(node.to_string(), state.carbon_tainted),
+            None => now.remove(node),
+        };
+        out.push((change.at, now.clone()));
+    }
+    out
+}
+
+/// Never more Nodes tainted than `floor(nodes × fraction)`. A tainted Node
+/// whose agent cannot act (see [`Impairment`]) is not held against the
+/// budget, since no agent could remove its taint: such time is returned
+/// apart, as node-seconds over the strict budget.
+pub fn budget(
+    nodes: &BTreeMap<String, Vec<NodeChange>>,
+    fleet: usize,
+    max_fraction: f64,
+    impairments: &[Impairment],
+) -> (Outcome, f64) {
+    let allowed = (fleet as f64 * max_fraction).floor() as usize;
+    let mut out = Outcome::default();
+    let mut strict_over = 0.0;
+    let timeline = tainted_over_time(nodes);
+    for (i, (at, tainted)) in timeline.iter().enumerate() {
+        let on: Vec<&String> = tainted
+            .iter()
+            .filter(|(_, t)| **t)
+            .map(|(n, _)| n)
+            .collect();
+        if on.len() > allowed
+            && let Some((next, _)) = timeline.get(i + 1)
+        {
+            strict_over += (on.len() - allowed) as f64 * next.duration_since(*at).as_secs_f64();
+        }
+        let held: Vec<&&String> = on
+            .iter()
+            .filter(|n| !excused(impairments, n, *at))
+            .collect();
+        out.check(held.len() <= allowed, || Violation {
+            invariant: "taint-budget",
+            at: *at,
+            what: format!("{held:?} tainted at once (of {on:?}); the budget is {allowed}"),
+        });
+    }
+    (out, strict_over)
+}
+
+/// No agent write ever removes or changes a taint, label or condition that
+/// carbon-kube does not own.
+pub fn foreign_kept(nodes: &BTreeMap<String, Vec<NodeChange>>) -> Outcome {
+    let mut out = Outcome::default();
+    for (node, changes) in nodes {
+        for pair in changes.windows(2) {
+            let (before, after) = (&pair[0], &pair[1]);
+            let (Some(agent), Some(was), Some(is)) = (&after.agent, &before.state, &after.state)
+            else {
+                continue;
+            };
+            out.check(was.foreign == is.foreign, || Violation {
+                invariant: "foreign-kept",
+                at: after.at,
+                what: format!(
+                    "{agent}'s write to {node} changed foreign state {:?} to {:?}",
+                    was.foreign, is.foreign
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Intervals `[from, to)` in which `changes` show the Node carbon-tainted;
+/// the last runs to `end`.
+fn taint_intervals(changes: &[NodeChange], end: Timestamp) -> Vec<(Timestamp, Timestamp)> {
+    let mut out = Vec::new();
+    let mut since: Option<Timestamp> = None;
+    for change in changes {
+        let on = change.state.as_ref().is_some_and(|s| s.carbon_tainted);
+        match (since, on) {
+            (None, true) => since = Some(change.at),
+            (Some(from), false) => {
+                out.push((from, change.at));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    out.extend(since.map(|from| (from, end)));
+    out
+}
+
+/// No carbon taint on a Node while its zone's data is older than `max_age`
+/// (plus `slack` for a reconcile period, plus the agent's backward clock
+/// skew), unless its agent could not act. Sampled every second of every
+/// taint interval, against the zone's CarbonScore as last written.
+pub fn no_taint_on_stale_data(
+    nodes: &BTreeMap<String, Vec<NodeChange>>,
+    scores: &BTreeMap<String, Vec<ScoreChange>>,
+    zone_of: &BTreeMap<String, String>,
+    max_age: Duration,
+    slack: Duration,
+    impairments: &[Impairment],
+    end: Timestamp,
+) -> Outcome {
+    let mut out = Outcome::default();
+    for (node, changes) in nodes {
+        let Some(zone) = zone_of.get(node) else {
+            continue;
+        };
+        let empty = Vec::new();
+        let zone_scores = scores.get(zone).unwrap_or(&empty);
+        for (from, to) in taint_intervals(changes, end) {
+            let mut at = from;
+            while at < to {
+                let observed = zone_scores
+                    .iter()
+                    .take_while(|s| s.at <= at)
+                    .last()
+                    .and_then(|s| s.observed_at);
+                let skew = SignedDuration::from_secs(backward_skew(impairments, node, at));
+                let limit =
+                    SignedDuration::try_from(max_age + slack).unwrap_or(SignedDuration::MAX);
+                let fresh = observed.is_some_and(|o| at.duration_since(o) <= limit + skew);
+                out.check(fresh || excused(impairments, node, at), || Violation {
+                    invariant: "no-taint-on-stale-data",
+                    at,
+                    what: format!(
+                        "{node} tainted while {zone}'s data was observed at {observed:?} (max-age {max_age:?})"
+                    ),
+                });
+                at += SignedDuration::from_secs(1);
+            }
+        }
+    }
+    // One report per node and stretch is enough.
+    out.violations
+        .dedup_by(|a, b| a.what.split(" tainted").next() == b.what.split(" tainted").next());
+    out
+}
+
+/// After each episode's faults end, every Node's taint matches its zone's
+/// decision within `bound`: `converged[i]` is how long episode `i` took,
+/// `None` if it never did within the harness's wait.
+pub fn convergence(converged: &[(Timestamp, Option<Duration>)], bound: Duration) -> Outcome {
+    let mut out = Outcome::default();
+    for (i, (at, took)) in converged.iter().enumerate() {
+        out.check(took.is_some_and(|t| t <= bound), || Violation {
+            invariant: "convergence",
+            at: *at,
+            what: format!(
+                "episode {i}: taints matched the decisions after {took:?}, bound {bound:?}"
+            ),
+        });
+    }
+    out
+}
+
+/// No agent exits on its own `max` times within `window` (a crash loop).
+/// `exits`: each unplanned exit, by node.
+pub fn no_crash_loop(exits: &[(String, Timestamp)], window: Duration, max: usize) -> Outcome {
+    let mut out = Outcome::default();
+    let window = SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+    for (node, at) in exits {
+        let recent = exits
+            .iter()
+            .filter(|(n, t)| n == node && *t <= *at && at.duration_since(*t) <= window)
+            .count();
+        out.check(recent < max, || Violation {
+            invariant: "no-crash-loop",
+            at: *at,
+            what: format!("{node}'s agent exited on its own {recent} times within {window:?}"),
+        });
+    }
+    out
+}
+
+/// What each agent says at the end, against the cluster: its
+/// `carbon_kube_node_tainted` matches its Node, and exactly one leads.
+/// `agents`: (node, tainted on the Node, its tainted metric, its is_leader).
+pub fn final_beliefs(
+    agents: &[(String, bool, Option<f64>, Option<f64>)],
+    at: Timestamp,
+) -> Outcome {
+    let mut out = Outcome::default();
+    for (node, tainted, believed, _) in agents {
+        let want = if *tainted { 1.0 } else { 0.0 };
+        out.check(*believed == Some(want), || Violation {
+            invariant: "final-beliefs",
+            at,
+            what: format!("{node}'s agent says tainted={believed:?}, its Node says {tainted}"),
+        });
+    }
+    let leaders: Vec<&String> = agents
+        .iter()
+        .filter(|a| a.3 == Some(1.0))
+        .map(|a| &a.0)
+        .collect();
+    out.check(leaders.len() == 1, || Violation {
+        invariant: "final-beliefs",
+        at,
+        what: format!("agents saying they lead at the end: {leaders:?}"),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::NodeState;
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn write(agent: &str, resource: &str, at: i64, holder: Option<&str>) -> Write {
+        Write {
+            agent: Some(agent.to_string()),
+            verb: "patch".to_string(),
+            resource: resource.to_string(),
+            name: if resource == "leases" { LEASE } else { "de" }.to_string(),
+            code: 200,
+            received: t(at),
+            done: t(at),
+            request: holder.map_or(
+                serde_json::Value::Null,
+                |h| serde_json::json!({"spec": {"holderIdentity": format!("carbon-kube-{h}")}}),
+            ),
+            response: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn single_writer_passes_a_handover_and_catches_an_ex_leader() {
+        let mut writes = vec![
+            write("a", "leases", 0, Some("a")),
+            write("a", "carbonscores", 1, None),
+            write("b", "leases", 5, Some("b")),
+            write("b", "carbonscores", 6, None),
+        ];
+        let clean = single_writer(&writes);
+        assert_eq!((clean.checks, clean.violations.len()), (2, 0));
+        writes.push(write("a", "carbonscores", 7, None));
+        let caught = single_writer(&writes);
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(7));
+    }
+
+    fn change(at: i64, agent: Option<&str>, tainted: bool, foreign: &[&str]) -> NodeChange {
+        NodeChange {
+            at: t(at),
+            agent: agent.map(str::to_string),
+            state: Some(NodeState {
+                carbon_tainted: tainted,
+                foreign: foreign.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+
+    fn fleet(entries: &[(&str, Vec<NodeChange>)]) -> BTreeMap<String, Vec<NodeChange>> {
+        entries
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_budget_catches_a_third_taint_unless_its_agent_was_frozen() {
+        // Budget of 4 nodes at 0.5: 2. a1, a2 tainted; b1 tainted at 10 s
+        // while a2 still is, untainted at 12 s.
+        let nodes = fleet(&[
+            (
+                "a1",
+                vec![
+                    change(0, None, false, &[]),
+                    change(1, Some("a1"), true, &[]),
+                ],
+            ),
+            (
+                "a2",
+                vec![
+                    change(0, None, false, &[]),
+                    change(2, Some("a2"), true, &[]),
+                ],
+            ),
+            (
+                "b1",
+                vec![
+                    change(0, None, false, &[]),
+                    change(10, Some("b1"), true, &[]),
+                    change(12, Some("b1"), false, &[]),
+                ],
+            ),
+            ("b2", vec![change(0, None, false, &[])]),
+        ]);
+        let (caught, strict) = budget(&nodes, 4, 0.5, &[]);
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(10));
+        assert!((strict - 2.0).abs() < 1e-9, "{strict}");
+        let frozen = Impairment {
+            node: Some("a2".into()),
+            from: t(5),
+            to: t(11),
+            skew_secs: 0,
+        };
+        let (excused, strict) = budget(&nodes, 4, 0.5, &[frozen]);
+        assert!(excused.violations.is_empty(), "{:?}", excused.violations);
+        assert!((strict - 2.0).abs() < 1e-9, "still counted strictly");
+        let clean = fleet(&[("a1", nodes["a1"].clone()), ("a2", nodes["a2"].clone())]);
+        assert!(budget(&clean, 4, 0.5, &[]).0.violations.is_empty());
+    }
+
+    #[test]
+    fn foreign_state_dropped_by_an_agent_is_caught_but_not_by_its_owner() {
+        let mut changes = vec![
+            change(0, None, false, &["label x=1"]),
+            change(1, None, false, &["label x=1", "taint t"]),
+            change(2, Some("a1"), true, &["label x=1", "taint t"]),
+            // The foreign writer removes its own taint: fine.
+            change(3, None, true, &["label x=1"]),
+        ];
+        let clean = foreign_kept(&fleet(&[("a1", changes.clone())]));
+        assert_eq!((clean.checks, clean.violations.len()), (1, 0));
+        changes.push(change(4, Some("a1"), false, &[]));
+        let caught = foreign_kept(&fleet(&[("a1", changes)]));
+        assert_eq!(caught.violations.len(), 1);
+        assert_eq!(caught.violations[0].at, t(4));
+    }
+
+    #[test]
+    fn a_taint_kept_on_stale_data_is_caught_unless_excused() {
+        let scores: BTreeMap<String, Vec<ScoreChange>> = [(
+            "de".to_string(),
+            vec![
+                ScoreChange {
+                    at: t(0),
+                    observed_at: Some(t(0)),
+                },
+                // The provider fails: the leader keeps the last reading.
+                ScoreChange {
+                    at: t(20),
+                    observed_at: Some(t(0)),
+                },
+            ],
+        )]
+        .into();
+        let zone_of: BTreeMap<String, String> = [("a1".to_string(), "de".to_string())].into();
+        let max_age = Duration::from_secs(30);
+        let slack = Duration::from_secs(5);
+        let check = |changes: Vec<NodeChange>, impairments: &[Impairment]| {
+            no_taint_on_stale_data(
+                &fleet(&[("a1", changes)]),
+                &scores,
+                &zone_of,
+                max_age,
+                slack,
+                impairments,
+                t(100),
+            )
+        };
+        // Untainted at 34 s, within max-age + slack of the observation.
+        let clean = check(
+            vec![
+                change(1, Some("a1"), true, &[]),
+                change(34, Some("a1"), false, &[]),
+            ],
+            &[],
+        );
+        assert!(clean.violations.is_empty(), "{:?}", clean.violations);
+        assert_eq!(clean.checks, 33);
+        // Kept until 50 s: caught at 36 s, once.
+        let late = vec![
+            change(1, Some("a1"), true, &[]),
+            change(50, Some("a1"), false, &[]),
+        ];
+        let caught = check(late.clone(), &[]);
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(36));
+        // Its agent was frozen from 30 to 40 s: excused until 60 s.
+        let frozen = Impairment {
+            node: Some("a1".into()),
+            from: t(30),
+            to: t(40),
+            skew_secs: 0,
+        };
+        assert!(check(late.clone(), &[frozen]).violations.is_empty());
+        // Its clock 25 s behind makes the data look 25 s younger: excused to 60 s.
+        let behind = Impairment {
+            node: Some("a1".into()),
+            from: t(0),
+            to: t(40),
+            skew_secs: -25,
+        };
+        assert!(check(late, &[behind]).violations.is_empty());
+    }
+
+    #[test]
+    fn convergence_past_its_bound_or_never_is_caught() {
+        let bound = Duration::from_secs(60);
+        let ok = [(t(0), Some(Duration::from_secs(12)))];
+        assert!(convergence(&ok, bound).violations.is_empty());
+        let late = [(t(0), Some(Duration::from_secs(61))), (t(1), None)];
+        assert_eq!(convergence(&late, bound).violations.len(), 2);
+    }
+
+    #[test]
+    fn three_exits_in_five_minutes_are_a_crash_loop_two_are_not() {
+        let window = Duration::from_secs(300);
+        let two = [("a1".to_string(), t(0)), ("a1".to_string(), t(100))];
+        assert!(no_crash_loop(&two, window, 3).violations.is_empty());
+        let spread = [
+            ("a1".to_string(), t(0)),
+            ("a1".to_string(), t(200)),
+            ("a1".to_string(), t(400)),
+        ];
+        assert!(no_crash_loop(&spread, window, 3).violations.is_empty());
+        let looping = [
+            ("a1".to_string(), t(0)),
+            ("a1".to_string(), t(10)),
+            ("a1".to_string(), t(20)),
+        ];
+        assert_eq!(no_crash_loop(&looping, window, 3).violations.len(), 1);
+    }
+
+    #[test]
+    fn final_beliefs_catch_a_wrong_metric_and_two_leaders() {
+        let good = [
+            ("a1".to_string(), true, Some(1.0), Some(1.0)),
+            ("a2".to_string(), false, Some(0.0), Some(0.0)),
+        ];
+        assert!(final_beliefs(&good, t(0)).violations.is_empty());
+        let bad = [
+            ("a1".to_string(), true, Some(0.0), Some(1.0)),
+            ("a2".to_string(), false, Some(0.0), Some(1.0)),
+        ];
+        assert_eq!(final_beliefs(&bad, t(0)).violations.len(), 2);
+    }
+}

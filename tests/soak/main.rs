@@ -1,0 +1,356 @@
+//! Chaos soak (Jepsen's method on a small scale): a seeded random schedule of
+//! combined faults against a real control plane and five agents, then
+//! invariants checked on the apiserver's audit log, on what the harness saw
+//! and on the agents' metrics.
+//!
+//! `cargo test --test soak -- --nocapture` runs the CI soak: a fixed seed for
+//! 300 s of episodes. By hand:
+//!
+//! - `CARBON_KUBE_SOAK_SECS=3600 CARBON_KUBE_SOAK_SEED=random` a long soak on
+//!   a fresh seed (printed first);
+//! - `CARBON_KUBE_SOAK_SEED=S CARBON_KUBE_SOAK_EPISODES=K` replays the first
+//!   K episodes of seed S (what a failure prints), whatever the time;
+//! - `CARBON_KUBE_SOAK_SHRINK=1` on failure re-runs ever longer prefixes of
+//!   the failing schedule and reports the shortest that fails again.
+//!
+//! The schedule is a function of the seed; the timing of real processes is
+//! not, so a replay re-injects the same faults in the same order at the same
+//! offsets, and a timing-dependent failure may need a few replays.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod chaos;
+mod history;
+mod invariants;
+mod rng;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chaos::{CONVERGENCE_WAIT, MAX_AGE, MAX_TAINTED_FRACTION, NODES, Record, Soak};
+use history::{node_changes, parse_audit, score_changes};
+use invariants::{Outcome, Violation};
+use jiff::Timestamp;
+use schedule::{Episode, episodes};
+
+/// The CI soak's seed.
+const CI_SEED: u64 = 20;
+const CI_SECS: u64 = 300;
+/// More episodes than any run can get through: the run stops by time.
+const MAX_EPISODES: usize = 10_000;
+/// Convergence bound: lease (4 s) + dwell (4 s) + a poll (2 s) + the longest
+/// Retry-After (20 s) + watches reconnecting after a restart, with margin.
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(90);
+/// Beyond max-age: a reconcile period (5 s) and a poll (2 s), with margin.
+const STALE_SLACK: Duration = Duration::from_secs(10);
+
+struct Plan {
+    seed: u64,
+    /// Run until this much time has passed, or exactly `episodes`.
+    secs: u64,
+    episodes: Option<usize>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn plan() -> Plan {
+    let seed = match env("CARBON_KUBE_SOAK_SEED").as_deref() {
+        None => CI_SEED,
+        Some("random") => Timestamp::now().as_nanosecond() as u64,
+        Some(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("CARBON_KUBE_SOAK_SEED={s}: a number or `random`")),
+    };
+    let number = |name: &str| {
+        env(name).map(|v| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a whole number"))
+        })
+    };
+    Plan {
+        seed,
+        secs: number("CARBON_KUBE_SOAK_SECS").unwrap_or(CI_SECS),
+        episodes: number("CARBON_KUBE_SOAK_EPISODES").map(|n| n as usize),
+    }
+}
+
+/// One run's results.
+struct Run {
+    episodes: Vec<Episode>,
+    record: Record,
+    outcomes: Vec<(&'static str, Outcome)>,
+    strict_over_budget_node_secs: f64,
+    lease_holders: usize,
+    wall: Duration,
+}
+
+impl Run {
+    fn violations(&self) -> Vec<&Violation> {
+        let mut all: Vec<&Violation> = self
+            .outcomes
+            .iter()
+            .flat_map(|(_, o)| &o.violations)
+            .collect();
+        all.sort_by_key(|v| v.at);
+        all
+    }
+
+    /// The episodes up to the one in which the first violation happened.
+    fn failing_prefix(&self) -> Option<usize> {
+        let first = self.violations().first()?.at;
+        let during = self.record.started.iter().filter(|s| **s <= first).count();
+        Some(during.max(1))
+    }
+}
+
+fn run(plan: &Plan) -> Run {
+    let wall = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _enter = rt.enter();
+    let all = episodes(
+        plan.seed,
+        plan.episodes.unwrap_or(MAX_EPISODES),
+        NODES.len(),
+    );
+    let mut soak = Soak::start(&rt);
+    let (stop, writer) = soak.foreign_writer(plan.seed ^ 0x5eed);
+    let started = Instant::now();
+    let mut done = Vec::new();
+    for (i, episode) in all.into_iter().enumerate() {
+        if plan.episodes.is_none() && started.elapsed() >= Duration::from_secs(plan.secs) {
+            break;
+        }
+        println!("episode {i}: {episode}");
+        soak.run_episode(&episode);
+        done.push(episode);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let foreign = writer.join().expect("foreign writer");
+    let mut record = soak.finish();
+    record.foreign_writes = foreign;
+    let (outcomes, strict, holders) = check(&record);
+    Run {
+        episodes: done,
+        record,
+        outcomes,
+        strict_over_budget_node_secs: strict,
+        lease_holders: holders,
+        wall: wall.elapsed(),
+    }
+}
+
+/// Every invariant over the run's record.
+fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
+    let writes = parse_audit(&record.audit);
+    let nodes = node_changes(&writes);
+    let scores = score_changes(&writes);
+    let zone_of: BTreeMap<String, String> = NODES
+        .iter()
+        .map(|(n, z)| (n.to_string(), z.to_lowercase()))
+        .collect();
+    let end = Timestamp::now();
+    let (budget, strict) = invariants::budget(
+        &nodes,
+        NODES.len(),
+        MAX_TAINTED_FRACTION,
+        &record.impairments,
+    );
+    let holders = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.ok())
+        .filter_map(|w| w.holder())
+        .fold(Vec::<&str>::new(), |mut seen, h| {
+            if seen.last() != Some(&h) {
+                seen.push(h);
+            }
+            seen
+        })
+        .len();
+    let at_end = record.converged.last().map(|(at, _)| *at).unwrap_or(end);
+    let outcomes = vec![
+        (
+            "single writer of CarbonScores (fenced by the Lease)",
+            invariants::single_writer(&writes),
+        ),
+        ("never more Nodes tainted than the budget", budget),
+        (
+            "foreign taints, labels, conditions never lost",
+            invariants::foreign_kept(&nodes),
+        ),
+        (
+            "no taint on data older than max-age",
+            invariants::no_taint_on_stale_data(
+                &nodes,
+                &scores,
+                &zone_of,
+                MAX_AGE,
+                STALE_SLACK,
+                &record.impairments,
+                end,
+            ),
+        ),
+        (
+            "taints match the decisions after faults stop",
+            invariants::convergence(&record.converged, CONVERGENCE_BOUND),
+        ),
+        (
+            "no agent crash loop",
+            invariants::no_crash_loop(&record.exits, Duration::from_secs(300), 3),
+        ),
+        (
+            "agents' metrics match the cluster at the end",
+            invariants::final_beliefs(&record.final_agents, at_end),
+        ),
+    ];
+    (outcomes, strict, holders)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn report(plan: &Plan, run: &Run) -> String {
+    let mut lines = vec![format!(
+        "soak seed {} : {} episodes in {:.0} s wall ({} nodes, {} zones)",
+        plan.seed,
+        run.episodes.len(),
+        run.wall.as_secs_f64(),
+        NODES.len(),
+        chaos::ZONES.len()
+    )];
+    let injected: Vec<String> = run
+        .record
+        .injected
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    lines.push(format!("faults injected by kind: {}", injected.join(", ")));
+    if !run.record.skipped.is_empty() {
+        lines.push(format!(
+            "skipped (target already down, apiserver paused): {:?}",
+            run.record.skipped
+        ));
+    }
+    let mut times: Vec<f64> = run
+        .record
+        .converged
+        .iter()
+        .filter_map(|(_, t)| t.map(|t| t.as_secs_f64()))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    lines.push(format!(
+        "convergence after the last fault of each episode: p50 {:.1} s, p99 {:.1} s, max {:.1} s over {} episodes ({} did not converge within {:?})",
+        percentile(&times, 50.0),
+        percentile(&times, 99.0),
+        times.last().copied().unwrap_or(f64::NAN),
+        times.len(),
+        run.record.converged.len() - times.len(),
+        CONVERGENCE_WAIT
+    ));
+    lines.push(format!(
+        "foreign writes applied: {}; Lease holder changes: {}; agent exits on their own: {}; \
+         node-seconds over the strict budget (a tainted Node whose agent could not act): {:.1}",
+        run.record.foreign_writes,
+        run.lease_holders.saturating_sub(1),
+        run.record.exits.len(),
+        run.strict_over_budget_node_secs
+    ));
+    let total: usize = run.outcomes.iter().map(|(_, o)| o.checks).sum();
+    lines.push(format!("invariant checks made: {total}"));
+    for (name, outcome) in &run.outcomes {
+        lines.push(format!(
+            "  {name}: {} checks, {} violations",
+            outcome.checks,
+            outcome.violations.len()
+        ));
+    }
+    lines.join("\n")
+}
+
+#[test]
+fn chaos_soak() {
+    let plan = plan();
+    println!(
+        "soak: seed {}, {} (replay: CARBON_KUBE_SOAK_SEED={} cargo test --test soak -- --nocapture)",
+        plan.seed,
+        match plan.episodes {
+            Some(n) => format!("{n} episodes"),
+            None => format!("{} s", plan.secs),
+        },
+        plan.seed
+    );
+    let result = run(&plan);
+    println!("{}", report(&plan, &result));
+    let violations = result.violations();
+    if violations.is_empty() {
+        return;
+    }
+    let prefix = result.failing_prefix().unwrap_or(result.episodes.len());
+    let mut failure = vec![format!("{} invariant violations:", violations.len())];
+    failure.extend(
+        violations
+            .iter()
+            .take(20)
+            .map(|v| format!("  [{}] {} {}", v.invariant, v.at, v.what)),
+    );
+    failure.extend(result.record.exit_logs.iter().cloned());
+    failure.push(format!(
+        "the first violation happened in episode {}; the schedule up to it:",
+        prefix - 1
+    ));
+    failure.extend(
+        result.episodes[..prefix]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("  {i}: {e}")),
+    );
+    failure.push(format!(
+        "replay it: CARBON_KUBE_SOAK_SEED={} CARBON_KUBE_SOAK_EPISODES={prefix} cargo test --test soak -- --nocapture",
+        plan.seed
+    ));
+    if env("CARBON_KUBE_SOAK_SHRINK").is_some() {
+        failure.push(shrink(plan.seed, prefix));
+    }
+    panic!("{}", failure.join("\n"));
+}
+
+/// Replays prefixes of the schedule, shortest first, up to `prefix`, and
+/// says which is the shortest that fails again (each tried once).
+fn shrink(seed: u64, prefix: usize) -> String {
+    for k in 1..=prefix {
+        let plan = Plan {
+            seed,
+            secs: 0,
+            episodes: Some(k),
+        };
+        let again = run(&plan);
+        println!("{}", report(&plan, &again));
+        if !again.violations().is_empty() {
+            return format!(
+                "shrunk: the first {k} episodes of seed {seed} fail again \
+                 (CARBON_KUBE_SOAK_SEED={seed} CARBON_KUBE_SOAK_EPISODES={k})"
+            );
+        }
+    }
+    format!("shrinking: no prefix of up to {prefix} episodes failed again (timing-dependent)")
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    let xs = [1.0, 2.0, 3.0, 4.0];
+    assert_eq!(percentile(&xs, 50.0), 2.0);
+    assert_eq!(percentile(&xs, 99.0), 4.0);
+    assert!(percentile(&[], 50.0).is_nan());
+}
