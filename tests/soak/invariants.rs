@@ -273,20 +273,38 @@ pub fn convergence(converged: &[(Timestamp, Option<Duration>)], bound: Duration)
     out
 }
 
-/// No agent exits on its own `max` times within `window` (a crash loop).
-/// `exits`: each unplanned exit, by node.
-pub fn no_crash_loop(exits: &[(String, Timestamp)], window: Duration, max: usize) -> Outcome {
+/// No agent of `fleet` exits on its own `max` times within `window` (a
+/// crash loop). `exits`: each unplanned exit, by node.
+pub fn no_crash_loop(
+    fleet: &[&str],
+    exits: &[(String, Timestamp)],
+    window: Duration,
+    max: usize,
+) -> Outcome {
     let mut out = Outcome::default();
     let window = SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
-    for (node, at) in exits {
-        let recent = exits
+    for node in fleet {
+        let times: Vec<Timestamp> = exits
             .iter()
-            .filter(|(n, t)| n == node && *t <= *at && at.duration_since(*t) <= window)
-            .count();
-        out.check(recent < max, || Violation {
+            .filter(|(n, _)| n == node)
+            .map(|(_, t)| *t)
+            .collect();
+        // The most exits in any window that ends at an exit.
+        let (at, most) = times
+            .iter()
+            .map(|end| {
+                let n = times
+                    .iter()
+                    .filter(|t| *t <= end && end.duration_since(**t) <= window)
+                    .count();
+                (*end, n)
+            })
+            .max_by_key(|(_, n)| *n)
+            .unwrap_or((Timestamp::UNIX_EPOCH, 0));
+        out.check(most < max, || Violation {
             invariant: "no-crash-loop",
-            at: *at,
-            what: format!("{node}'s agent exited on its own {recent} times within {window:?}"),
+            at,
+            what: format!("{node}'s agent exited on its own {most} times within {window:?}"),
         });
     }
     out
@@ -523,20 +541,28 @@ mod tests {
     #[test]
     fn three_exits_in_five_minutes_are_a_crash_loop_two_are_not() {
         let window = Duration::from_secs(300);
+        let fleet = ["a1", "a2"];
         let two = [("a1".to_string(), t(0)), ("a1".to_string(), t(100))];
-        assert!(no_crash_loop(&two, window, 3).violations.is_empty());
+        let clean = no_crash_loop(&fleet, &two, window, 3);
+        assert_eq!((clean.checks, clean.violations.len()), (2, 0));
         let spread = [
             ("a1".to_string(), t(0)),
             ("a1".to_string(), t(200)),
             ("a1".to_string(), t(400)),
         ];
-        assert!(no_crash_loop(&spread, window, 3).violations.is_empty());
+        assert!(
+            no_crash_loop(&fleet, &spread, window, 3)
+                .violations
+                .is_empty()
+        );
         let looping = [
             ("a1".to_string(), t(0)),
             ("a1".to_string(), t(10)),
             ("a1".to_string(), t(20)),
         ];
-        assert_eq!(no_crash_loop(&looping, window, 3).violations.len(), 1);
+        let caught = no_crash_loop(&fleet, &looping, window, 3);
+        assert_eq!(caught.violations.len(), 1);
+        assert_eq!(caught.violations[0].at, t(20));
     }
 
     #[test]

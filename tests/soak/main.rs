@@ -203,7 +203,12 @@ fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
         ),
         (
             "no agent crash loop",
-            invariants::no_crash_loop(&record.exits, Duration::from_secs(300), 3),
+            invariants::no_crash_loop(
+                &NODES.map(|(n, _)| n),
+                &record.exits,
+                Duration::from_secs(300),
+                3,
+            ),
         ),
         (
             "agents' metrics match the cluster at the end",
