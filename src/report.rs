@@ -271,12 +271,17 @@ impl Prometheus {
         {
             let zone = label(&series.labels, "zone");
             let signal = match series.labels.get("signal").map(String::as_str) {
+                Some("average") => Signal::Average,
                 Some("marginal") => Signal::Marginal,
-                _ => Signal::Average,
+                other => bail!(
+                    "Prometheus at {}: {NODE_GRID}{} has signal {other:?}, neither average nor marginal",
+                    self.base,
+                    selector(&series.labels)
+                ),
             };
             for (hour, _) in series.points {
                 let key = (hour, label(&series.labels, "node"));
-                // An hour whose zone or signal changed is priced under the later-sorting one.
+                // An hour whose zone or signal changed is priced under one of them.
                 let node: &mut NodeHour = ledger.nodes.entry(key).or_default();
                 node.grid = Some((zone.clone(), signal));
             }

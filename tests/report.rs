@@ -639,8 +639,12 @@ fn dashboard_row_agrees(prom: &Prometheus, month: &Month) {
     }
 }
 
-/// A server that answers every request with `response` until dropped.
-fn serve(response: &'static str) -> String {
+/// A server that answers every request with `body` as `content_type`.
+fn serve(content_type: &str, body: &str) -> String {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -657,48 +661,42 @@ fn serve(response: &'static str) -> String {
 fn a_prometheus_that_is_down_or_answers_garbage_is_a_clear_error() {
     let work = temp_dir("ck-report-errors");
     let csv = work.join("r.csv");
-    let down = format!("http://127.0.0.1:{}", free_port());
-    let (ok, _, stderr) = report(&down, "namespace", &csv);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!("Prometheus at {down}")) && stderr.contains("transport error"),
-        "{stderr}"
-    );
-    let html = serve(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 21\r\nConnection: close\r\n\r\n<html>not here</html>",
-    );
-    let (ok, _, stderr) = report(&html, "node", &csv);
-    assert!(!ok);
-    assert!(
-        stderr.contains(&format!("Prometheus at {html}")) && stderr.contains("malformed response"),
-        "{stderr}"
-    );
-    let refused = serve(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 63\r\nConnection: close\r\n\r\n{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":\"parse error\"}",
-    );
-    let (ok, _, stderr) = report(&refused, "zone", &csv);
-    assert!(!ok);
-    assert!(stderr.contains("parse error"), "{stderr}");
-    assert!(!csv.exists(), "no CSV is written from a failed read");
-    let (ok, _, stderr) = {
-        let out = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
-            .args([
-                "report",
-                "--prometheus",
-                &down,
-                "--from",
-                "2026-10-01T00:30:00Z",
-                "--to",
-                "2026-11-01",
-            ])
-            .output()
-            .expect("report");
-        (
-            out.status.success(),
-            (),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let fails = |prometheus: &str, says: &str| {
+        let (ok, _, stderr) = report(prometheus, "namespace", &csv);
+        assert!(!ok, "the report succeeded against {prometheus}");
+        let named = format!("Prometheus at {prometheus}");
+        assert!(
+            stderr.contains(&named) && stderr.contains(says),
+            "expected {named:?} and {says:?}:\n{stderr}"
+        );
+        assert!(!csv.exists(), "no CSV is written from a failed read");
     };
-    assert!(!ok && stderr.contains("--from"), "{stderr}");
+    fails(
+        &format!("http://127.0.0.1:{}", free_port()),
+        "transport error",
+    );
+    fails(
+        &serve("text/html", "<html>not here</html>"),
+        "malformed response",
+    );
+    let refused = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+    fails(&serve("application/json", refused), "parse error");
+    let nan = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"x"]]}]}}"#;
+    fails(
+        &serve("application/json", nan),
+        "sample \"x\" is not a finite number",
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+        .args(["report", "--prometheus", "http://127.0.0.1:1", "--from"])
+        .args(["2026-10-01T00:30:00Z", "--to", "2026-11-01"])
+        .output()
+        .expect("report");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("--from: 2026-10-01T00:30:00Z is not on a whole hour"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
