@@ -378,6 +378,48 @@ fn expected(month: &Month, by: &str) -> BTreeMap<(String, String), [f64; 4]> {
     rows
 }
 
+const SSCONVERT: &str = "install gnumeric's ssconvert: apt-get install gnumeric \
+    (tests/tools/install.sh does it when run as root)";
+
+/// Gnumeric imports the CSV into a workbook (.xlsx) and exports it back: the
+/// header row comes back as it was, the names as text, and every figure as
+/// the same number, formatted as a number cell (16.770 comes back 16.77).
+fn opens_in_a_spreadsheet(csv: &Path, records: &[Vec<String>]) {
+    require_tool("ssconvert", SSCONVERT);
+    let xlsx = csv.with_extension("xlsx");
+    let back = csv.with_extension("back.csv");
+    for (from, to) in [(csv, &xlsx), (&xlsx, &back)] {
+        let out = Command::new(tool("ssconvert"))
+            .arg(from)
+            .arg(to)
+            .output()
+            .expect("running ssconvert");
+        assert!(
+            out.status.success(),
+            "ssconvert {} {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sheet = parse_csv(&std::fs::read_to_string(&back).expect("the exported sheet"));
+    assert_eq!(sheet.len(), records.len(), "{sheet:?}");
+    assert_eq!(sheet[0], records[0], "the header row");
+    let mut reformatted = 0;
+    for (cells, fields) in sheet.iter().zip(records).skip(1) {
+        assert_eq!(cells[..2], fields[..2], "names stay text");
+        for (cell, field) in cells[2..].iter().zip(&fields[2..]) {
+            let number = |s: &str| s.parse::<f64>().unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            assert!(
+                (number(cell) - number(field)).abs() < 1e-9,
+                "{cell} vs {field}"
+            );
+            reformatted += usize::from(cell != field);
+        }
+    }
+    assert!(reformatted > 0, "no figure was read as a number: {sheet:?}");
+}
+
 /// RFC 4180 records, as a spreadsheet imports them.
 fn parse_csv(text: &str) -> Vec<Vec<String>> {
     let mut records = Vec::new();
@@ -459,11 +501,14 @@ fn a_month_of_synthetic_counters_is_reported_to_the_gram() {
 
     for by in ["namespace", "node", "zone"] {
         let csv = work.join(format!("{by}.csv"));
+        let started = std::time::Instant::now();
         let (ok, stdout, stderr) = report(&url, by, &csv);
+        println!("report --by {by} took {:?}", started.elapsed());
         assert!(ok, "report --by {by} failed: {stderr}\n{}", prom.log());
         assert!(stdout.contains("location-based"), "{stdout}");
         println!("{stdout}");
         let records = parse_csv(&std::fs::read_to_string(&csv).expect("the CSV"));
+        opens_in_a_spreadsheet(&csv, &records);
         assert_eq!(
             records[0],
             [

@@ -7,6 +7,8 @@
 # - Go: required to build the test control plane (tests/controlplane/build.sh).
 # - Prometheus and promtool: Debian package `prometheus` (tests/observability.rs,
 #   tests/real_nodes.rs).
+# - gnumeric's ssconvert (Debian package `gnumeric`): a spreadsheet that opens the CSV of
+#   `carbon-kube report` (tests/report.rs).
 # - actionlint (built from its Go module, pinned) and shellcheck (Debian), which
 #   actionlint runs on the workflows' scripts (tests/release.rs).
 # - The arm64 cross toolchain (deploy/cross-deps.sh) and qemu-user-static
@@ -59,6 +61,15 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   else
     # Not fatal: only tests/observability.rs needs them, and it says how to install them.
     log "Prometheus is missing: apt-get install prometheus (tests/observability.rs needs prometheus and promtool)"
+  fi
+fi
+
+if ! command -v ssconvert >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing gnumeric (ssconvert) from Debian (tests/report.rs)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnumeric >&2
+  else
+    log "ssconvert is missing: apt-get install gnumeric (tests/report.rs opens the report's CSV with it)"
   fi
 fi
 
