@@ -10,6 +10,13 @@
 //! Every test prints the recovery times it measured (`--nocapture` shows them).
 
 mod support;
+// The soak's audit parsing and single-writer checker (its unit tests run here too).
+#[path = "soak/history.rs"]
+#[allow(dead_code)]
+mod history;
+#[path = "soak/invariants.rs"]
+#[allow(dead_code)]
+mod invariants;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use history::{AGENT_USER_PREFIX, AUDIT_POLICY, IDENTITY_PREFIX, LEASE, Write, parse_audit};
 use jiff::Timestamp;
 use serde_json::Value;
 use support::api_proxy::ApiProxy;
@@ -24,8 +32,8 @@ use support::carbon_api::{CarbonApi, EM, EM_LATEST, Fault, NOAA};
 use support::cluster::{Agent, ControlPlane, path_str, temp_dir, wait_for};
 use support::scenario::{
     agent_kubeconfig, carbon_taints, class_label_of, condition_of, create_nodes, has_taint,
-    leaders, node_json, one_leader, score_status, start_agent, transitions, tuner_steps,
-    wait_tainted_within,
+    leaders, libfaketime, node_json, one_leader, score_status, start_agent, transitions,
+    tuner_steps, wait_tainted_within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::block_in_place;
@@ -33,34 +41,6 @@ use tokio::task::block_in_place;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const NAMESPACE: &str = "carbon-kube";
-const LEASE: &str = "carbon-kube-leader";
-/// Agents' service accounts are `agent-<node>`; their Lease identity is `carbon-kube-<node>`.
-const AGENT_USER_PREFIX: &str = "system:serviceaccount:carbon-kube:agent-";
-const IDENTITY_PREFIX: &str = "carbon-kube-";
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-/// Lease writes with their body (to see the holder), CarbonScore and Node
-/// writes with who made them; nothing else.
-const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-- level: Request
-  verbs: ["create", "update", "patch", "delete"]
-  namespaces: ["carbon-kube"]
-  resources:
-  - group: "coordination.k8s.io"
-    resources: ["leases"]
-- level: Metadata
-  verbs: ["create", "update", "patch", "delete"]
-  resources:
-  - group: "carbon-kube.io"
-    resources: ["carbonscores", "carbonscores/status"]
-  - group: ""
-    resources: ["nodes", "nodes/status"]
-- level: None
-"#;
-
 // ---------------------------------------------------------------- harness --
 
 // Fields drop in order: agents first (they print their logs on a panic),
@@ -191,100 +171,34 @@ fn counter(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
     agent.metric_with(name, labels).unwrap_or(0.0)
 }
 
-fn libfaketime() -> &'static str {
-    assert!(
-        Path::new(LIBFAKETIME).exists(),
-        "the clock-skew test runs an agent under libfaketime, which is missing: apt-get install faketime"
-    );
-    LIBFAKETIME
-}
-
 // ------------------------------------------------------------------ audit --
 
-/// One write by an agent, from the apiserver's audit log.
-#[derive(Debug, Clone)]
-struct Write {
-    /// The agent's node, from its service account.
-    agent: String,
-    verb: String,
-    resource: String,
-    name: String,
-    code: u64,
-    received: Timestamp,
-    done: Timestamp,
-    /// Lease writes: the holder the agent wrote, as a node name.
-    holder: Option<String>,
-}
-
-impl Write {
-    fn ok(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-}
-
 fn audit_writes(log: &Path) -> Vec<Write> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter_map(|e| {
-            let agent = e["user"]["username"]
-                .as_str()?
-                .strip_prefix(AGENT_USER_PREFIX)?
-                .to_string();
-            Some(Write {
-                agent,
-                verb: e["verb"].as_str()?.to_string(),
-                resource: e["objectRef"]["resource"].as_str()?.to_string(),
-                name: e["objectRef"]["name"].as_str().unwrap_or("").to_string(),
-                code: e["responseStatus"]["code"].as_u64().unwrap_or(0),
-                received: timestamp(&e["requestReceivedTimestamp"])?,
-                done: timestamp(&e["stageTimestamp"])?,
-                holder: e["requestObject"]["spec"]["holderIdentity"]
-                    .as_str()
-                    .and_then(|h| h.strip_prefix(IDENTITY_PREFIX))
-                    .map(str::to_string),
-            })
-        })
-        .collect()
+    parse_audit(&std::fs::read_to_string(log).unwrap_or_default())
 }
 
 /// Checks that every CarbonScore write came from the agent that held the
-/// Lease when the apiserver received it: the latest successful Lease write
-/// completed before then was that agent's, naming itself holder. Returns
-/// the writers in order as runs `(agent, writes)`.
+/// Lease when the apiserver received it (see [`invariants::single_writer`]).
+/// Returns the writers in order as runs `(agent, writes)`.
 fn assert_single_writer(log: &Path) -> Vec<(String, usize)> {
     let writes = audit_writes(log);
-    let mut leases: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
-        .collect();
-    leases.sort_by_key(|w| w.done);
+    let outcome = invariants::single_writer(&writes);
+    assert!(outcome.checks > 0, "no CarbonScore writes in the audit log");
+    assert!(
+        outcome.violations.is_empty(),
+        "CarbonScores written without the Lease: {:#?}",
+        outcome.violations
+    );
     let mut scores: Vec<&Write> = writes
         .iter()
         .filter(|w| w.resource == "carbonscores" && w.ok())
         .collect();
     scores.sort_by_key(|w| w.received);
-    assert!(!scores.is_empty(), "no CarbonScore writes in the audit log");
     let mut runs: Vec<(String, usize)> = Vec::new();
-    for write in scores {
-        let holder = leases
-            .iter()
-            .take_while(|l| l.done <= write.received)
-            .last()
-            .map(|l| (l.agent.as_str(), l.holder.as_deref()));
-        assert_eq!(
-            holder,
-            Some((write.agent.as_str(), Some(write.agent.as_str()))),
-            "{} wrote CarbonScore {} ({}) at {} while the Lease was last written by {holder:?}",
-            write.agent,
-            write.name,
-            write.verb,
-            write.received
-        );
+    for agent in scores.iter().filter_map(|w| w.agent.as_deref()) {
         match runs.last_mut() {
-            Some((agent, n)) if *agent == write.agent => *n += 1,
-            _ => runs.push((write.agent.clone(), 1)),
+            Some((last, n)) if last == agent => *n += 1,
+            _ => runs.push((agent.to_string(), 1)),
         }
     }
     runs
@@ -294,7 +208,12 @@ fn assert_single_writer(log: &Path) -> Vec<(String, usize)> {
 fn writes_after(log: &Path, agent: &str, resource: &str, after: Timestamp) -> Vec<Write> {
     audit_writes(log)
         .into_iter()
-        .filter(|w| w.agent == agent && w.resource == resource && w.ok() && w.received > after)
+        .filter(|w| {
+            w.agent.as_deref() == Some(agent)
+                && w.resource == resource
+                && w.ok()
+                && w.received > after
+        })
         .collect()
 }
 

@@ -22,7 +22,7 @@ use super::schedule::{Episode, FaultKind, LEVELS, ProviderFault, Target};
 use super::support::api_proxy::ApiProxy;
 use super::support::carbon_api::{CarbonApi, EM_LATEST, EM_TOKEN, Fault};
 use super::support::cluster::{Agent, ControlPlane, path_str, tail, temp_dir, tool};
-use super::support::scenario::{agent_kubeconfig, create_nodes, fast_agent_args};
+use super::support::scenario::{agent_kubeconfig, create_nodes, fast_agent_args, libfaketime};
 
 /// The fleet: two zones of two nodes and one of one, so that the budget
 /// (half of five: two nodes) fits one zone at a time.
@@ -44,7 +44,6 @@ const AGENT_FLAGS: [&str; 6] = [
     "--lease-duration=4s",
     "--poll-interval=2s",
 ];
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// How long the taints must keep matching the decisions to count as converged.
 const STABLE: Duration = Duration::from_secs(6);
 /// How long the harness waits for convergence after an episode.
@@ -120,10 +119,7 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
 impl Soak {
     /// The cluster, settled: agents running, the dirtiest zone tainted.
     pub fn start(rt: &tokio::runtime::Runtime) -> Soak {
-        assert!(
-            Path::new(LIBFAKETIME).exists(),
-            "the soak runs agents under libfaketime for clock jumps, which is missing: apt-get install faketime"
-        );
+        libfaketime();
         let api = rt.block_on(CarbonApi::start());
         api.set_em_period(1);
         let audit_dir = temp_dir("ck-soak-audit");
@@ -199,7 +195,7 @@ impl Soak {
         let env = [
             ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
             ("KUBECONFIG", path_str(&slot.kubeconfig)),
-            ("LD_PRELOAD", LIBFAKETIME),
+            ("LD_PRELOAD", libfaketime()),
             ("FAKETIME_TIMESTAMP_FILE", path_str(&slot.clock)),
             ("FAKETIME_CACHE_DURATION", "1"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),

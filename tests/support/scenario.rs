@@ -86,6 +86,17 @@ pub fn agent_kubeconfig(cp: &ControlPlane, node: &str, server: Option<&str>) -> 
     path
 }
 
+/// libfaketime's preload library (LD_PRELOAD), for agents on a skewed wall
+/// clock; fails with how to install it.
+pub fn libfaketime() -> &'static str {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "this test runs agents under libfaketime, which is missing: apt-get install faketime"
+    );
+    LIBFAKETIME
+}
+
 /// Nodes `(name, zone)`, one agent each.
 pub async fn cluster(nodes: &[(&str, &str)], extra: &[&str]) -> Cluster {
     cluster_with_intensity(nodes, &[], extra).await
