@@ -70,7 +70,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Prometheus that scrapes the agents, e.g. http://prometheus.monitoring:9090.
-    #[arg(long)]
+    #[arg(long, value_parser = prometheus_url)]
     pub prometheus: String,
 
     /// Start of the range, on a whole hour: a date (2026-10-01, midnight UTC) or an RFC 3339 time.
@@ -92,6 +92,17 @@ pub struct ReportArgs {
 
 fn report_time(text: &str) -> Result<jiff::Timestamp, String> {
     crate::report::parse_time(text)
+}
+
+fn prometheus_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "{text:?} is not an http(s) URL, e.g. http://prometheus:9090"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -743,5 +743,17 @@ fn a_prometheus_that_is_down_or_answers_garbage_is_a_clear_error() {
             && stderr.contains("--from: 2026-10-01T00:30:00Z is not on a whole hour"),
         "{stderr}"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_carbon-kube"))
+        .args(["report", "--prometheus", "prometheus:9090", "--from"])
+        .args(["2026-10-01", "--to", "2026-11-01"])
+        .output()
+        .expect("report");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("--prometheus")
+            && stderr.contains("not an http(s) URL"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }

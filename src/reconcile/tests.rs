@@ -154,6 +154,13 @@ mod rounds {
         );
         assert_eq!(errors, Some(1.0));
         assert_eq!(zone.as_ref().map(GridZone::as_str), Some("DE"));
+        // The zone and its provider's signal type label the node's figures, for accounting.
+        let grid = sample(
+            &reconciler.metrics.encode(),
+            "carbon_kube_node_grid_info",
+            &["zone=\"DE\"", "signal=\"average\""],
+        );
+        assert_eq!(grid, Some(1.0));
         // The node does not carry the taint the write failed to add.
         assert_eq!(counter(&reconciler, "carbon_kube_node_tainted"), Some(0.0));
 
