@@ -231,8 +231,10 @@ impl Prometheus {
             let mut samples = BTreeMap::new();
             for hour in hours_needing_samples(baseline, &hours) {
                 let raw = format!("{metric}{}[1h]", selector(&series.labels));
-                let values = self.at(&raw, hour).await?;
-                let values = values.into_iter().flat_map(|s| s.points).map(|(_, v)| v);
+                // The selector also matches a series with more labels: keep this one.
+                let values = self.at(&raw, hour).await?.into_iter();
+                let values = values.filter(|s| s.labels == series.labels);
+                let values = values.flat_map(|s| s.points).map(|(_, v)| v);
                 samples.insert(hour, values.collect());
             }
             let increases = hourly_increases(baseline, &hours, &samples);
