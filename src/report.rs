@@ -69,15 +69,11 @@ impl Range {
 
 /// `2026-10-01` (midnight UTC) or an RFC 3339 time.
 pub fn parse_time(text: &str) -> Result<Timestamp, String> {
-    if let Ok(at) = text.parse::<Timestamp>() {
-        return Ok(at);
-    }
-    let date: jiff::civil::Date = text
-        .parse()
-        .map_err(|_| format!("{text:?} is neither a date (2026-10-01) nor an RFC 3339 time"))?;
-    date.to_zoned(jiff::tz::TimeZone::UTC)
-        .map(|z| z.timestamp())
-        .map_err(|e| e.to_string())
+    // A date is its midnight UTC; the timestamp grammar checks both.
+    let midnight = format!("{text}T00:00:00Z");
+    text.parse::<Timestamp>()
+        .or_else(|_| midnight.parse())
+        .map_err(|_| format!("{text:?} is neither a date (2026-10-01) nor an RFC 3339 time"))
 }
 
 /// What `carbon-kube report` was asked for.
