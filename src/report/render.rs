@@ -22,7 +22,8 @@ Saved: each pod-hour's energy at the mean intensity of the cluster's nodes that 
   same energy anywhere; only pods' dynamic power counts.
 Limits: hours an agent did not run are missing (nothing counted them); scrape gaps lose nothing
   (a counter's increase lands in the hour of its next sample). An hour whose zone or signal
-  changed is priced under one of them.";
+  changed is priced under one of them. An agent scraped twice (PodMonitor and ServiceMonitor)
+  counts twice.";
 
 fn group_name(by: GroupBy) -> &'static str {
     match by {
