@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -51,7 +51,42 @@ impl Slim for Node {
     }
 }
 
-impl Slim for Pod {}
+/// kubectl's copy of the whole object as last applied, often the largest annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A leader with deferral on caches every running Pod of the cluster, so a
+/// cached Pod keeps only what the planners read: its metadata, where it runs
+/// or may run, its gates, its containers' names, resources and restart
+/// policies, its phase and conditions. Its containers' images, commands,
+/// environment, probes and mounts, its volumes, its containers' statuses and
+/// kubectl's last-applied copy go as it arrives.
+impl Slim for Pod {
+    fn slim(&mut self) {
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        if let Some(spec) = self.spec.as_mut() {
+            spec.volumes = None;
+            spec.ephemeral_containers = None;
+            let init = spec.init_containers.iter_mut().flatten();
+            for container in spec.containers.iter_mut().chain(init) {
+                *container = Container {
+                    name: std::mem::take(&mut container.name),
+                    resources: container.resources.take(),
+                    restart_policy: container.restart_policy.take(),
+                    ..Container::default()
+                };
+            }
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.container_statuses = None;
+            status.init_container_statuses = None;
+            status.ephemeral_container_statuses = None;
+        }
+    }
+}
 impl Slim for PartialObjectMeta<Pod> {}
 impl Slim for crate::crd::CarbonScore {}
 
@@ -211,6 +246,70 @@ mod tests {
         node.slim();
         assert_eq!(node, expected);
         assert_eq!(node.spec.unwrap().taints.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_what_the_planners_read_and_drops_the_bulk() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1", "namespace": "shop", "uid": "u1",
+                "labels": { "app": "web" },
+                "annotations": {
+                    "carbon-kube.io/latest-start": "2026-11-28T12:00:00Z",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}"
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }]
+            },
+            "spec": {
+                "nodeName": "n1",
+                "nodeSelector": { "carbon-kube.io/grid-zone": "DE" },
+                "schedulingGates": [{ "name": "carbon-kube.io/defer" }],
+                "overhead": { "cpu": "10m" },
+                "initContainers": [{
+                    "name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                    "resources": { "requests": { "cpu": "100m" } }
+                }],
+                "containers": [{
+                    "name": "app", "image": "registry.example/web:1",
+                    "command": ["/web"], "env": [{ "name": "MODE", "value": "prod" }],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                    "livenessProbe": { "httpGet": { "path": "/healthz", "port": 8080 } },
+                    "resources": { "requests": { "cpu": "2" }, "limits": { "cpu": "4" } }
+                }],
+                "volumes": [{ "name": "data", "emptyDir": {} }]
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{ "type": "PodScheduled", "status": "True",
+                                 "lastTransitionTime": "2026-11-28T10:00:00Z" }],
+                "containerStatuses": [{ "name": "app", "image": "web", "imageID": "sha256:00",
+                                        "ready": true, "restartCount": 0 }]
+            }
+        }))
+        .unwrap();
+        let before = crate::resources::pod_cpu_request(&pod);
+        pod.slim();
+        assert_eq!(crate::resources::pod_cpu_request(&pod), before);
+        assert!(crate::deferral::controller::is_gated(&pod));
+        let meta = &pod.metadata;
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert!(annotations.contains_key("carbon-kube.io/latest-start"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.node_selector.as_ref().unwrap().len(), 1);
+        assert!(spec.volumes.is_none());
+        let app = &spec.containers[0];
+        assert_eq!(app.name, "app");
+        assert!(app.image.is_none() && app.env.is_none() && app.command.is_none());
+        assert!(app.volume_mounts.is_none() && app.liveness_probe.is_none());
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert!(status.container_statuses.is_none());
     }
 
     struct Sink(Arc<Mutex<Vec<u8>>>);
