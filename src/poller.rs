@@ -15,7 +15,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::budget::{
-    RankInput, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, rank_zones,
+    RankInput, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, break_before_make,
+    rank_zones,
 };
 use crate::carbon::{GridZone, Reading, SourceKind};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
@@ -243,8 +244,15 @@ impl Poller {
                 }
             })
             .collect();
-        let ranking = (self.settings.policy == TaintPolicy::Relative)
-            .then(|| rank_zones(&rank_inputs, &self.settings.relative()));
+        let ranking = (self.settings.policy == TaintPolicy::Relative).then(|| {
+            let mut ranking = rank_zones(&rank_inputs, &self.settings.relative());
+            break_before_make(
+                &mut ranking,
+                &rank_inputs,
+                self.settings.max_tainted_fraction,
+            );
+            ranking
+        });
 
         let now = Timestamp::now();
         for (index, ((zone, result), load)) in fetched.iter().zip(&loads).enumerate() {

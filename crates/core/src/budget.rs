@@ -283,6 +283,36 @@ pub fn rank_zones(zones: &[RankInput], params: &RelativeParams) -> Ranking {
     }
 }
 
+/// Break before make, for the leader between two polls: a zone whose verdict
+/// was `Taint` may keep tainted nodes until its agents see it revoked, so a zone
+/// newly given `Taint` gets only the budget those zones leave; one that does not
+/// fit stays `BudgetExhausted` for this poll and is granted at the next, once
+/// the revoked zone's agents have had a poll interval to untaint. Without this,
+/// a swap taints the new zone's nodes (their dwell already ran while they
+/// waited for budget) in the same instant the old zone's untaint: over budget
+/// until the slower side acts. `zones` and `ranking` are in the same order.
+pub fn break_before_make(ranking: &mut Ranking, zones: &[RankInput], max_tainted_fraction: f64) {
+    let total: usize = zones.iter().map(|z| z.nodes).sum();
+    let held: usize = zones
+        .iter()
+        .filter(|z| z.tainted_before)
+        .map(|z| z.nodes)
+        .sum();
+    let mut free = node_budget(total, max_tainted_fraction).saturating_sub(held);
+    // Newcomers dirtiest first, as the ranking spent the budget.
+    let mut newcomers: Vec<usize> = (0..zones.len())
+        .filter(|&i| ranking.zones[i].verdict.taints() && !zones[i].tainted_before)
+        .collect();
+    newcomers.sort_by_key(|&i| ranking.zones[i].rank);
+    for i in newcomers {
+        if zones[i].nodes <= free {
+            free -= zones[i].nodes;
+        } else {
+            ranking.zones[i].verdict = Verdict::BudgetExhausted;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,6 +627,67 @@ mod tests {
             verdicts(&rank_zones(&alike, &full)),
             [("A", Verdict::Taint), ("B", Verdict::Cleanest)],
             "with no minimum spread a tie is tainted, but never the reference"
+        );
+    }
+
+    #[test]
+    fn a_swap_releases_the_old_zone_one_poll_before_it_taints_the_new_one() {
+        let p = params();
+        // Budget 2 of 5 nodes: DE held it; PL is now dirtier and takes it.
+        let before = [
+            input("DE", 2, Some(500.0), true),
+            input("PL", 2, Some(700.0), false),
+            input("FR", 1, Some(60.0), false),
+        ];
+        let mut ranking = rank_zones(&before, &p);
+        assert_eq!(
+            ranking.zones[1].verdict,
+            Verdict::Taint,
+            "the ranking alone swaps"
+        );
+        break_before_make(&mut ranking, &before, p.max_tainted_fraction);
+        assert_eq!(
+            verdicts(&ranking),
+            [
+                ("DE", Verdict::BudgetExhausted),
+                ("PL", Verdict::BudgetExhausted),
+                ("FR", Verdict::Cleanest)
+            ],
+            "DE is released first; PL waits for its nodes"
+        );
+        // The next poll: DE's verdict was revoked, so nothing holds the budget.
+        let after = [
+            input("DE", 2, Some(500.0), false),
+            input("PL", 2, Some(700.0), false),
+            input("FR", 1, Some(60.0), false),
+        ];
+        let mut ranking = rank_zones(&after, &p);
+        break_before_make(&mut ranking, &after, p.max_tainted_fraction);
+        assert_eq!(ranking.zones[1].verdict, Verdict::Taint);
+        assert_eq!(ranking.zones[0].verdict, Verdict::BudgetExhausted);
+    }
+
+    #[test]
+    fn a_new_zone_that_fits_beside_the_held_ones_is_tainted_at_once() {
+        let p = params();
+        // Budget 3 of 6 nodes (0.5): DE keeps its node, PL's two fit beside it.
+        let zones = [
+            input("DE", 1, Some(800.0), true),
+            input("PL", 2, Some(700.0), false),
+            input("NL", 1, Some(650.0), false),
+            input("FR", 2, Some(60.0), false),
+        ];
+        let mut ranking = rank_zones(&zones, &p);
+        let untouched = ranking.clone();
+        break_before_make(&mut ranking, &zones, p.max_tainted_fraction);
+        assert_eq!(ranking, untouched);
+        assert_eq!(
+            verdicts(&ranking)[..3],
+            [
+                ("DE", Verdict::Taint),
+                ("PL", Verdict::Taint),
+                ("NL", Verdict::BudgetExhausted)
+            ]
         );
     }
 }
