@@ -58,6 +58,7 @@ struct Slot {
     proxy: ApiProxy,
     cut: bool,
     clock: PathBuf,
+    skewed: bool,
     kubeconfig: PathBuf,
 }
 
@@ -155,6 +156,7 @@ impl Soak {
                     proxy,
                     cut: false,
                     clock,
+                    skewed: false,
                     kubeconfig,
                 }
             })
@@ -360,7 +362,12 @@ impl Soak {
             }
             FaultKind::ClockJump(target, seconds) => {
                 let i = self.resolve(*target)?;
-                std::fs::write(&self.slots[i].clock, format!("{seconds:+}\n")).ok()?;
+                let slot = &mut self.slots[i];
+                if slot.skewed {
+                    return None;
+                }
+                std::fs::write(&slot.clock, format!("{seconds:+}\n")).ok()?;
+                slot.skewed = true;
                 Some(Active::Skewed(i, now, *seconds))
             }
             FaultKind::RecreateNode(i) if !self.paused && !self.deleted.contains(i) => {
@@ -404,6 +411,7 @@ impl Soak {
             Active::Provider => self.api.clear_fault(EM_LATEST),
             Active::Skewed(i, from, seconds) => {
                 let _ = std::fs::write(&self.slots[i].clock, "+0\n");
+                self.slots[i].skewed = false;
                 // libfaketime reads the file again within a second.
                 std::thread::sleep(Duration::from_millis(1100));
                 self.impaired(Some(i), from, seconds);

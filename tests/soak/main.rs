@@ -244,7 +244,7 @@ fn report(plan: &Plan, run: &Run) -> String {
     lines.push(format!("faults injected by kind: {}", injected.join(", ")));
     if !run.record.skipped.is_empty() {
         lines.push(format!(
-            "skipped (target already down, apiserver paused): {:?}",
+            "skipped (target already down or skewed, no leader found, apiserver paused): {:?}",
             run.record.skipped
         ));
     }
@@ -263,6 +263,13 @@ fn report(plan: &Plan, run: &Run) -> String {
         times.len(),
         run.record.converged.len() - times.len(),
         CONVERGENCE_WAIT
+    ));
+    let moved: Vec<f64> = times.iter().copied().filter(|t| *t > 0.0).collect();
+    lines.push(format!(
+        "  of which {} had taints to move when the faults stopped: p50 {:.1} s, p99 {:.1} s",
+        moved.len(),
+        percentile(&moved, 50.0),
+        percentile(&moved, 99.0)
     ));
     lines.push(format!(
         "foreign writes applied: {}; Lease holder changes: {}; agent exits on their own: {}; \
