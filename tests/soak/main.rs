@@ -264,13 +264,6 @@ fn report(plan: &Plan, run: &Run) -> String {
         run.record.converged.len() - times.len(),
         CONVERGENCE_WAIT
     ));
-    let moved: Vec<f64> = times.iter().copied().filter(|t| *t > 0.0).collect();
-    lines.push(format!(
-        "  of which {} had taints to move when the faults stopped: p50 {:.1} s, p99 {:.1} s",
-        moved.len(),
-        percentile(&moved, 50.0),
-        percentile(&moved, 99.0)
-    ));
     lines.push(format!(
         "foreign writes applied: {}; Lease holder changes: {}; agent exits on their own: {}; \
          node-seconds over the strict budget (a tainted Node whose agent could not act): {:.1}",
