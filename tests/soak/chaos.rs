@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use carbon_kube::deferral::{DURATION, GATE, LATEST_START, ZONE};
 use carbon_kube::node::TAINT_KEY;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::history::AUDIT_POLICY;
 use super::invariants::Impairment;
 use super::rng::Rng;
-use super::schedule::{Episode, FaultKind, LEVELS, ProviderFault, Target};
+use super::schedule::{DeferredPod, Episode, FaultKind, LEVELS, ProviderFault, Target};
 use super::support::api_proxy::ApiProxy;
 use super::support::carbon_api::{CarbonApi, EM_LATEST, EM_TOKEN, Fault};
 use super::support::cluster::{Agent, ControlPlane, path_str, tail, temp_dir, tool};
@@ -36,14 +37,29 @@ pub const NODES: [(&str, &str); 5] = [
 pub const ZONES: [&str; 3] = ["DE", "PL", "FR"];
 pub const MAX_TAINTED_FRACTION: f64 = 0.5;
 pub const MAX_AGE: Duration = Duration::from_secs(30);
-const AGENT_FLAGS: [&str; 6] = [
+const AGENT_FLAGS: [&str; 8] = [
     "--policy=relative",
     "--max-tainted-fraction=0.5",
     "--dwell=4s",
     "--max-age=30s",
     "--lease-duration=4s",
     "--poll-interval=2s",
+    // The leader holds gated pods; with no margin, until the last planning
+    // slot before their latest start (seconds ahead, not hours).
+    "--deferral=true",
+    "--deferral-margin=0s",
 ];
+/// The forecast the carbon API serves: points this far apart (the planning
+/// slot), this many ahead. The dirtiest zone's falls by `FORECAST_FALL` of
+/// its intensity per point (a peak passing), so a pod for it is worth
+/// holding; the others' stay flat, so a pod for them goes at once.
+const FORECAST_STEP_S: i64 = 10;
+const FORECAST_POINTS: i64 = 15;
+const FORECAST_FALL: f64 = 0.04;
+/// Refresh the forecast this often, as time moves past its points.
+const FORECAST_REFRESH: Duration = Duration::from_secs(2);
+/// Where the deferrable pods live.
+const POD_NAMESPACE: &str = "default";
 /// How long the taints must keep matching the decisions to count as converged.
 const STABLE: Duration = Duration::from_secs(6);
 /// How long the harness waits for convergence after an episode.
@@ -75,6 +91,8 @@ pub struct Record {
     pub injected: BTreeMap<&'static str, usize>,
     pub skipped: BTreeMap<&'static str, usize>,
     pub foreign_writes: usize,
+    /// Deferrable pods created.
+    pub deferred_pods: usize,
     /// (node, tainted on the Node, its tainted metric, its is_leader) at the end.
     pub final_agents: Vec<(String, bool, Option<f64>, Option<f64>)>,
     pub audit: String,
@@ -88,6 +106,7 @@ pub struct Soak {
     api: CarbonApi,
     audit_dir: PathBuf,
     levels: Vec<f64>,
+    forecast_at: Instant,
     paused: bool,
     /// Nodes deleted by a fault, to create again.
     deleted: Vec<usize>,
@@ -167,6 +186,7 @@ impl Soak {
             slots,
             audit_dir,
             levels: LEVELS.to_vec(),
+            forecast_at: Instant::now(),
             paused: false,
             deleted: Vec::new(),
             record: Record::default(),
@@ -184,10 +204,39 @@ impl Soak {
         soak
     }
 
-    fn set_levels(&self) {
+    fn set_levels(&mut self) {
         for (zone, grams) in ZONES.iter().zip(&self.levels) {
             self.api.set_intensity(zone, *grams);
         }
+        self.set_forecasts();
+    }
+
+    /// The forecast from the next whole step on (see [`FORECAST_FALL`]).
+    fn set_forecasts(&mut self) {
+        let now = Timestamp::now().as_second();
+        let first = now - now.rem_euclid(FORECAST_STEP_S) + FORECAST_STEP_S;
+        let dirtiest = self.dirtiest();
+        for (i, (zone, grams)) in ZONES.iter().zip(&self.levels).enumerate() {
+            let fall = if i == dirtiest { FORECAST_FALL } else { 0.0 };
+            let points: Vec<(Timestamp, f64)> = (0..FORECAST_POINTS)
+                .filter_map(|k| {
+                    let at = Timestamp::from_second(first + k * FORECAST_STEP_S).ok()?;
+                    Some((at, grams * (1.0 - fall * (k + 1) as f64)))
+                })
+                .collect();
+            self.api.set_forecast(zone, &points);
+        }
+        self.forecast_at = Instant::now();
+    }
+
+    /// The index of the dirtiest zone (the levels never tie).
+    fn dirtiest(&self) -> usize {
+        self.levels
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .expect("zones")
     }
 
     fn spawn(&mut self, i: usize) {
@@ -216,8 +265,11 @@ impl Soak {
     }
 
     /// Restarts agents that exited on their own (as a kubelet would), and
-    /// creates deleted Nodes again once the apiserver answers.
+    /// keeps the forecast ahead of the clock.
     fn supervise(&mut self) {
+        if self.forecast_at.elapsed() >= FORECAST_REFRESH {
+            self.set_forecasts();
+        }
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             let Some(agent) = &mut slot.agent else {
@@ -272,35 +324,139 @@ impl Soak {
             self.set_levels();
             *self.record.injected.entry("zone-order").or_default() += 1;
         }
-        // Begin and end events in time order; an end needs what its begin found.
-        let mut events: Vec<(u64, bool, usize)> = episode
+        // Events in time order (at one time: begins, pods, ends); an end needs
+        // what its begin found.
+        let mut events: Vec<(u64, Event)> = episode
             .faults
             .iter()
             .enumerate()
-            .flat_map(|(i, f)| [(f.start_ms, true, i), (f.start_ms + f.length_ms, false, i)])
+            .flat_map(|(i, f)| {
+                [
+                    (f.start_ms, Event::Begin(i)),
+                    (f.start_ms + f.length_ms, Event::End(i)),
+                ]
+            })
+            .chain(
+                episode
+                    .pods
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.start_ms, Event::Pod(i))),
+            )
             .collect();
-        events.sort_by_key(|&(at, begin, _)| (at, !begin));
+        events.sort_by_key(|&(at, event)| (at, event));
+        let number = self.record.started.len() - 1;
         let began = Instant::now();
         let mut active: BTreeMap<usize, Active> = BTreeMap::new();
-        for (at, begin, i) in events {
+        for (at, event) in events {
             self.wait_until(began + Duration::from_millis(at));
-            let kind = &episode.faults[i].kind;
-            if begin {
-                match self.begin(kind) {
-                    Some(a) => {
-                        *self.record.injected.entry(kind.name()).or_default() += 1;
-                        active.insert(i, a);
+            match event {
+                Event::Begin(i) => {
+                    let kind = &episode.faults[i].kind;
+                    match self.begin(kind) {
+                        Some(a) => {
+                            *self.record.injected.entry(kind.name()).or_default() += 1;
+                            active.insert(i, a);
+                        }
+                        None => *self.record.skipped.entry(kind.name()).or_default() += 1,
                     }
-                    None => *self.record.skipped.entry(kind.name()).or_default() += 1,
                 }
-            } else if let Some(a) = active.remove(&i) {
-                self.end(a);
+                Event::Pod(i) => {
+                    let name = format!("deferred-{number}-{i}");
+                    if self.create_pod(&name, &episode.pods[i]) {
+                        self.record.deferred_pods += 1;
+                    } else {
+                        *self.record.skipped.entry("deferred-pod").or_default() += 1;
+                    }
+                }
+                Event::End(i) => {
+                    if let Some(a) = active.remove(&i) {
+                        self.end(a);
+                    }
+                }
             }
         }
         self.recreate_deleted();
         let ended = Timestamp::now();
         let took = self.converge();
         self.record.converged.push((ended, took));
+        self.delete_released_pods();
+    }
+
+    /// Creates a deferrable pod (a tenth of a vCPU for 20 s), unless the
+    /// apiserver is paused; true when it was created.
+    fn create_pod(&mut self, name: &str, pod: &DeferredPod) -> bool {
+        if self.paused {
+            return false;
+        }
+        let zone = ZONES[pod.zone.unwrap_or_else(|| self.dirtiest())];
+        let now = Timestamp::now().as_second();
+        let Ok(latest) = Timestamp::from_second(now + pod.latest_in_s as i64) else {
+            return false;
+        };
+        let manifest = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": POD_NAMESPACE,
+                "annotations": {
+                    LATEST_START: latest.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    ZONE: zone,
+                    DURATION: "20s",
+                },
+            },
+            "spec": {
+                "schedulingGates": [{ "name": GATE }],
+                "containers": [{
+                    "name": "job",
+                    "image": "registry.invalid/batch:1",
+                    "resources": { "requests": { "cpu": "100m" } },
+                }],
+            },
+        });
+        let file = self.audit_dir.join(format!("{name}.json"));
+        std::fs::write(&file, manifest.to_string()).expect("pod manifest");
+        kubectl(&self.cp.kubeconfig, &["create", "-f", path_str(&file)])
+            .status
+            .success()
+    }
+
+    /// Deletes the pods the leader has released (no kubelet runs them), so
+    /// that their CPU does not fill the zones over a long soak.
+    fn delete_released_pods(&self) {
+        let out = kubectl(
+            &self.cp.kubeconfig,
+            &["-n", POD_NAMESPACE, "get", "pods", "-o", "json"],
+        );
+        let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return;
+        };
+        let released: Vec<&str> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                !p["spec"]["schedulingGates"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|g| g["name"] == GATE))
+            })
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        if released.is_empty() {
+            return;
+        }
+        let mut args = vec![
+            "-n",
+            POD_NAMESPACE,
+            "delete",
+            "pod",
+            "--force",
+            "--grace-period=0",
+            "--wait=false",
+        ];
+        args.extend(released);
+        kubectl(&self.cp.kubeconfig, &args);
     }
 
     fn begin(&mut self, kind: &FaultKind) -> Option<Active> {
@@ -433,13 +589,7 @@ impl Soak {
     /// levels are far enough apart that hysteresis plays no part, and the
     /// next zone never fits in what is left of the budget).
     fn expected(&self) -> Vec<String> {
-        let dirtiest = self
-            .levels
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| ZONES[i])
-            .expect("zones");
+        let dirtiest = ZONES[self.dirtiest()];
         self.slots
             .iter()
             .filter(|s| s.zone == dirtiest)
@@ -605,6 +755,14 @@ fn foreign_write(kubeconfig: &Path, node: &str, rng: &mut Rng) -> bool {
             )
         }
     }
+}
+
+/// What happens at one moment of an episode (ordered as they go at one time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Begin(usize),
+    Pod(usize),
+    End(usize),
 }
 
 /// A fault in force, with what its end needs.

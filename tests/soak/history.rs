@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use carbon_kube::deferral::{GATE, LATEST_START};
 use carbon_kube::node::{CLASS_LABEL, CONDITION_TYPE, TAINT_KEY};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -16,7 +17,8 @@ pub const IDENTITY_PREFIX: &str = "carbon-kube-";
 pub const LEASE: &str = "carbon-kube-leader";
 
 /// What the soak's apiserver records: Lease and CarbonScore writes with their
-/// body (holder, carbon data), Node writes with the Node they left behind.
+/// body (holder, carbon data), Node and Pod writes with the object they left
+/// behind (a Pod's gates and latest start; not its status or binding).
 pub const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -37,6 +39,11 @@ rules:
   resources:
   - group: ""
     resources: ["nodes", "nodes/status"]
+- level: RequestResponse
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: ""
+    resources: ["pods"]
 - level: None
 "#;
 
@@ -209,6 +216,82 @@ pub fn score_changes(writes: &[Write]) -> BTreeMap<String, Vec<ScoreChange>> {
     by_zone
 }
 
+/// Who held the Lease from when: each successful write of it naming a
+/// holder (a node), in the order they completed.
+pub fn lease_holders(writes: &[Write]) -> Vec<(Timestamp, String)> {
+    let mut out: Vec<(Timestamp, String)> = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
+        .filter_map(|w| Some((w.done, w.holder()?.to_string())))
+        .collect();
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
+/// A pod created behind the deferral gate, as the audit log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatedPod {
+    /// `namespace/name`.
+    pub name: String,
+    pub created: Timestamp,
+    /// Its `carbon-kube.io/latest-start`; `None` when absent or not a time.
+    pub latest_start: Option<Timestamp>,
+    /// When a write first left it without the gate, and the agent that made it.
+    pub released: Option<(Timestamp, Option<String>)>,
+    pub deleted: Option<Timestamp>,
+}
+
+fn has_gate(pod: &Value) -> bool {
+    pod["spec"]["schedulingGates"]
+        .as_array()
+        .is_some_and(|gates| gates.iter().any(|g| g["name"] == GATE))
+}
+
+/// Every pod created with the deferral gate, with when it lost the gate or
+/// was deleted, in order of creation.
+pub fn gated_pods(writes: &[Write]) -> Vec<GatedPod> {
+    let mut pods: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "pods" && w.ok())
+        .collect();
+    pods.sort_by_key(|w| w.done);
+    let mut out: Vec<GatedPod> = Vec::new();
+    for w in pods {
+        let name = format!(
+            "{}/{}",
+            w.response["metadata"]["namespace"].as_str().unwrap_or(""),
+            w.name
+        );
+        if w.verb == "create" {
+            if has_gate(&w.response) {
+                out.push(GatedPod {
+                    name,
+                    created: w.done,
+                    latest_start: w.response["metadata"]["annotations"][LATEST_START]
+                        .as_str()
+                        .and_then(|t| t.parse().ok()),
+                    released: None,
+                    deleted: None,
+                });
+            }
+            continue;
+        }
+        let Some(pod) = out
+            .iter_mut()
+            .rev()
+            .find(|p| p.name == name && p.deleted.is_none())
+        else {
+            continue;
+        };
+        if w.verb == "delete" {
+            pod.deleted = Some(w.done);
+        } else if pod.released.is_none() && !has_gate(&w.response) {
+            pod.released = Some((w.done, w.agent.clone()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +327,53 @@ mod tests {
                 "label x=\"1\"",
                 "taint \"other\"=\"v\":\"NoSchedule\""
             ]
+        );
+    }
+
+    fn pod_write(verb: &str, user: &str, second: u32, gates: &[&str]) -> String {
+        let gates: Vec<Value> = gates
+            .iter()
+            .map(|g| serde_json::json!({ "name": g }))
+            .collect();
+        serde_json::json!({
+            "stage": "ResponseComplete", "verb": verb,
+            "user": {"username": user},
+            "objectRef": {"resource": "pods", "namespace": "default", "name": "p"},
+            "responseStatus": {"code": 200},
+            "requestReceivedTimestamp": format!("2024-01-01T00:00:{second:02}Z"),
+            "stageTimestamp": format!("2024-01-01T00:00:{second:02}Z"),
+            "responseObject": {
+                "metadata": {"namespace": "default", "name": "p",
+                             "annotations": {LATEST_START: "2024-01-01T00:00:40Z"}},
+                "spec": {"schedulingGates": gates}
+            }
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_gated_pod_is_followed_from_creation_to_release_and_deletion() {
+        let agent = format!("{AGENT_USER_PREFIX}b1");
+        let lines = [
+            pod_write("create", "admin", 1, &[GATE, "other"]),
+            // Another gate goes first: the pod is still held.
+            pod_write("patch", "admin", 2, &[GATE]),
+            pod_write("patch", &agent, 9, &[]),
+            pod_write("delete", "admin", 12, &[]),
+            // A pod created without our gate is none of deferral's business.
+            pod_write("create", "admin", 13, &["other"]),
+        ];
+        let pods = gated_pods(&parse_audit(&lines.join("\n")));
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            pods,
+            [GatedPod {
+                name: "default/p".into(),
+                created: at("2024-01-01T00:00:01Z"),
+                latest_start: Some(at("2024-01-01T00:00:40Z")),
+                released: Some((at("2024-01-01T00:00:09Z"), Some("b1".into()))),
+                deleted: Some(at("2024-01-01T00:00:12Z")),
+            }]
         );
     }
 }

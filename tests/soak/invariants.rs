@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::history::{LEASE, NodeChange, ScoreChange, Write};
+use super::history::{GatedPod, LEASE, NodeChange, ScoreChange, Write};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
@@ -254,6 +254,121 @@ pub fn no_taint_on_stale_data(
     out.violations
         .dedup_by(|a, b| a.what.split(" tainted").next() == b.what.split(" tainted").next());
     out
+}
+
+/// Whether `node` held the Lease at some time in `[from, to]`: it was the
+/// holder when `from` came, or a write in between named it.
+fn led_during(holders: &[(Timestamp, String)], node: &str, from: Timestamp, to: Timestamp) -> bool {
+    let before = holders.iter().take_while(|(at, _)| *at <= from).last();
+    before.is_some_and(|(_, h)| h == node)
+        || holders
+            .iter()
+            .any(|(at, h)| from < *at && *at <= to && h == node)
+}
+
+/// When a gated pod must have lost its gate: its latest start plus `slack`,
+/// pushed out by every impairment of the leader (or of the apiserver) that
+/// began before that time: to its end plus [`RECOVERY`] for a leader that
+/// could not act, and by its skew for a leader whose clock ran behind (it
+/// sees the latest start that much later), at most until the clock is back.
+fn release_due(
+    latest_start: Timestamp,
+    slack: SignedDuration,
+    holders: &[(Timestamp, String)],
+    impairments: &[Impairment],
+) -> Timestamp {
+    let mut due = latest_start + slack;
+    let mut sorted: Vec<&Impairment> = impairments.iter().collect();
+    sorted.sort_by_key(|i| i.from);
+    // An extension may bring in an impairment that began after the old due time.
+    loop {
+        let before = due;
+        for i in &sorted {
+            let leader = i
+                .node
+                .as_deref()
+                .is_none_or(|n| led_during(holders, n, i.from, i.to));
+            if !leader || i.from > due || i.skew_secs > 0 {
+                continue;
+            }
+            let recovered = i.to + RECOVERY;
+            let until = match i.skew_secs {
+                0 => recovered,
+                behind => recovered.min(latest_start + slack + SignedDuration::from_secs(-behind)),
+            };
+            due = due.max(until);
+        }
+        if due == before {
+            return due;
+        }
+    }
+}
+
+/// What [`released_by_latest_start`] saw besides its verdicts.
+#[derive(Debug, Default, PartialEq)]
+pub struct DeferralSeen {
+    /// Pods that kept the gate for at least [`HELD`] (the leader held them).
+    pub held: usize,
+    /// Pods released after latest start + slack, within an excused window.
+    pub excused: usize,
+    /// Gated at the end of the run and not yet due.
+    pub pending: usize,
+    /// Release time minus latest start, seconds, of pods released in time
+    /// without an excuse (negative: before it).
+    pub margins: Vec<f64>,
+}
+
+/// A pod gated this long was held by the planner, not released at once.
+pub const HELD: SignedDuration = SignedDuration::from_secs(5);
+
+/// No pod held past its latest start: every pod created behind the deferral
+/// gate with a latest start lost the gate (or was deleted) by its latest
+/// start plus `slack`, unless no leader could act then (see [`release_due`]).
+/// A pod still gated at `end` is checked if it was already due.
+pub fn released_by_latest_start(
+    pods: &[GatedPod],
+    holders: &[(Timestamp, String)],
+    impairments: &[Impairment],
+    slack: SignedDuration,
+    end: Timestamp,
+) -> (Outcome, DeferralSeen) {
+    let mut out = Outcome::default();
+    let mut seen = DeferralSeen::default();
+    for pod in pods {
+        let Some(latest) = pod.latest_start else {
+            continue;
+        };
+        let gone = match (pod.released.as_ref().map(|r| r.0), pod.deleted) {
+            (Some(r), Some(d)) => Some(r.min(d)),
+            (r, d) => r.or(d),
+        };
+        let due = release_due(latest, slack, holders, impairments);
+        if gone.is_some_and(|g| g.duration_since(pod.created) >= HELD) {
+            seen.held += 1;
+        }
+        let Some(gone) = gone.or((end > due).then_some(end)) else {
+            seen.pending += 1;
+            continue;
+        };
+        out.check(gone <= due, || Violation {
+            invariant: "released-by-latest-start",
+            at: due,
+            what: format!(
+                "{} (latest start {latest}) still gated at {due}: {}",
+                pod.name,
+                match pod.released {
+                    Some((at, _)) => format!("released at {at}"),
+                    None => "never released".to_string(),
+                }
+            ),
+        });
+        if gone > latest + slack && gone <= due {
+            seen.excused += 1;
+        } else if gone <= due {
+            seen.margins.push(gone.duration_since(latest).as_secs_f64());
+        }
+    }
+    (out, seen)
 }
 
 /// After each episode's faults end, every Node's taint matches its zone's
@@ -527,6 +642,91 @@ mod tests {
             skew_secs: -25,
         };
         assert!(check(late, &[behind]).violations.is_empty());
+    }
+
+    fn gated(name: &str, latest: i64, released: Option<i64>) -> GatedPod {
+        GatedPod {
+            name: name.to_string(),
+            created: t(0),
+            latest_start: Some(t(latest)),
+            released: released.map(|r| (t(r), Some("a1".to_string()))),
+            deleted: None,
+        }
+    }
+
+    fn impairment(node: Option<&str>, from: i64, to: i64, skew_secs: i64) -> Impairment {
+        Impairment {
+            node: node.map(str::to_string),
+            from: t(from),
+            to: t(to),
+            skew_secs,
+        }
+    }
+
+    #[test]
+    fn a_pod_held_past_its_latest_start_is_caught_unless_no_leader_could_act() {
+        let slack = SignedDuration::from_secs(5);
+        // a1 leads from the start; b1 takes over at 60 s.
+        let holders = vec![(t(0), "a1".to_string()), (t(60), "b1".to_string())];
+        let check = |pods: &[GatedPod], impairments: &[Impairment], end: i64| {
+            released_by_latest_start(pods, &holders, impairments, slack, t(end))
+        };
+        // Released 5 s before its latest start, one at once, one due after the end.
+        let clean = [
+            gated("held", 30, Some(25)),
+            gated("at-once", 30, Some(1)),
+            gated("later", 200, None),
+        ];
+        let (ok, seen) = check(&clean, &[], 100);
+        assert_eq!((ok.checks, ok.violations.len()), (2, 0), "{:?}", ok.violations);
+        assert_eq!(
+            seen,
+            DeferralSeen {
+                held: 1,
+                excused: 0,
+                pending: 1,
+                margins: vec![-5.0, -29.0],
+            }
+        );
+        // Released 10 s late, and one never released.
+        let late = [gated("late", 30, Some(40)), gated("never", 30, None)];
+        let (caught, _) = check(&late, &[], 100);
+        assert_eq!(caught.violations.len(), 2, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(35));
+        // The leader frozen from 28 to 33 s: due at 53 s, so 40 s is excused but
+        // never is not.
+        let frozen = impairment(Some("a1"), 28, 33, 0);
+        let (excused, seen) = check(&late, &[frozen.clone()], 100);
+        assert_eq!(excused.violations.len(), 1, "{:?}", excused.violations);
+        assert_eq!(excused.violations[0].at, t(53));
+        assert_eq!(seen.excused, 1);
+        // A follower's impairment excuses nothing; the apiserver's does.
+        let follower = impairment(Some("b1"), 28, 33, 0);
+        assert_eq!(check(&late[..1], &[follower], 100).0.violations.len(), 1);
+        let apiserver = impairment(None, 28, 33, 0);
+        assert!(check(&late[..1], &[apiserver], 100).0.violations.is_empty());
+        // One that began after the pod was due excuses nothing; one that began
+        // within an extension extends it again.
+        let after = impairment(Some("a1"), 36, 50, 0);
+        assert_eq!(check(&late[..1], &[after.clone()], 100).0.violations.len(), 1);
+        let chained = [gated("chained", 30, Some(70))];
+        assert_eq!(check(&chained, &[frozen.clone()], 100).0.violations.len(), 1);
+        let restart = impairment(None, 50, 60, 0);
+        assert!(check(&chained, &[frozen, restart], 100).0.violations.is_empty());
+        // The leader's clock 25 s behind: it sees the latest start 25 s later.
+        let behind = impairment(Some("a1"), 0, 100, -25);
+        assert!(check(&late[..1], &[behind.clone()], 100).0.violations.is_empty());
+        let too_late = [gated("too-late", 30, Some(70))];
+        assert_eq!(check(&too_late, &[behind], 100).0.violations.len(), 1);
+        // A clock ahead releases early: no excuse.
+        let ahead = impairment(Some("a1"), 0, 100, 25);
+        assert_eq!(check(&late[..1], &[ahead], 100).0.violations.len(), 1);
+        // A gated pod deleted before it was due is not held.
+        let deleted = [GatedPod {
+            deleted: Some(t(20)),
+            ..gated("deleted", 30, None)
+        }];
+        assert!(check(&deleted, &[], 100).0.violations.is_empty());
     }
 
     #[test]

@@ -30,9 +30,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chaos::{CONVERGENCE_WAIT, MAX_AGE, MAX_TAINTED_FRACTION, NODES, Record, Soak};
-use history::{node_changes, parse_audit, score_changes};
-use invariants::{Outcome, Violation};
-use jiff::Timestamp;
+use history::{gated_pods, lease_holders, node_changes, parse_audit, score_changes};
+use invariants::{DeferralSeen, Outcome, Violation};
+use jiff::{SignedDuration, Timestamp};
 use schedule::{Episode, episodes};
 
 /// The CI soak's seed.
@@ -45,6 +45,11 @@ const MAX_EPISODES: usize = 10_000;
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(90);
 /// Beyond max-age: a reconcile period (5 s) and a poll (2 s), with margin.
 const STALE_SLACK: Duration = Duration::from_secs(10);
+/// Past a pod's latest start: the planner releases a pod once less than a
+/// planning slot (10 s here) is left, re-planning every 2 s, so a leader that
+/// can act releases it before its latest start; this allows one re-plan
+/// (2 s) and the release's round trip to the apiserver (3 s on the busy VM).
+const RELEASE_SLACK: SignedDuration = SignedDuration::from_secs(5);
 
 struct Plan {
     seed: u64,
@@ -82,15 +87,22 @@ fn plan() -> Plan {
 struct Run {
     episodes: Vec<Episode>,
     record: Record,
+    checked: Checked,
+    wall: Duration,
+}
+
+/// What the checkers found, with the figures they measured on the way.
+struct Checked {
     outcomes: Vec<(&'static str, Outcome)>,
     strict_over_budget_node_secs: f64,
     lease_holders: usize,
-    wall: Duration,
+    deferral: DeferralSeen,
 }
 
 impl Run {
     fn violations(&self) -> Vec<&Violation> {
         let mut all: Vec<&Violation> = self
+            .checked
             .outcomes
             .iter()
             .flat_map(|(_, o)| &o.violations)
@@ -119,6 +131,7 @@ fn run(plan: &Plan) -> Run {
         plan.seed,
         plan.episodes.unwrap_or(MAX_EPISODES),
         NODES.len(),
+        chaos::ZONES.len(),
     );
     let mut soak = Soak::start(&rt);
     let (stop, writer) = soak.foreign_writer(plan.seed ^ 0x5eed);
@@ -136,19 +149,17 @@ fn run(plan: &Plan) -> Run {
     let foreign = writer.join().expect("foreign writer");
     let mut record = soak.finish();
     record.foreign_writes = foreign;
-    let (outcomes, strict, holders) = check(&record);
+    let checked = check(&record);
     Run {
         episodes: done,
         record,
-        outcomes,
-        strict_over_budget_node_secs: strict,
-        lease_holders: holders,
+        checked,
         wall: wall.elapsed(),
     }
 }
 
 /// Every invariant over the run's record.
-fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
+fn check(record: &Record) -> Checked {
     let writes = parse_audit(&record.audit);
     let nodes = node_changes(&writes);
     let scores = score_changes(&writes);
@@ -163,17 +174,14 @@ fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
         MAX_TAINTED_FRACTION,
         &record.impairments,
     );
-    let holders = writes
-        .iter()
-        .filter(|w| w.resource == "leases" && w.ok())
-        .filter_map(|w| w.holder())
-        .fold(Vec::<&str>::new(), |mut seen, h| {
-            if seen.last() != Some(&h) {
-                seen.push(h);
-            }
-            seen
-        })
-        .len();
+    let holders = lease_holders(&writes);
+    let (released, deferral) = invariants::released_by_latest_start(
+        &gated_pods(&writes),
+        &holders,
+        &record.impairments,
+        RELEASE_SLACK,
+        end,
+    );
     let at_end = record.converged.last().map(|(at, _)| *at).unwrap_or(end);
     let outcomes = vec![
         (
@@ -197,6 +205,7 @@ fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
                 end,
             ),
         ),
+        ("no pod held past its latest start", released),
         (
             "taints match the decisions after faults stop",
             invariants::convergence(&record.converged, CONVERGENCE_BOUND),
@@ -215,7 +224,14 @@ fn check(record: &Record) -> (Vec<(&'static str, Outcome)>, f64, usize) {
             invariants::final_beliefs(&record.final_agents, at_end),
         ),
     ];
-    (outcomes, strict, holders)
+    let mut changes = holders.iter().map(|(_, h)| h).collect::<Vec<_>>();
+    changes.dedup();
+    Checked {
+        outcomes,
+        strict_over_budget_node_secs: strict,
+        lease_holders: changes.len(),
+        deferral,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -268,13 +284,27 @@ fn report(plan: &Plan, run: &Run) -> String {
         "foreign writes applied: {}; Lease holder changes: {}; agent exits on their own: {}; \
          node-seconds over the strict budget (a tainted Node whose agent could not act): {:.1}",
         run.record.foreign_writes,
-        run.lease_holders.saturating_sub(1),
+        run.checked.lease_holders.saturating_sub(1),
         run.record.exits.len(),
-        run.strict_over_budget_node_secs
+        run.checked.strict_over_budget_node_secs
     ));
-    let total: usize = run.outcomes.iter().map(|(_, o)| o.checks).sum();
+    let seen = &run.checked.deferral;
+    let mut margins = seen.margins.clone();
+    margins.sort_by(f64::total_cmp);
+    lines.push(format!(
+        "deferrable pods created: {}; held by the leader (gated {} s or more): {}; released          after latest start + {} s, excused (no leader could act): {}; not yet due at the end: {};          release time minus latest start otherwise: max {:.1} s, p50 {:.1} s",
+        run.record.deferred_pods,
+        invariants::HELD.as_secs(),
+        seen.held,
+        RELEASE_SLACK.as_secs(),
+        seen.excused,
+        seen.pending,
+        margins.last().copied().unwrap_or(f64::NAN),
+        percentile(&margins, 50.0),
+    ));
+    let total: usize = run.checked.outcomes.iter().map(|(_, o)| o.checks).sum();
     lines.push(format!("invariant checks made: {total}"));
-    for (name, outcome) in &run.outcomes {
+    for (name, outcome) in &run.checked.outcomes {
         lines.push(format!(
             "  {name}: {} checks, {} violations",
             outcome.checks,

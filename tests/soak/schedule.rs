@@ -72,12 +72,25 @@ pub struct Fault {
     pub length_ms: u64,
 }
 
+/// A deferrable pod the harness creates `start_ms` into its episode: gated
+/// by `carbon-kube.io/defer`, to start within `latest_in_s` seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeferredPod {
+    pub start_ms: u64,
+    /// The zone it must run in (fleet's zone order); `None`: the dirtiest
+    /// zone when it is created, whose forecast promises greener hours, so
+    /// the leader holds it.
+    pub zone: Option<usize>,
+    pub latest_in_s: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Episode {
     /// Zone intensities (g/kWh) set when the episode starts, in the fleet's
     /// zone order; `None` keeps the previous ones.
     pub intensities: Option<Vec<f64>>,
     pub faults: Vec<Fault>,
+    pub pods: Vec<DeferredPod>,
 }
 
 /// Intensities that rank the zones unambiguously: the dirtiest one beats the
@@ -85,10 +98,31 @@ pub struct Episode {
 pub const LEVELS: [f64; 3] = [640.0, 420.0, 90.0];
 
 /// Episodes `0..count` of the schedule of `seed`, for a fleet of `nodes`
-/// agents. The same seed always gives the same episodes.
-pub fn episodes(seed: u64, count: usize, nodes: usize) -> Vec<Episode> {
+/// agents in `zones` zones. The same seed always gives the same episodes.
+/// Pods come from a stream of their own, so that a seed's faults are the
+/// same with or without them.
+pub fn episodes(seed: u64, count: usize, nodes: usize, zones: usize) -> Vec<Episode> {
     let mut rng = Rng::new(seed);
-    (0..count).map(|_| episode(&mut rng, nodes)).collect()
+    let mut pods_rng = Rng::new(seed ^ 0xdefe_5eed);
+    (0..count)
+        .map(|_| Episode {
+            pods: deferred_pods(&mut pods_rng, zones),
+            ..episode(&mut rng, nodes)
+        })
+        .collect()
+}
+
+/// One or two pods, most of them for the dirtiest zone, with latest starts
+/// from just over one planning slot (10 s) ahead, which the leader releases
+/// at once, to six slots ahead, which it holds until the last slot.
+fn deferred_pods(rng: &mut Rng, zones: usize) -> Vec<DeferredPod> {
+    (0..rng.range(1, 2))
+        .map(|_| DeferredPod {
+            start_ms: rng.range(0, 15_000),
+            zone: (!rng.chance(70)).then(|| rng.below(zones)),
+            latest_in_s: rng.range(15, 60),
+        })
+        .collect()
 }
 
 fn episode(rng: &mut Rng, nodes: usize) -> Episode {
@@ -118,6 +152,7 @@ fn episode(rng: &mut Rng, nodes: usize) -> Episode {
     Episode {
         intensities,
         faults,
+        pods: Vec::new(),
     }
 }
 
@@ -166,7 +201,17 @@ impl fmt::Display for Episode {
                 )
             })
             .collect();
-        write!(f, "{}", faults.join(", "))
+        write!(f, "{}", faults.join(", "))?;
+        for pod in &self.pods {
+            write!(
+                f,
+                "; deferred pod ({}) at +{:.1}s, latest start +{}s",
+                pod.zone.map_or("dirtiest zone".to_string(), |z| format!("zone {z}")),
+                pod.start_ms as f64 / 1000.0,
+                pod.latest_in_s
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -176,17 +221,17 @@ mod tests {
 
     #[test]
     fn a_seed_gives_the_same_schedule_and_another_seed_another() {
-        let a = episodes(7, 50, 5);
-        assert_eq!(a, episodes(7, 50, 5));
-        assert_ne!(a, episodes(8, 50, 5));
+        let a = episodes(7, 50, 5, 3);
+        assert_eq!(a, episodes(7, 50, 5, 3));
+        assert_ne!(a, episodes(8, 50, 5, 3));
         // A prefix is the start of the longer schedule: shrinking by prefix
         // replays exactly the episodes the failing run began with.
-        assert_eq!(episodes(7, 10, 5), a[..10]);
+        assert_eq!(episodes(7, 10, 5, 3), a[..10]);
     }
 
     #[test]
     fn every_kind_comes_up_and_targets_stay_in_the_fleet() {
-        let all = episodes(1, 400, 5);
+        let all = episodes(1, 400, 5, 3);
         let mut kinds: Vec<&str> = all
             .iter()
             .flat_map(|e| e.faults.iter().map(|f| f.kind.name()))
@@ -203,6 +248,13 @@ mod tests {
                 | FaultKind::RecreateNode(i) => assert!(i < 5),
                 _ => {}
             }
+        }
+        let pods: Vec<&DeferredPod> = all.iter().flat_map(|e| &e.pods).collect();
+        assert!(pods.iter().any(|p| p.zone.is_none()));
+        assert!(pods.iter().any(|p| p.zone.is_some()));
+        for pod in pods {
+            assert!(pod.zone.is_none_or(|z| z < 3), "{pod:?}");
+            assert!((15..=60).contains(&pod.latest_in_s), "{pod:?}");
         }
     }
 }
