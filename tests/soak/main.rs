@@ -292,15 +292,17 @@ fn report(plan: &Plan, run: &Run) -> String {
     let mut margins = seen.margins.clone();
     margins.sort_by(f64::total_cmp);
     lines.push(format!(
-        "deferrable pods created: {}; held by the leader (gated {} s or more): {}; released          after latest start + {} s, excused (no leader could act): {}; not yet due at the end: {};          release time minus latest start otherwise: max {:.1} s, p50 {:.1} s",
+        "deferrable pods created: {}; held by the leader (gated {} s or more): {}, released \
+         before their latest start by {:.1} s at least, {:.1} s p50; released after latest start + \
+         {} s while no leader could act (excused): {}; not yet due at the end: {}",
         run.record.deferred_pods,
         invariants::HELD.as_secs(),
         seen.held,
+        -margins.last().copied().unwrap_or(f64::NAN),
+        -percentile(&margins, 50.0),
         RELEASE_SLACK.as_secs(),
         seen.excused,
         seen.pending,
-        margins.last().copied().unwrap_or(f64::NAN),
-        percentile(&margins, 50.0),
     ));
     let total: usize = run.checked.outcomes.iter().map(|(_, o)| o.checks).sum();
     lines.push(format!("invariant checks made: {total}"));

@@ -112,11 +112,11 @@ pub fn episodes(seed: u64, count: usize, nodes: usize, zones: usize) -> Vec<Epis
         .collect()
 }
 
-/// One or two pods, most of them for the dirtiest zone, with latest starts
+/// One to three pods, most of them for the dirtiest zone, with latest starts
 /// from just over one planning slot (10 s) ahead, which the leader releases
 /// at once, to six slots ahead, which it holds until the last slot.
 fn deferred_pods(rng: &mut Rng, zones: usize) -> Vec<DeferredPod> {
-    (0..rng.range(1, 2))
+    (0..rng.range(1, 3))
         .map(|_| DeferredPod {
             start_ms: rng.range(0, 15_000),
             zone: (!rng.chance(70)).then(|| rng.below(zones)),
@@ -206,7 +206,8 @@ impl fmt::Display for Episode {
             write!(
                 f,
                 "; deferred pod ({}) at +{:.1}s, latest start +{}s",
-                pod.zone.map_or("dirtiest zone".to_string(), |z| format!("zone {z}")),
+                pod.zone
+                    .map_or("dirtiest zone".to_string(), |z| format!("zone {z}")),
                 pod.start_ms as f64 / 1000.0,
                 pod.latest_in_s
             )?;
