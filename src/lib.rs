@@ -23,6 +23,7 @@ pub mod emissions;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod kubeclient;
 pub mod kueue;
 pub mod meters;
 pub mod metrics;

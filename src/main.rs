@@ -31,6 +31,7 @@ use carbon_kube::deferral::controller::Deferral;
 use carbon_kube::election::Elector;
 use carbon_kube::emissions::{self, EmissionsLoop, PowerSettings};
 use carbon_kube::host::HostSampler;
+use carbon_kube::kubeclient;
 use carbon_kube::kueue::controller::CheckMetrics;
 use carbon_kube::meters::MeterSettings;
 use carbon_kube::metrics::{self, Metrics};
@@ -142,27 +143,12 @@ async fn cleanup(args: CleanupArgs) -> Result<()> {
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client> {
-    Ok(Client::try_from(kube_config(kubeconfig).await?)?)
-}
-
-async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster config and no kubeconfig")?,
-    };
-    config.read_timeout = Some(carbon_kube::watches::READ_TIMEOUT);
-    Ok(config)
+    Ok(kubeclient::client(&kubeclient::config(kubeconfig).await?)?)
 }
 
 async fn agent(config: AgentConfig) -> Result<()> {
-    let kube_config = kube_config(config.kubeconfig.as_deref()).await?;
-    let client = Client::try_from(kube_config.clone())?;
+    let kube_config = kubeclient::config(config.kubeconfig.as_deref()).await?;
+    let client = kubeclient::client(&kube_config)?;
     require_crd(&client).await?;
     let (sampler, power) = node_power(&client, &config)
         .await

@@ -586,3 +586,88 @@ async fn an_agent_whose_task_dies_exits_non_zero_naming_it() {
         }
     });
 }
+
+/// The agent's own client stack (`src/kubeclient.rs`) against the real API
+/// server: a client certificate and a token file authenticate, an exec plugin
+/// is refused at start with what to use instead. `carbon-kube cleanup` is the
+/// client here: it lists the Nodes and removes the carbon taint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_authenticates_with_a_certificate_or_a_token_file_and_refuses_exec() {
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        let cp = ControlPlane::start();
+        cp.create_node("c1", &[("carbon-kube.io/grid-zone", "DE")]);
+        let dir = &cp.dir;
+        let admin_token = std::fs::read_to_string(dir.join("kubeconfig"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: ").map(str::to_string))
+            .expect("the admin kubeconfig's token");
+        std::fs::write(dir.join("admin.token"), &admin_token).unwrap();
+        let kubeconfig = |name: &str, user: serde_json::Value| {
+            let path = dir.join(format!("{name}.kubeconfig"));
+            let config = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {
+                    "server": cp.server, "certificate-authority": dir.join("ca.crt")}}],
+                "users": [{"name": name, "user": user}],
+                "contexts": [{"name": name, "context": {"cluster": "test", "user": name}}],
+                "current-context": name,
+            });
+            std::fs::write(&path, config.to_string()).unwrap();
+            path
+        };
+        let cleanup = |kubeconfig: &std::path::Path| {
+            support::deploy::carbon_kube(
+                &[
+                    "cleanup",
+                    "--kubeconfig",
+                    kubeconfig.to_str().unwrap(),
+                    "--timeout=20s",
+                    "--settle=1s",
+                ],
+                &[],
+            )
+        };
+        for (name, user) in [
+            (
+                "certificate",
+                serde_json::json!({"client-certificate": dir.join("admin.crt"),
+                                   "client-key": dir.join("admin.key")}),
+            ),
+            (
+                "token-file",
+                serde_json::json!({"tokenFile": dir.join("admin.token")}),
+            ),
+        ] {
+            cp.kubectl_ok(&[
+                "taint",
+                "node",
+                "c1",
+                "carbon-kube.io/high-intensity=true:PreferNoSchedule",
+            ]);
+            let out = cleanup(&kubeconfig(name, user));
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!has_taint(&cp, "c1"), "{name}: the taint stayed");
+        }
+
+        let exec = kubeconfig(
+            "exec",
+            serde_json::json!({"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": "echo", "interactiveMode": "Never"}}),
+        );
+        let out = cleanup(&exec);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "an exec kubeconfig was accepted");
+        assert!(
+            stderr.contains("exec plugin") && stderr.contains("kubectl create token"),
+            "{stderr}"
+        );
+    });
+}

@@ -71,10 +71,10 @@ impl Migrator {
         node_name: &str,
         metrics: Arc<Metrics>,
         settings: MigrationSettings,
-    ) -> Result<Self, kube::Error> {
+    ) -> Result<Self, crate::kubeclient::ClientError> {
         let mut config = config.clone();
         config.default_retry = false;
-        let client = Client::try_from(config)?;
+        let client = crate::kubeclient::client(&config)?;
         Ok(Self::with_client(client, node_name, metrics, settings))
     }
 

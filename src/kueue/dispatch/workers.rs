@@ -110,5 +110,5 @@ async fn client_from(kubeconfig: &str) -> Result<Client, String> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| e.to_string())?;
-    Client::try_from(config).map_err(|e| e.to_string())
+    crate::kubeclient::client(&config).map_err(|e| e.to_string())
 }
