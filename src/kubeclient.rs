@@ -9,6 +9,9 @@
 //! cluster an agent authenticates with its service-account token file; a
 //! kubeconfig outside it may give a token, a token file or a client
 //! certificate. Anything else fails at start and says what to use instead.
+//! The cluster's CA is read once, at start: after a CA rotation, pods that use
+//! in-cluster configuration are restarted (Kubernetes' rotation procedure says
+//! so), and the agent is one of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
