@@ -2,7 +2,7 @@
 //! once per interval, whatever the number of nodes, and written to its
 //! CarbonScore together with the threshold and the taint budget's verdict.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::budget::{
     RankInput, RelativeParams, TaintPolicy, Verdict, ZoneLoad, allowed_zones, break_before_make,
-    rank_zones,
+    rank_zones, stage_allowed,
 };
 use crate::carbon::{GridZone, Reading, SourceKind};
 use crate::crd::{CarbonScore, CarbonScoreStatus};
@@ -213,11 +213,32 @@ impl Poller {
             })
             .collect();
         let tuned = self.tune(&mut loads, &existing).await;
-        let allowed = allowed_zones(
-            &loads,
-            self.settings.hysteresis_grams_per_kwh,
-            self.settings.max_tainted_fraction,
-        );
+        let hysteresis = self.settings.hysteresis_grams_per_kwh;
+        let mut allowed = allowed_zones(&loads, hysteresis, self.settings.max_tainted_fraction);
+        if self.settings.policy == TaintPolicy::Absolute {
+            // Zones whose agents may still hold taints from the previous poll.
+            let held: BTreeSet<GridZone> = loads
+                .iter()
+                .filter(|load| {
+                    existing
+                        .get(&load.zone.object_name())
+                        .and_then(|s| s.status.as_ref())
+                        .is_some_and(|p| {
+                            p.taint_allowed
+                                && p.intensity_grams_per_kwh
+                                    >= p.threshold_grams_per_kwh - hysteresis
+                        })
+                })
+                .map(|load| load.zone.clone())
+                .collect();
+            stage_allowed(
+                &mut allowed,
+                &loads,
+                &held,
+                hysteresis,
+                self.settings.max_tainted_fraction,
+            );
+        }
         let rank_inputs: Vec<RankInput> = fetched
             .iter()
             .zip(&loads)

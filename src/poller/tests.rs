@@ -265,4 +265,53 @@ mod polls {
         let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
         outcome.expect("poll");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_the_absolute_policy_the_budget_moves_one_poll_after_its_release() {
+        let (client, mut server) = api_server::pair();
+        // DE then FR in every poll: FR has become the dirtier zone.
+        let provider = Scripted::new(
+            "electricity-maps",
+            vec![Ok(400.0), Ok(600.0), Ok(400.0), Ok(600.0)],
+        );
+        let mut poller = poller(client, provider, true);
+        // One node of two may be tainted. DE held it; FR was below the band.
+        poller.settings.max_tainted_fraction = 0.5;
+        let mut existing = vec![
+            crate::testing::score("DE", 420.0, true, 1),
+            crate::testing::score("FR", 56.0, true, 1),
+        ];
+        for (poll, want) in [
+            (1, [("de", false), ("fr", false)]),
+            (2, [("de", false), ("fr", true)]),
+        ] {
+            let scenario = async {
+                listed(&mut server, &existing).await;
+                let mut written = Vec::new();
+                for (zone, allowed) in want {
+                    if poll == 1 {
+                        // The poller applies each object once, then writes statuses only.
+                        let object = CarbonScore::for_zone(&GridZone::parse(zone).unwrap());
+                        server
+                            .expect(
+                                Method::PATCH,
+                                &format!("{SCORES}/{zone}"),
+                                Reply::ok(&object),
+                            )
+                            .await;
+                    }
+                    let status = status_written(&mut server, zone).await;
+                    assert_eq!(status["taintAllowed"], allowed, "poll {poll}, {zone}");
+                    written.push(status);
+                }
+                server.expect_no_more().await;
+                written
+            };
+            let (outcome, written) = tokio::join!(poller.poll_once(), scenario);
+            outcome.expect("poll");
+            for (score, status) in existing.iter_mut().zip(written) {
+                score.status = Some(serde_json::from_value(status).expect("a status"));
+            }
+        }
+    }
 }

@@ -62,6 +62,15 @@ impl ZoneLoad {
     }
 }
 
+impl ZoneLoad {
+    /// The zone's intensity when it could hold a taint (at or above
+    /// `threshold - hysteresis`), so that it competes for the budget.
+    pub fn competing(&self, hysteresis_grams_per_kwh: f64) -> Option<f64> {
+        self.grams_per_kwh
+            .filter(|g| *g >= self.threshold_grams_per_kwh - hysteresis_grams_per_kwh)
+    }
+}
+
 /// Largest number of nodes that may be tainted at once.
 pub fn node_budget(total_nodes: usize, max_tainted_fraction: f64) -> usize {
     // Rounding down keeps the promise "at most this share" for small clusters.
@@ -83,11 +92,9 @@ pub fn allowed_zones(
     let mut candidates: Vec<(&ZoneLoad, f64)> = Vec::new();
     let mut allowed = BTreeSet::new();
     for zone in zones {
-        match zone.grams_per_kwh {
-            Some(g) if g >= zone.threshold_grams_per_kwh - hysteresis_grams_per_kwh => {
-                candidates.push((zone, g));
-            }
-            _ => {
+        match zone.competing(hysteresis_grams_per_kwh) {
+            Some(g) => candidates.push((zone, g)),
+            None => {
                 allowed.insert(zone.zone.clone());
             }
         }
@@ -283,14 +290,33 @@ pub fn rank_zones(zones: &[RankInput], params: &RelativeParams) -> Ranking {
     }
 }
 
-/// Break before make, for the leader between two polls: a zone whose verdict
-/// was `Taint` may keep tainted nodes until its agents see it revoked, so a zone
-/// newly given `Taint` gets only the budget those zones leave; one that does not
-/// fit stays `BudgetExhausted` for this poll and is granted at the next, once
-/// the revoked zone's agents have had a poll interval to untaint. Without this,
-/// a swap taints the new zone's nodes (their dwell already ran while they
-/// waited for budget) in the same instant the old zone's untaint: over budget
-/// until the slower side acts. `zones` and `ranking` are in the same order.
+/// Break before make, for the leader between two polls: a zone granted the
+/// budget in the previous poll may keep tainted nodes until its agents see the
+/// grant revoked, so a zone newly granted gets only the budget those zones
+/// leave; one that does not fit waits for the next poll, once the revoked
+/// zone's agents have had a poll interval to untaint. Without this, a swap
+/// taints the new zone's nodes (their dwell already ran while they waited for
+/// budget) in the same instant the old zone's untaint: over budget until the
+/// slower side acts. `newcomers` are (index, nodes) in the order the budget is
+/// spent; returns the indices of those that must wait.
+fn waiting(budget: usize, held: usize, newcomers: &[(usize, usize)]) -> Vec<usize> {
+    let mut free = budget.saturating_sub(held);
+    newcomers
+        .iter()
+        .filter_map(|&(index, nodes)| {
+            if nodes <= free {
+                free -= nodes;
+                None
+            } else {
+                Some(index)
+            }
+        })
+        .collect()
+}
+
+/// [`waiting`] under the relative policy: a zone held the budget if its
+/// previous verdict was `Taint`; a newcomer that must wait is
+/// `BudgetExhausted` for this poll. `zones` and `ranking` are in the same order.
 pub fn break_before_make(ranking: &mut Ranking, zones: &[RankInput], max_tainted_fraction: f64) {
     let total: usize = zones.iter().map(|z| z.nodes).sum();
     let held: usize = zones
@@ -298,18 +324,57 @@ pub fn break_before_make(ranking: &mut Ranking, zones: &[RankInput], max_tainted
         .filter(|z| z.tainted_before)
         .map(|z| z.nodes)
         .sum();
-    let mut free = node_budget(total, max_tainted_fraction).saturating_sub(held);
     // Newcomers dirtiest first, as the ranking spent the budget.
     let mut newcomers: Vec<usize> = (0..zones.len())
         .filter(|&i| ranking.zones[i].verdict.taints() && !zones[i].tainted_before)
         .collect();
     newcomers.sort_by_key(|&i| ranking.zones[i].rank);
-    for i in newcomers {
-        if zones[i].nodes <= free {
-            free -= zones[i].nodes;
-        } else {
-            ranking.zones[i].verdict = Verdict::BudgetExhausted;
-        }
+    let newcomers: Vec<(usize, usize)> =
+        newcomers.into_iter().map(|i| (i, zones[i].nodes)).collect();
+    for i in waiting(node_budget(total, max_tainted_fraction), held, &newcomers) {
+        ranking.zones[i].verdict = Verdict::BudgetExhausted;
+    }
+}
+
+/// [`waiting`] under the absolute policy: `allowed` is this poll's
+/// [`allowed_zones`]; `held` are the zones whose agents may still hold taints
+/// from the previous poll (allowed then, and competing then). A competing zone
+/// allowed now but not held is a newcomer; one that must wait is taken out of
+/// `allowed` for this poll.
+pub fn stage_allowed(
+    allowed: &mut BTreeSet<GridZone>,
+    zones: &[ZoneLoad],
+    held: &BTreeSet<GridZone>,
+    hysteresis_grams_per_kwh: f64,
+    max_tainted_fraction: f64,
+) {
+    let total: usize = zones.iter().map(|z| z.nodes).sum();
+    let held_nodes: usize = zones
+        .iter()
+        .filter(|z| held.contains(&z.zone))
+        .map(|z| z.nodes)
+        .sum();
+    let mut newcomers: Vec<(usize, f64)> = zones
+        .iter()
+        .enumerate()
+        .filter(|(_, z)| allowed.contains(&z.zone) && !held.contains(&z.zone))
+        .filter_map(|(i, z)| Some((i, z.competing(hysteresis_grams_per_kwh)?)))
+        .collect();
+    // Dirtiest first, then by name, as `allowed_zones` spent the budget.
+    newcomers.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| zones[a.0].zone.cmp(&zones[b.0].zone))
+    });
+    let newcomers: Vec<(usize, usize)> = newcomers
+        .into_iter()
+        .map(|(i, _)| (i, zones[i].nodes))
+        .collect();
+    for i in waiting(
+        node_budget(total, max_tainted_fraction),
+        held_nodes,
+        &newcomers,
+    ) {
+        allowed.remove(&zones[i].zone);
     }
 }
 
@@ -689,5 +754,42 @@ mod tests {
                 ("NL", Verdict::BudgetExhausted)
             ]
         );
+    }
+
+    #[test]
+    fn under_the_absolute_policy_a_swap_releases_before_it_grants() {
+        // Budget 2 of 5 nodes: DE held it; PL is now dirtier.
+        let zones = [
+            load("DE", 2, Some(500.0)),
+            load("PL", 2, Some(700.0)),
+            load("FR", 1, Some(60.0)),
+        ];
+        let held: BTreeSet<GridZone> = [GridZone::parse("DE").unwrap()].into();
+        let mut allowed = allowed_zones(&zones, 20.0, 0.4);
+        assert_eq!(names(&allowed), ["FR", "PL"], "the budget alone swaps");
+        stage_allowed(&mut allowed, &zones, &held, 20.0, 0.4);
+        assert_eq!(names(&allowed), ["FR"], "DE is released first; PL waits");
+        // The next poll: DE was not allowed, so nothing holds the budget.
+        let mut allowed = allowed_zones(&zones, 20.0, 0.4);
+        stage_allowed(&mut allowed, &zones, &BTreeSet::new(), 20.0, 0.4);
+        assert_eq!(names(&allowed), ["FR", "PL"]);
+    }
+
+    #[test]
+    fn under_the_absolute_policy_a_newcomer_that_fits_is_allowed_at_once() {
+        // Budget 3 of 6 nodes: DE keeps its node, PL's two fit beside it, and a
+        // zone below the band is allowed whatever is held (it untaints anyway).
+        let zones = [
+            load("DE", 1, Some(800.0)),
+            load("PL", 2, Some(700.0)),
+            load("NL", 1, Some(650.0)),
+            load("FR", 2, Some(60.0)),
+        ];
+        let held: BTreeSet<GridZone> = [GridZone::parse("DE").unwrap()].into();
+        let mut allowed = allowed_zones(&zones, 20.0, 0.5);
+        let untouched = allowed.clone();
+        stage_allowed(&mut allowed, &zones, &held, 20.0, 0.5);
+        assert_eq!(allowed, untouched);
+        assert_eq!(names(&allowed), ["DE", "FR", "PL"]);
     }
 }
