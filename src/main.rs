@@ -95,12 +95,7 @@ fn main() -> Result<()> {
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // `info,carbon_kube=debug`: targets and levels, which is all `--log` takes; the
-    // regex-based EnvFilter would bring a regex engine into the binary for nothing.
-    let filter: tracing_subscriber::filter::Targets = cli
-        .log
-        .parse()
-        .unwrap_or_else(|_| "info".parse().expect("a level"));
+    let filter = cli.log.clone();
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().finish().with(filter).init(),

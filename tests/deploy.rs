@@ -389,8 +389,12 @@ fn a_bad_setting_stops_the_binary_before_any_connection_naming_the_flag() {
     let missing = dir.join("no-kubeconfig");
     let file = dir.join("agent.yaml");
     std::fs::write(&file, "pue: 0.9\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         // clap's value parsers: the flag, the value and the grammar's reason.
+        (
+            &["--log=info,carbon_kube=loud"],
+            "invalid value 'info,carbon_kube=loud' for '--log <LOG>'",
+        ),
         (
             &["--dwell=soon"],
             "'--dwell <DWELL>': \"soon\" is not a duration",
