@@ -22,7 +22,9 @@ use super::rng::Rng;
 use super::schedule::{DeferredPod, Episode, FaultKind, LEVELS, ProviderFault, Target};
 use super::support::api_proxy::ApiProxy;
 use super::support::carbon_api::{CarbonApi, EM_LATEST, EM_TOKEN, Fault};
-use super::support::cluster::{Agent, ControlPlane, path_str, tail, temp_dir, tool};
+use super::support::cluster::{
+    Agent, ControlPlane, http_get, path_str, signal, tail, temp_dir, tool,
+};
 use super::support::scenario::{agent_kubeconfig, create_nodes, fast_agent_args, libfaketime};
 
 /// The fleet: two zones of two nodes and one of one, so that the budget
@@ -37,10 +39,9 @@ pub const NODES: [(&str, &str); 5] = [
 pub const ZONES: [&str; 3] = ["DE", "PL", "FR"];
 pub const MAX_TAINTED_FRACTION: f64 = 0.5;
 pub const MAX_AGE: Duration = Duration::from_secs(30);
-const AGENT_FLAGS: [&str; 8] = [
+const AGENT_FLAGS: [&str; 7] = [
     "--policy=relative",
     "--max-tainted-fraction=0.5",
-    "--dwell=4s",
     "--max-age=30s",
     "--lease-duration=4s",
     "--poll-interval=2s",
@@ -49,6 +50,23 @@ const AGENT_FLAGS: [&str; 8] = [
     "--deferral=true",
     "--deferral-margin=0s",
 ];
+/// The configurations a rolling upgrade moves the fleet between, in turn:
+/// the log filter and the dwell (within what the bounds of the checks
+/// assume), as a `helm upgrade --set` would change them.
+const GENERATIONS: [(&str, &str); 2] = [
+    ("info,carbon_kube=debug", "--dwell=4s"),
+    ("info", "--dwell=5s"),
+];
+/// The kubelet's restart delay after a container exits on its own: 10 s,
+/// doubling up to 5 min, back to 10 s once a container has run 10 min.
+const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// The chart's terminationGracePeriodSeconds: SIGKILL after it.
+const GRACE: Duration = Duration::from_secs(30);
+/// How long a rolling upgrade waits for a restarted agent to be ready
+/// (/readyz) before it moves on, and counts it.
+const READY_WAIT: Duration = Duration::from_secs(90);
 /// The forecast the carbon API serves: points this far apart (the planning
 /// slot), this many ahead. The dirtiest zone's falls by `FORECAST_FALL` of
 /// its intensity per point (a peak passing), so a pod for it is worth
@@ -76,6 +94,13 @@ struct Slot {
     clock: PathBuf,
     skewed: bool,
     kubeconfig: PathBuf,
+    /// Which of [`GENERATIONS`] it runs (a restart keeps its pod's).
+    generation: usize,
+    /// When its agent was started, and the next restart delay.
+    started: Instant,
+    backoff: Duration,
+    /// After an exit on its own: when to start it again, and when it exited.
+    restart: Option<(Instant, Timestamp)>,
 }
 
 /// What one run did and saw, for the checkers and the figures.
@@ -93,6 +118,9 @@ pub struct Record {
     pub foreign_writes: usize,
     /// Deferrable pods created.
     pub deferred_pods: usize,
+    /// How long each rolling upgrade took, and agents it gave up waiting on.
+    pub rolls: Vec<Duration>,
+    pub unready_after_upgrade: usize,
     /// (node, tainted on the Node, its tainted metric, its is_leader) at the end.
     pub final_agents: Vec<(String, bool, Option<f64>, Option<f64>)>,
     pub audit: String,
@@ -102,6 +130,9 @@ pub struct Record {
 // then the control plane (whose directory holds those logs).
 pub struct Soak {
     slots: Vec<Slot>,
+    roll: Option<Roll>,
+    /// The fleet's configuration, as the DaemonSet's template would say.
+    generation: usize,
     cp: ControlPlane,
     api: CarbonApi,
     audit_dir: PathBuf,
@@ -177,10 +208,16 @@ impl Soak {
                     clock,
                     skewed: false,
                     kubeconfig,
+                    generation: 0,
+                    started: Instant::now(),
+                    backoff: BACKOFF_FIRST,
+                    restart: None,
                 }
             })
             .collect();
         let mut soak = Soak {
+            roll: None,
+            generation: 0,
             cp,
             api,
             slots,
@@ -242,8 +279,12 @@ impl Soak {
     fn spawn(&mut self, i: usize) {
         let slot = &self.slots[i];
         let url = self.api.electricity_maps_url();
-        let args = fast_agent_args(&url, &AGENT_FLAGS);
+        let (log, dwell) = GENERATIONS[slot.generation % GENERATIONS.len()];
+        let mut flags = AGENT_FLAGS.to_vec();
+        flags.push(dwell);
+        let args = fast_agent_args(&url, &flags);
         let env = [
+            ("CARBON_KUBE_LOG", log),
             ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
             ("KUBECONFIG", path_str(&slot.kubeconfig)),
             ("LD_PRELOAD", libfaketime()),
@@ -253,6 +294,7 @@ impl Soak {
         ];
         let agent = Agent::spawn(&self.cp, &slot.node, &args, &env);
         self.slots[i].agent = Some(agent);
+        self.slots[i].started = Instant::now();
     }
 
     fn impaired(&mut self, node: Option<usize>, from: Timestamp, skew_secs: i64) {
@@ -264,14 +306,24 @@ impl Soak {
         });
     }
 
-    /// Restarts agents that exited on their own (as a kubelet would), and
+    /// Restarts agents that exited on their own, with the kubelet's backoff
+    /// (the time down counts as one in which the agent could not act), and
     /// keeps the forecast ahead of the clock.
     fn supervise(&mut self) {
         if self.forecast_at.elapsed() >= FORECAST_REFRESH {
             self.set_forecasts();
         }
+        self.roll_on();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
+            if let Some((when, exited)) = slot.restart {
+                if Instant::now() >= when {
+                    slot.restart = None;
+                    self.spawn(i);
+                    self.impaired(Some(i), exited, 0);
+                }
+                continue;
+            }
             let Some(agent) = &mut slot.agent else {
                 continue;
             };
@@ -286,7 +338,11 @@ impl Soak {
                 tail(&agent.output(), 30)
             ));
             slot.agent = None;
-            self.spawn(i);
+            if slot.started.elapsed() >= BACKOFF_RESET {
+                slot.backoff = BACKOFF_FIRST;
+            }
+            slot.restart = Some((Instant::now() + slot.backoff, at));
+            slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -375,6 +431,9 @@ impl Soak {
                     }
                 }
             }
+        }
+        while self.roll.is_some() {
+            self.wait_until(Instant::now() + Duration::from_millis(250));
         }
         self.recreate_deleted();
         let ended = Timestamp::now();
@@ -537,6 +596,89 @@ impl Soak {
                 .then_some(Active::Deleted(*i))
             }
             FaultKind::RecreateNode(_) => None,
+            FaultKind::RollingUpgrade if self.roll.is_none() => {
+                self.generation += 1;
+                self.roll = Some(Roll {
+                    began: Instant::now(),
+                    next: 0,
+                    step: RollStep::Waiting,
+                });
+                Some(Active::Done)
+            }
+            FaultKind::RollingUpgrade => None,
+        }
+    }
+
+    /// Moves a rolling upgrade on as far as it can go now.
+    fn roll_on(&mut self) {
+        while let Some(roll) = self.roll.take() {
+            let i = roll.next;
+            let step = match roll.step {
+                RollStep::Waiting if i == self.slots.len() => {
+                    self.record.rolls.push(roll.began.elapsed());
+                    return;
+                }
+                RollStep::Waiting => {
+                    let slot = &mut self.slots[i];
+                    // A frozen or killed agent is stopped once it is back.
+                    let Some(agent) = slot.agent.take_if(|a| !slot.frozen && a.is_running()) else {
+                        self.roll = Some(Roll {
+                            step: RollStep::Waiting,
+                            ..roll
+                        });
+                        return;
+                    };
+                    signal(agent.pid(), "TERM");
+                    RollStep::Stopping {
+                        agent,
+                        since: Instant::now(),
+                        from: Timestamp::now(),
+                    }
+                }
+                RollStep::Stopping {
+                    mut agent,
+                    since,
+                    from,
+                } => {
+                    if agent.is_running() && since.elapsed() < GRACE {
+                        self.roll = Some(Roll {
+                            step: RollStep::Stopping { agent, since, from },
+                            ..roll
+                        });
+                        return;
+                    }
+                    agent.kill();
+                    self.slots[i].generation = self.generation;
+                    self.spawn(i);
+                    RollStep::Starting {
+                        since: Instant::now(),
+                        from,
+                    }
+                }
+                RollStep::Starting { since, from } => {
+                    let ready = self.slots[i].agent.as_ref().is_some_and(|a| {
+                        http_get(&format!("127.0.0.1:{}", a.metrics_port), "/readyz").is_some()
+                    });
+                    if !ready && since.elapsed() < READY_WAIT {
+                        self.roll = Some(Roll {
+                            step: RollStep::Starting { since, from },
+                            ..roll
+                        });
+                        return;
+                    }
+                    if !ready {
+                        self.record.unready_after_upgrade += 1;
+                    }
+                    self.impaired(Some(i), from, 0);
+                    self.roll = Some(Roll {
+                        next: i + 1,
+                        step: RollStep::Waiting,
+                        ..roll
+                    });
+                    continue;
+                }
+            };
+            self.roll = Some(Roll { step, ..roll });
         }
     }
 
@@ -620,7 +762,8 @@ impl Soak {
     }
 
     /// Waits until every Node's taint matches its zone's decision and stays
-    /// so for [`STABLE`]; returns how long until it first matched for good.
+    /// so for [`STABLE`], every agent running; returns how long until it
+    /// first matched for good.
     fn converge(&mut self) -> Option<Duration> {
         let started = Instant::now();
         let want = self.expected();
@@ -628,7 +771,8 @@ impl Soak {
         while started.elapsed() < CONVERGENCE_WAIT {
             self.supervise();
             let now = Instant::now();
-            if self.tainted().as_ref() == Some(&want) {
+            let running = self.slots.iter().all(|s| s.agent.is_some());
+            if running && self.tainted().as_ref() == Some(&want) {
                 let since = *matched_since.get_or_insert(now);
                 if now - since >= STABLE {
                     return Some(since - started);
@@ -755,6 +899,27 @@ fn foreign_write(kubeconfig: &Path, node: &str, rng: &mut Rng) -> bool {
             )
         }
     }
+}
+
+/// A rolling upgrade under way: agent `next` (fleet order) is being replaced.
+struct Roll {
+    began: Instant,
+    next: usize,
+    step: RollStep,
+}
+
+enum RollStep {
+    /// Until agent `next` runs, unfrozen, to be stopped.
+    Waiting,
+    /// SIGTERM sent at `since`; SIGKILL once the grace period is over.
+    Stopping {
+        agent: Agent,
+        since: Instant,
+        from: Timestamp,
+    },
+    /// Started on the new configuration at `since`; the next agent goes once
+    /// this one is ready.
+    Starting { since: Instant, from: Timestamp },
 }
 
 /// What happens at one moment of an episode (ordered as they go at one time).

@@ -304,6 +304,20 @@ fn report(plan: &Plan, run: &Run) -> String {
         seen.excused,
         seen.pending,
     ));
+    if !run.record.rolls.is_empty() {
+        let took: Vec<String> = run
+            .record
+            .rolls
+            .iter()
+            .map(|d| format!("{:.0} s", d.as_secs_f64()))
+            .collect();
+        lines.push(format!(
+            "rolling upgrades (SIGTERM, restart on the next configuration, one agent at a time) took {}; \
+             agents not ready within the wait: {}",
+            took.join(", "),
+            run.record.unready_after_upgrade
+        ));
+    }
     let total: usize = run.checked.outcomes.iter().map(|(_, o)| o.checks).sum();
     lines.push(format!("invariant checks made: {total}"));
     for (name, outcome) in &run.checked.outcomes {

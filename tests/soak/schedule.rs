@@ -42,6 +42,11 @@ pub enum FaultKind {
     ClockJump(Target, i64),
     /// The Node is deleted, then created again when the fault ends.
     RecreateNode(usize),
+    /// What `helm upgrade` does to the DaemonSet: each agent in turn gets
+    /// SIGTERM (SIGKILL after the grace period), starts again on a changed
+    /// configuration, and the next goes once it is ready (maxUnavailable 1).
+    /// It runs to its end, however long the fault was drawn.
+    RollingUpgrade,
 }
 
 impl FaultKind {
@@ -60,6 +65,7 @@ impl FaultKind {
             Self::Provider(ProviderFault::RateLimited { .. }) => "provider-429",
             Self::ClockJump(..) => "clock-jump",
             Self::RecreateNode(_) => "recreate-node",
+            Self::RollingUpgrade => "rolling-upgrade",
         }
     }
 }
@@ -138,7 +144,7 @@ fn episode(rng: &mut Rng, nodes: usize) -> Episode {
             let length_s = match kind {
                 // Long enough for the data to go stale (max-age) now and then.
                 FaultKind::Provider(_) => rng.range(5, 45),
-                FaultKind::RestartApiServer => 1,
+                FaultKind::RestartApiServer | FaultKind::RollingUpgrade => 1,
                 FaultKind::PauseApiServer => rng.range(3, 15),
                 _ => rng.range(2, 20),
             };
@@ -165,6 +171,10 @@ fn target(rng: &mut Rng, nodes: usize) -> Target {
 }
 
 fn fault_kind(rng: &mut Rng, nodes: usize) -> FaultKind {
+    // It restarts the whole fleet, one agent at a time: long, so rare.
+    if rng.chance(5) {
+        return FaultKind::RollingUpgrade;
+    }
     match rng.below(10) {
         0 => FaultKind::Kill(target(rng, nodes)),
         1 => FaultKind::Freeze(target(rng, nodes)),
@@ -239,7 +249,7 @@ mod tests {
             .collect();
         kinds.sort();
         kinds.dedup();
-        assert_eq!(kinds.len(), 12, "{kinds:?}");
+        assert_eq!(kinds.len(), 13, "{kinds:?}");
         for fault in all.iter().flat_map(|e| &e.faults) {
             match fault.kind {
                 FaultKind::Kill(Target::Agent(i))
