@@ -392,6 +392,60 @@ async fn api_server_unreachable_for_30s_agents_reconnect_without_flapping() {
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_while_the_api_server_is_unreachable_waits_for_it() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("w1", "DE")], &[]).await;
+    c.api.set_intensity("DE", 520.0);
+    block_in_place(|| {
+        let upstream: std::net::SocketAddr =
+            c.cp.server
+                .trim_start_matches("https://")
+                .parse()
+                .expect("apiserver address");
+        let proxy = ApiProxy::start(upstream);
+        c.server = Some(format!("https://{}", proxy.addr));
+        proxy.down();
+        c.spawn(&["w1"]);
+        // Long enough for several tries with backoff (1, 2, 4 s…).
+        std::thread::sleep(Duration::from_secs(10));
+        let agent = &mut c.agents[0];
+        let output = agent.output();
+        assert!(agent.is_running(), "exited while cut off:\n{output}");
+        assert!(
+            output.contains("listing CarbonScores: waiting for the API server"),
+            "{output}"
+        );
+        proxy.up();
+        wait_tainted_within(&c.cp, "w1", true, Duration::from_secs(60));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_crd_an_agent_exits_at_once_saying_how_to_install_it() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(&[("x1", "DE")], &[]).await;
+    block_in_place(|| {
+        c.cp.kubectl_ok(&["delete", "crd", "carbonscores.carbon-kube.io"]);
+        wait_for("the CRD gone", Duration::from_secs(30), || {
+            (!c.cp
+                .kubectl(&["get", "crd", "carbonscores.carbon-kube.io"])
+                .status
+                .success())
+            .then_some(())
+        });
+        c.spawn(&["x1"]);
+        let status = c.agents[0].wait_exit(Duration::from_secs(30));
+        let output = c.agents[0].output();
+        assert!(!status.success(), "{output}");
+        assert!(
+            output.contains("the CarbonScore CRD is not installed")
+                && output.contains("carbon-kube crd | kubectl apply -f -"),
+            "{output}"
+        );
+    });
+}
+
 // ------------------------------------------------------------- leadership --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
