@@ -74,9 +74,10 @@ impl Supervisor {
 }
 
 /// The longest a round of a leader loop (a poll, a deferral or migration
-/// round) may take. The kube client has no read timeout (one would cut its
-/// watches), so a request that hangs would stall the loop for ever; past this
-/// the round is abandoned, counted, and the next one starts afresh from the
+/// round) may take. The client's read timeout is long, since it must outlast
+/// a quiet watch ([`crate::watches::READ_TIMEOUT`], 150 s), and a server that
+/// trickles bytes never trips it, so a round could stall for minutes; past
+/// this it is abandoned, counted, and the next one starts afresh from the
 /// watched state.
 pub const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 
