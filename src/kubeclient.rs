@@ -54,6 +54,37 @@ pub async fn config(kubeconfig: Option<&Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// A start-up request, repeated while the API server cannot be reached or
+/// answers that it is overloaded or failing (a node booting, a control-plane
+/// upgrade): waiting here beats exiting into the kubelet's crash-loop backoff,
+/// and the error it would print would not be the agent's fault. Any other
+/// answer (404, 403, a bad body) will not change by waiting and is returned.
+pub async fn until_reachable<T, F>(what: &str, mut request: impl FnMut() -> F) -> kube::Result<T>
+where
+    F: Future<Output = kube::Result<T>>,
+{
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match request().await {
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what}: waiting for the API server");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            answered => return answered,
+        }
+    }
+}
+
+fn transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        // Connecting, TLS, timeouts: the connection, not the answer.
+        kube::Error::Service(_) | kube::Error::HyperError(_) => true,
+        _ => false,
+    }
+}
+
 /// Why a configuration cannot give a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

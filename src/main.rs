@@ -274,44 +274,13 @@ async fn agent(config: AgentConfig) -> Result<()> {
 async fn require_crd(client: &Client) -> Result<()> {
     let scores: Api<CarbonScore> = Api::all(client.clone());
     let first = kube::api::ListParams::default().limit(1);
-    let listed = until_reachable("listing CarbonScores", || scores.list(&first)).await;
+    let listed = kubeclient::until_reachable("listing CarbonScores", || scores.list(&first)).await;
     match listed {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => bail!(
             "the CarbonScore CRD is not installed; install it with `carbon-kube crd | kubectl apply -f -`"
         ),
         Err(e) => bail!("cannot list CarbonScores: {e}"),
-    }
-}
-
-/// A start-up request, repeated while the API server cannot be reached or
-/// answers that it is overloaded or failing (a node booting, a control-plane
-/// upgrade): waiting here beats exiting into the kubelet's crash-loop backoff,
-/// and the error it would print would not be the agent's fault. Any other
-/// answer (404, 403, a bad body) will not change by waiting and is returned.
-async fn until_reachable<T, F>(what: &str, mut request: impl FnMut() -> F) -> kube::Result<T>
-where
-    F: Future<Output = kube::Result<T>>,
-{
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match request().await {
-            Err(e) if transient(&e) => {
-                warn!(error = %e, retry_in = ?delay, "{what}: waiting for the API server");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            answered => return answered,
-        }
-    }
-}
-
-fn transient(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-        // Connecting, TLS, timeouts: the connection, not the answer.
-        kube::Error::Service(_) | kube::Error::HyperError(_) => true,
-        _ => false,
     }
 }
 
@@ -325,7 +294,11 @@ async fn node_power(
     let mut sampler = HostSampler::new()?;
     let host = sampler.sample();
     let nodes = Api::<Node>::all(client.clone());
-    let node = match until_reachable("reading this node", || nodes.get(&config.node_name)).await {
+    let node = match kubeclient::until_reachable("reading this node", || {
+        nodes.get(&config.node_name)
+    })
+    .await
+    {
         Ok(node) => Some(node),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             warn!(node = %config.node_name, "own Node not found: its cloud is not known from it");

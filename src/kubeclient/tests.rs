@@ -111,3 +111,29 @@ async fn requests_carry_the_token() {
     reply.send_response(());
     call.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn start_up_waits_out_transient_answers_and_returns_the_others() {
+    let answer = |code: u16| {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("answer", "Test").with_code(code),
+        ))
+    };
+    let mut script = vec![Err(answer(503)), Err(answer(429)), Ok(7)].into_iter();
+    let started = tokio::time::Instant::now();
+    let got = until_reachable("a test", || std::future::ready(script.next().unwrap())).await;
+    assert_eq!(got.unwrap(), 7);
+    // Backoff 1 s, then 2 s.
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+
+    for code in [404, 403, 422] {
+        let mut calls = 0;
+        let got: kube::Result<()> = until_reachable("a test", || {
+            calls += 1;
+            std::future::ready(Err(answer(code)))
+        })
+        .await;
+        assert!(matches!(got, Err(kube::Error::Api(s)) if s.code == code));
+        assert_eq!(calls, 1, "{code} is not waited out");
+    }
+}
