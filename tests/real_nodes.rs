@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN};
-use support::cluster::{ControlPlane, http_get, tool, wait_for};
+use support::cluster::{ControlPlane, tool, wait_for};
 use support::deploy::{
     CLASS_LABEL, LEASE_POLICY, NAMESPACE, NODE_POLICY, RELEASE, Verdict, carbon_marks, chart_dir,
-    documents, helm_ok, repo_root, template_ok, write_token_kubeconfig,
+    documents, helm_in, helm_ok, repo_root, template_ok, write_token_kubeconfig,
 };
-use support::nodes::{PAUSE_IMAGE, RealNode, RealNodes, images};
+use support::nodes::{
+    PAUSE_IMAGE, RealNode, RealNodes, images, pod_cgroup, pod_metrics, pod_pid, sample,
+};
 
 #[allow(dead_code)]
 #[path = "observability/prometheus.rs"]
@@ -406,42 +408,6 @@ fn jwt_claims(token: &str) -> Value {
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
-/// A process of a pod's container: the first pid in the pod's cgroup below its sandbox.
-fn pod_pid(node: &RealNode, pod: &Value) -> u32 {
-    let uid = pod["metadata"]["uid"].as_str().expect("pod uid");
-    let pod_dir = pod_cgroup(node, "pids", uid);
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(&pod_dir).expect("pod cgroup").flatten() {
-        if let Ok(procs) = std::fs::read_to_string(entry.path().join("cgroup.procs")) {
-            pids.extend(procs.lines().filter_map(|l| l.parse::<u32>().ok()));
-        }
-    }
-    // The sandbox's pause process is one of them; the agent is the one that is not.
-    pids.into_iter()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"/pause"))
-        })
-        .unwrap_or_else(|| panic!("no container process in {}", pod_dir.display()))
-}
-
-/// A pod's cgroup directory in one hierarchy (`cpuacct`, `memory`, `pids`, or the v2
-/// root as ""), whatever its QoS class.
-fn pod_cgroup(node: &RealNode, hierarchy: &str, uid: &str) -> PathBuf {
-    let kubepods = Path::new("/sys/fs/cgroup")
-        .join(hierarchy)
-        .join(node.cgroup_root())
-        .join("kubepods");
-    let name = format!("pod{uid}");
-    [
-        kubepods.join(&name),
-        kubepods.join("burstable").join(&name),
-        kubepods.join("besteffort").join(&name),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .unwrap_or_else(|| panic!("no cgroup for pod {uid} under {}", kubepods.display()))
-}
-
 /// kubectl run inside a pod's network namespace (the host's kubectl; the pod's network,
 /// so requests go to 10.0.0.1:443 as in-cluster clients' do).
 fn kubectl_in_pod_network(pid: u32, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
@@ -613,12 +579,6 @@ fn helm_values(api: &CarbonApi) -> Vec<String> {
     .collect()
 }
 
-fn helm_in(cp: &ControlPlane, args: &[&str], values: &[String]) -> String {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(values.iter().map(String::as_str));
-    helm_ok(Some(cp), &all)
-}
-
 /// `helm install` with the carbon API on the first node's IP: every node gets a Ready
 /// agent, and the leader's requests reach the API from the pod network.
 fn helm_install_runs_agents_that_reach_the_carbon_api(
@@ -758,23 +718,6 @@ fn live_agent_on(cp: &ControlPlane, node: &str) -> Option<Value> {
 
 fn agent_on(cp: &ControlPlane, node: &str) -> Value {
     live_agent_on(cp, node).unwrap_or_else(|| panic!("no agent pod on {node}"))
-}
-
-/// An agent pod's metrics, scraped from the host at the pod's IP.
-fn pod_metrics(pod: &Value) -> Option<String> {
-    let ip = pod["status"]["podIP"].as_str()?;
-    http_get(&format!("{ip}:9464"), "/metrics")
-}
-
-/// The first sample of `name` whose labels contain `label`.
-fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        if !rest.starts_with(['{', ' ']) || !line.contains(label) {
-            return None;
-        }
-        line.rsplit_once(' ')?.1.parse().ok()
-    })
 }
 
 /// A dirty zone taints its real node; a new Deployment's pods are scheduled to the green

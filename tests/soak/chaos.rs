@@ -1,7 +1,8 @@
-//! Runs a schedule against a real control plane and five agent processes,
-//! each under its own service account, behind its own cuttable TCP path to
-//! the apiserver and its own wall clock (libfaketime), with a foreign writer
-//! changing taints, labels and conditions throughout. Records what it did
+//! Runs a schedule against a real control plane and five agents, with a
+//! foreign writer changing taints, labels and conditions throughout. The
+//! agents are processes, each under its own service account, behind its own
+//! cuttable TCP path to the apiserver and its own wall clock (libfaketime);
+//! or, on real nodes, the chart's DaemonSet pods (`pods`). Records what it did
 //! (impairments, agent exits, convergence times) for the checkers.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::history::AUDIT_POLICY;
 use super::invariants::Impairment;
+use super::pods::PodFleet;
 use super::rng::Rng;
 use super::schedule::{DeferredPod, Episode, FaultKind, LEVELS, ProviderFault, Target};
 use super::support::api_proxy::ApiProxy;
@@ -25,6 +27,8 @@ use super::support::carbon_api::{CarbonApi, EM_LATEST, EM_TOKEN, Fault};
 use super::support::cluster::{
     Agent, ControlPlane, http_get, path_str, signal, tail, temp_dir, tool,
 };
+use super::support::deploy::NAMESPACE;
+use super::support::nodes::RealNodes;
 use super::support::scenario::{agent_kubeconfig, create_nodes, fast_agent_args, libfaketime};
 
 /// The fleet: two zones of two nodes and one of one, so that the budget
@@ -53,10 +57,7 @@ const AGENT_FLAGS: [&str; 7] = [
 /// The configurations a rolling upgrade moves the fleet between, in turn:
 /// the log filter and the dwell (within what the bounds of the checks
 /// assume), as a `helm upgrade --set` would change them.
-const GENERATIONS: [(&str, &str); 2] = [
-    ("info,carbon_kube=debug", "--dwell=4s"),
-    ("info", "--dwell=5s"),
-];
+const GENERATIONS: [(&str, &str); 2] = [("info,carbon_kube=debug", "4s"), ("info", "5s")];
 /// The kubelet's restart delay after a container exits on its own: 10 s,
 /// doubling up to 5 min, back to 10 s once a container has run 10 min.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
@@ -83,17 +84,23 @@ const STABLE: Duration = Duration::from_secs(6);
 /// How long the harness waits for convergence after an episode.
 pub const CONVERGENCE_WAIT: Duration = Duration::from_secs(150);
 
+/// An agent process's own path to the apiserver and wall clock.
+struct Process {
+    proxy: ApiProxy,
+    clock: PathBuf,
+    kubeconfig: PathBuf,
+}
+
 /// One agent's place in the fleet.
 struct Slot {
     node: String,
     zone: String,
+    /// The agent process; `None` on real nodes (see [`Soak::pods`]).
     agent: Option<Agent>,
+    process: Option<Process>,
     frozen: bool,
-    proxy: ApiProxy,
     cut: bool,
-    clock: PathBuf,
     skewed: bool,
-    kubeconfig: PathBuf,
     /// Which of [`GENERATIONS`] it runs (a restart keeps its pod's).
     generation: usize,
     /// When its agent was started, and the next restart delay.
@@ -121,6 +128,8 @@ pub struct Record {
     /// How long each rolling upgrade took, and agents it gave up waiting on.
     pub rolls: Vec<Duration>,
     pub unready_after_upgrade: usize,
+    /// On real nodes: what `helm upgrade` said when it failed.
+    pub upgrade_failures: Vec<String>,
     /// (node, tainted on the Node, its tainted metric, its is_leader) at the end.
     pub final_agents: Vec<(String, bool, Option<f64>, Option<f64>)>,
     pub audit: String,
@@ -131,6 +140,10 @@ pub struct Record {
 pub struct Soak {
     slots: Vec<Slot>,
     roll: Option<Roll>,
+    /// On real nodes: the chart's pods (dropped before the control plane).
+    pods: Option<PodFleet>,
+    /// Kills so far on real nodes: every other one deletes the pod instead.
+    pod_kills: usize,
     /// The fleet's configuration, as the DaemonSet's template would say.
     generation: usize,
     cp: ControlPlane,
@@ -157,7 +170,7 @@ impl Drop for Soak {
 }
 
 /// kubectl with a request timeout: a paused apiserver must not hang the harness.
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(tool("kubectl"))
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -169,10 +182,11 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
 
 impl Soak {
     /// The cluster, settled: agents running, the dirtiest zone tainted.
-    pub fn start(rt: &tokio::runtime::Runtime) -> Soak {
-        libfaketime();
-        let api = rt.block_on(CarbonApi::start());
-        api.set_em_period(1);
+    /// `real_nodes`: the agents are the chart's pods on real kubelets.
+    pub fn start(rt: &tokio::runtime::Runtime, real_nodes: bool) -> Soak {
+        if !real_nodes {
+            libfaketime();
+        }
         let audit_dir = temp_dir("ck-soak-audit");
         let policy = audit_dir.join("policy.yaml");
         std::fs::write(&policy, AUDIT_POLICY).expect("audit policy");
@@ -184,7 +198,16 @@ impl Soak {
             ),
             "--apiserver-arg=--audit-log-maxsize=2000".to_string(),
         ]);
-        create_nodes(&cp, &NODES);
+        let nodes = real_nodes.then(|| RealNodes::start(&cp, &NODES));
+        // On real nodes the pods reach the carbon API on a node's IP.
+        let ip = nodes
+            .as_ref()
+            .map_or("127.0.0.1", |n| n.nodes[0].ip.as_str());
+        let api = rt.block_on(CarbonApi::start_on(ip));
+        api.set_em_period(1);
+        if nodes.is_none() {
+            create_nodes(&cp, &NODES);
+        }
         let upstream: std::net::SocketAddr = cp
             .server
             .trim_start_matches("https://")
@@ -193,21 +216,26 @@ impl Soak {
         let slots = NODES
             .iter()
             .map(|(node, zone)| {
-                let proxy = ApiProxy::start(upstream);
-                let kubeconfig =
-                    agent_kubeconfig(&cp, node, Some(&format!("https://{}", proxy.addr)));
-                let clock = audit_dir.join(format!("clock-{node}"));
-                std::fs::write(&clock, "+0\n").expect("clock file");
+                let process = nodes.is_none().then(|| {
+                    let proxy = ApiProxy::start(upstream);
+                    let kubeconfig =
+                        agent_kubeconfig(&cp, node, Some(&format!("https://{}", proxy.addr)));
+                    let clock = audit_dir.join(format!("clock-{node}"));
+                    std::fs::write(&clock, "+0\n").expect("clock file");
+                    Process {
+                        proxy,
+                        clock,
+                        kubeconfig,
+                    }
+                });
                 Slot {
                     node: node.to_string(),
                     zone: zone.to_string(),
                     agent: None,
+                    process,
                     frozen: false,
-                    proxy,
                     cut: false,
-                    clock,
                     skewed: false,
-                    kubeconfig,
                     generation: 0,
                     started: Instant::now(),
                     backoff: BACKOFF_FIRST,
@@ -217,6 +245,8 @@ impl Soak {
             .collect();
         let mut soak = Soak {
             roll: None,
+            pods: None,
+            pod_kills: 0,
             generation: 0,
             cp,
             api,
@@ -229,8 +259,20 @@ impl Soak {
             record: Record::default(),
         };
         soak.set_levels();
-        for i in 0..soak.slots.len() {
-            soak.spawn(i);
+        match nodes {
+            Some(nodes) => {
+                soak.pods = Some(PodFleet::install(
+                    &soak.cp,
+                    nodes,
+                    &soak.api,
+                    GENERATIONS[0],
+                ));
+            }
+            None => {
+                for i in 0..soak.slots.len() {
+                    soak.spawn(i);
+                }
+            }
         }
         let settled = soak.converge();
         assert!(
@@ -278,17 +320,19 @@ impl Soak {
 
     fn spawn(&mut self, i: usize) {
         let slot = &self.slots[i];
+        let process = slot.process.as_ref().expect("an agent process's slot");
         let url = self.api.electricity_maps_url();
         let (log, dwell) = GENERATIONS[slot.generation % GENERATIONS.len()];
+        let dwell = format!("--dwell={dwell}");
         let mut flags = AGENT_FLAGS.to_vec();
-        flags.push(dwell);
+        flags.push(&dwell);
         let args = fast_agent_args(&url, &flags);
         let env = [
             ("CARBON_KUBE_LOG", log),
             ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
-            ("KUBECONFIG", path_str(&slot.kubeconfig)),
+            ("KUBECONFIG", path_str(&process.kubeconfig)),
             ("LD_PRELOAD", libfaketime()),
-            ("FAKETIME_TIMESTAMP_FILE", path_str(&slot.clock)),
+            ("FAKETIME_TIMESTAMP_FILE", path_str(&process.clock)),
             ("FAKETIME_CACHE_DURATION", "1"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ];
@@ -314,6 +358,20 @@ impl Soak {
             self.set_forecasts();
         }
         self.roll_on();
+        if let Some(pods) = &mut self.pods {
+            if let Some((took, failed)) = pods.upgrade_done(&self.cp.kubeconfig) {
+                self.record.rolls.push(took);
+                self.record.upgrade_failures.extend(failed);
+            }
+            // A paused apiserver answers nothing; the pods are read once it is back.
+            if !self.paused {
+                let (ended, exits) = pods.poll(&self.cp.kubeconfig);
+                self.record.impairments.extend(ended);
+                for (i, at) in exits {
+                    self.record.exits.push((self.slots[i].node.clone(), at));
+                }
+            }
+        }
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if let Some((when, exited)) = slot.restart {
@@ -356,6 +414,9 @@ impl Soak {
 
     /// The agent that leads now, asked of those that can answer.
     fn leader(&mut self) -> Option<usize> {
+        if let Some(pods) = &self.pods {
+            return (0..self.slots.len()).find(|i| pods.leads(&self.cp.kubeconfig, *i));
+        }
         (0..self.slots.len()).find(|i| {
             let slot = &mut self.slots[*i];
             !slot.frozen
@@ -411,7 +472,14 @@ impl Soak {
                     let kind = &episode.faults[i].kind;
                     match self.begin(kind) {
                         Some(a) => {
-                            *self.record.injected.entry(kind.name()).or_default() += 1;
+                            let name = match (&a, kind) {
+                                (Active::PodDeleted, FaultKind::Kill(Target::Leader)) => {
+                                    "delete-leader-pod"
+                                }
+                                (Active::PodDeleted, _) => "delete-agent-pod",
+                                _ => kind.name(),
+                            };
+                            *self.record.injected.entry(name).or_default() += 1;
                             active.insert(i, a);
                         }
                         None => *self.record.skipped.entry(kind.name()).or_default() += 1,
@@ -432,7 +500,7 @@ impl Soak {
                 }
             }
         }
-        while self.roll.is_some() {
+        while self.roll.is_some() || self.pods.as_ref().is_some_and(PodFleet::upgrading) {
             self.wait_until(Instant::now() + Duration::from_millis(250));
         }
         self.recreate_deleted();
@@ -521,6 +589,20 @@ impl Soak {
     fn begin(&mut self, kind: &FaultKind) -> Option<Active> {
         let now = Timestamp::now();
         match kind {
+            FaultKind::Kill(target) if self.pods.is_some() => {
+                let i = self.resolve(*target)?;
+                let kubeconfig = &self.cp.kubeconfig;
+                if self.slots[i].frozen {
+                    return None;
+                }
+                let pods = self.pods.as_mut()?;
+                self.pod_kills += 1;
+                if self.pod_kills % 2 == 0 {
+                    pods.delete(kubeconfig, i).map(|()| Active::PodDeleted)
+                } else {
+                    pods.kill(kubeconfig, i).map(|()| Active::Done)
+                }
+            }
             FaultKind::Kill(target) => {
                 let i = self.resolve(*target)?;
                 let slot = &mut self.slots[i];
@@ -533,11 +615,14 @@ impl Soak {
             }
             FaultKind::Freeze(target) => {
                 let i = self.resolve(*target)?;
-                let slot = &mut self.slots[i];
-                if slot.frozen {
+                if self.slots[i].frozen {
                     return None;
                 }
-                slot.agent.as_mut()?.freeze();
+                match &mut self.pods {
+                    Some(pods) => pods.freeze(&self.cp.kubeconfig, i)?,
+                    None => self.slots[i].agent.as_mut()?.freeze(),
+                }
+                let slot = &mut self.slots[i];
                 slot.frozen = true;
                 Some(Active::Frozen(i, now))
             }
@@ -554,12 +639,15 @@ impl Soak {
             FaultKind::PauseApiServer | FaultKind::RestartApiServer => None,
             FaultKind::CutNetwork(target) => {
                 let i = self.resolve(*target)?;
-                let slot = &mut self.slots[i];
-                if slot.cut {
+                if self.slots[i].cut {
                     return None;
                 }
-                slot.proxy.down();
-                slot.cut = true;
+                match (&mut self.pods, &self.slots[i].process) {
+                    (Some(pods), _) => pods.cut(&self.cp.kubeconfig, i)?,
+                    (None, Some(process)) => process.proxy.down(),
+                    (None, None) => return None,
+                }
+                self.slots[i].cut = true;
                 Some(Active::Cut(i, now))
             }
             FaultKind::Provider(fault) => {
@@ -575,16 +663,23 @@ impl Soak {
                 );
                 Some(Active::Provider)
             }
+            // libfaketime (LD_PRELOAD) cannot reach the static binary in a
+            // container: clock jumps are the process fleet's.
+            FaultKind::ClockJump(..) if self.pods.is_some() => None,
             FaultKind::ClockJump(target, seconds) => {
                 let i = self.resolve(*target)?;
                 let slot = &mut self.slots[i];
                 if slot.skewed {
                     return None;
                 }
-                std::fs::write(&slot.clock, format!("{seconds:+}\n")).ok()?;
+                let clock = &slot.process.as_ref()?.clock;
+                std::fs::write(clock, format!("{seconds:+}\n")).ok()?;
                 slot.skewed = true;
                 Some(Active::Skewed(i, now, *seconds))
             }
+            // A deleted Node takes its pods along and its kubelet does not
+            // register it again: the process fleet's.
+            FaultKind::RecreateNode(_) if self.pods.is_some() => None,
             FaultKind::RecreateNode(i) if !self.paused && !self.deleted.contains(i) => {
                 let node = self.slots[*i].node.clone();
                 kubectl(
@@ -596,6 +691,19 @@ impl Soak {
                 .then_some(Active::Deleted(*i))
             }
             FaultKind::RecreateNode(_) => None,
+            FaultKind::RollingUpgrade if self.pods.is_some() => {
+                let pods = self.pods.as_mut()?;
+                if pods.upgrading() {
+                    return None;
+                }
+                self.generation += 1;
+                pods.upgrade(
+                    &self.cp,
+                    &self.api,
+                    GENERATIONS[self.generation % GENERATIONS.len()],
+                );
+                Some(Active::Done)
+            }
             FaultKind::RollingUpgrade if self.roll.is_none() => {
                 self.generation += 1;
                 self.roll = Some(Roll {
@@ -689,6 +797,9 @@ impl Soak {
                 self.impaired(Some(i), from, 0);
             }
             Active::Frozen(i, from) => {
+                if let Some(pods) = &mut self.pods {
+                    pods.thaw(i);
+                }
                 let slot = &mut self.slots[i];
                 if let Some(agent) = &mut slot.agent {
                     agent.thaw();
@@ -702,20 +813,27 @@ impl Soak {
                 self.impaired(None, from, 0);
             }
             Active::Cut(i, from) => {
-                self.slots[i].proxy.up();
+                if let Some(pods) = &mut self.pods {
+                    pods.uncut(i);
+                }
+                if let Some(process) = &self.slots[i].process {
+                    process.proxy.up();
+                }
                 self.slots[i].cut = false;
                 self.impaired(Some(i), from, 0);
             }
             Active::Provider => self.api.clear_fault(EM_LATEST),
             Active::Skewed(i, from, seconds) => {
-                let _ = std::fs::write(&self.slots[i].clock, "+0\n");
+                if let Some(process) = &self.slots[i].process {
+                    let _ = std::fs::write(&process.clock, "+0\n");
+                }
                 self.slots[i].skewed = false;
                 // libfaketime reads the file again within a second.
                 std::thread::sleep(Duration::from_millis(1100));
                 self.impaired(Some(i), from, seconds);
             }
             Active::Deleted(i) => self.deleted.push(i),
-            Active::Done => {}
+            Active::PodDeleted | Active::Done => {}
         }
     }
 
@@ -771,7 +889,10 @@ impl Soak {
         while started.elapsed() < CONVERGENCE_WAIT {
             self.supervise();
             let now = Instant::now();
-            let running = self.slots.iter().all(|s| s.agent.is_some());
+            let running = match &self.pods {
+                Some(pods) => pods.all_ready(),
+                None => self.slots.iter().all(|s| s.agent.is_some()),
+            };
             if running && self.tainted().as_ref() == Some(&want) {
                 let since = *matched_since.get_or_insert(now);
                 if now - since >= STABLE {
@@ -790,13 +911,20 @@ impl Soak {
     pub fn finish(mut self) -> Record {
         let tainted = self.tainted().unwrap_or_default();
         let mut finals = Vec::new();
-        for slot in &mut self.slots {
+        for (i, slot) in self.slots.iter().enumerate() {
             let agent = slot.agent.as_ref();
+            let (node_tainted, leads) = match &self.pods {
+                Some(pods) => pods.beliefs(&self.cp.kubeconfig, i),
+                None => (
+                    agent.and_then(|a| a.metric("carbon_kube_node_tainted")),
+                    agent.and_then(|a| a.metric("carbon_kube_is_leader")),
+                ),
+            };
             finals.push((
                 slot.node.clone(),
                 tainted.contains(&slot.node),
-                agent.and_then(|a| a.metric("carbon_kube_node_tainted")),
-                agent.and_then(|a| a.metric("carbon_kube_is_leader")),
+                node_tainted,
+                leads,
             ));
         }
         self.record.final_agents = finals;
@@ -813,6 +941,21 @@ impl Soak {
 
     /// Every agent's log tail, for a failure report.
     pub fn logs(&self) -> String {
+        if self.pods.is_some() {
+            let out = kubectl(
+                &self.cp.kubeconfig,
+                &[
+                    "-n",
+                    NAMESPACE,
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/name=carbon-kube",
+                    "--prefix",
+                    "--tail=15",
+                ],
+            );
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
         self.slots
             .iter()
             .filter_map(|s| s.agent.as_ref())
@@ -939,5 +1082,7 @@ enum Active {
     Provider,
     Skewed(usize, Timestamp, i64),
     Deleted(usize),
+    /// An agent pod deleted (its replacement is the DaemonSet's).
+    PodDeleted,
     Done,
 }

@@ -10,10 +10,15 @@ use carbon_kube::node::{CLASS_LABEL, CONDITION_TYPE, TAINT_KEY};
 use jiff::Timestamp;
 use serde_json::Value;
 
-/// Agents' service accounts are `agent-<node>` in the agents' namespace.
+/// Agent processes' service accounts are `agent-<node>` in the agents' namespace.
 pub const AGENT_USER_PREFIX: &str = "system:serviceaccount:carbon-kube:agent-";
 /// Their Lease identity is `carbon-kube-<node>`.
 pub const IDENTITY_PREFIX: &str = "carbon-kube-";
+/// The chart's agent pods all share one service account; their kubelet-mounted
+/// tokens are bound to the pod and its node, which the audit log records.
+pub const CHART_USER: &str = "system:serviceaccount:carbon-kube:carbon-kube";
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 pub const LEASE: &str = "carbon-kube-leader";
 
 /// What the soak's apiserver records: Lease and CarbonScore writes with their
@@ -52,6 +57,8 @@ rules:
 pub struct Write {
     /// The agent's node, when an agent wrote it.
     pub agent: Option<String>,
+    /// Its Lease identity (an agent pod's name; two pods of one node differ).
+    pub identity: Option<String>,
     pub verb: String,
     pub resource: String,
     pub name: String,
@@ -60,6 +67,8 @@ pub struct Write {
     pub done: Timestamp,
     pub request: Value,
     pub response: Value,
+    /// Lease writes: the holder written, as its agent's node.
+    pub holder: Option<String>,
 }
 
 impl Write {
@@ -67,26 +76,66 @@ impl Write {
         (200..300).contains(&self.code)
     }
 
-    /// Lease writes: the holder written, as a node name.
     pub fn holder(&self) -> Option<&str> {
-        self.request["spec"]["holderIdentity"]
-            .as_str()?
-            .strip_prefix(IDENTITY_PREFIX)
+        self.holder.as_deref()
+    }
+
+    /// Lease writes: the holder's identity as written.
+    pub fn holder_identity(&self) -> Option<&str> {
+        self.request["spec"]["holderIdentity"].as_str()
     }
 }
 
+/// The writer's node and Lease identity: an agent process by its service
+/// account's name, a chart pod by the node and pod its token is bound to.
+fn writer(event: &Value) -> (Option<String>, Option<String>) {
+    let user = &event["user"];
+    let username = user["username"].as_str().unwrap_or("");
+    if let Some(node) = username.strip_prefix(AGENT_USER_PREFIX) {
+        return (
+            Some(node.to_string()),
+            Some(format!("{IDENTITY_PREFIX}{node}")),
+        );
+    }
+    if username != CHART_USER {
+        return (None, None);
+    }
+    let extra = |key: &str| user["extra"][key][0].as_str().map(str::to_string);
+    (extra(NODE_NAME_EXTRA), extra(POD_NAME_EXTRA))
+}
+
 /// Parses the audit log's completed writes; lines that are not events (a
-/// line cut by a restart) are skipped.
+/// line cut by a restart) are skipped. A Lease holder is resolved to its
+/// node through the identities the writers themselves had.
 pub fn parse_audit(text: &str) -> Vec<Write> {
-    text.lines()
+    let events: Vec<Value> = text
+        .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
+        .collect();
+    let node_of: BTreeMap<String, String> = events
+        .iter()
+        .filter_map(|e| match writer(e) {
+            (Some(node), Some(identity)) => Some((identity, node)),
+            _ => None,
+        })
+        .collect();
+    events
+        .into_iter()
         .filter_map(|e| {
+            let holder = e["requestObject"]["spec"]["holderIdentity"]
+                .as_str()
+                .map(|h| {
+                    node_of
+                        .get(h)
+                        .cloned()
+                        .unwrap_or_else(|| h.strip_prefix(IDENTITY_PREFIX).unwrap_or(h).to_string())
+                });
+            let (agent, identity) = writer(&e);
             Some(Write {
-                agent: e["user"]["username"]
-                    .as_str()
-                    .and_then(|u| u.strip_prefix(AGENT_USER_PREFIX))
-                    .map(str::to_string),
+                agent,
+                identity,
+                holder,
                 verb: e["verb"].as_str()?.to_string(),
                 resource: e["objectRef"]["resource"].as_str()?.to_string(),
                 name: e["objectRef"]["name"].as_str().unwrap_or("").to_string(),
@@ -326,6 +375,62 @@ mod tests {
                 "condition \"Ready\"=\"True\"/\"R\"",
                 "label x=\"1\"",
                 "taint \"other\"=\"v\":\"NoSchedule\""
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chart_pods_writes_are_its_nodes_and_its_lease_names_that_node() {
+        let event = |resource: &str, node: &str, pod: &str, body: serde_json::Value| {
+            serde_json::json!({
+                "stage": "ResponseComplete", "verb": "update",
+                "user": {"username": CHART_USER, "extra": {
+                    NODE_NAME_EXTRA: [node], POD_NAME_EXTRA: [pod]}},
+                "objectRef": {"resource": resource, "name": LEASE},
+                "responseStatus": {"code": 200},
+                "requestReceivedTimestamp": "2024-01-01T00:00:01Z",
+                "stageTimestamp": "2024-01-01T00:00:01Z",
+                "requestObject": body,
+            })
+            .to_string()
+        };
+        let holding = |pod: &str| serde_json::json!({"spec": {"holderIdentity": pod}});
+        let lines = [
+            event(
+                "leases",
+                "b1",
+                "carbon-kube-x7k2p",
+                holding("carbon-kube-x7k2p"),
+            ),
+            // Another writer naming that pod: still its node.
+            serde_json::json!({
+                "stage": "ResponseComplete", "verb": "update",
+                "user": {"username": "admin"},
+                "objectRef": {"resource": "leases", "name": LEASE},
+                "responseStatus": {"code": 200},
+                "requestReceivedTimestamp": "2024-01-01T00:00:02Z",
+                "stageTimestamp": "2024-01-01T00:00:02Z",
+                "requestObject": holding("carbon-kube-x7k2p"),
+            })
+            .to_string(),
+            event(
+                "leases",
+                "a1",
+                "carbon-kube-q9m4z",
+                holding("carbon-kube-q9m4z"),
+            ),
+        ];
+        let writes = parse_audit(&lines.join("\n"));
+        let seen: Vec<(Option<&str>, Option<&str>)> = writes
+            .iter()
+            .map(|w| (w.agent.as_deref(), w.holder()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("b1"), Some("b1")),
+                (None, Some("b1")),
+                (Some("a1"), Some("a1"))
             ]
         );
     }

@@ -70,7 +70,8 @@ fn backward_skew(impairments: &[Impairment], node: &str, at: Timestamp) -> i64 {
 
 /// At most one writer of CarbonScores at a time, fenced by the Lease: every
 /// CarbonScore write came from the agent whose own Lease write, naming
-/// itself holder, was the last to complete before the write arrived.
+/// itself holder, was the last to complete before the write arrived (by
+/// Lease identity: a pod's replacement on the same node is another agent).
 pub fn single_writer(writes: &[Write]) -> Outcome {
     let mut leases: Vec<&Write> = writes
         .iter()
@@ -88,16 +89,21 @@ pub fn single_writer(writes: &[Write]) -> Outcome {
             .iter()
             .take_while(|l| l.done <= write.received)
             .last();
-        let holder = last.and_then(|l| l.agent.as_deref().filter(|a| Some(*a) == l.holder()));
-        out.check(holder == write.agent.as_deref(), || Violation {
+        let holder = last.and_then(|l| {
+            l.identity
+                .as_deref()
+                .filter(|i| Some(*i) == l.holder_identity())
+        });
+        out.check(holder.is_some() && holder == write.identity.as_deref(), || Violation {
             invariant: "single-writer",
             at: write.received,
             what: format!(
-                "{:?} wrote CarbonScore {} while the Lease was last written by {:?} naming {:?}",
+                "{:?} ({:?}) wrote CarbonScore {} while the Lease was last written by {:?} naming {:?}",
+                write.identity,
                 write.agent,
                 write.name,
-                last.map(|l| &l.agent),
-                last.and_then(|l| l.holder())
+                last.map(|l| &l.identity),
+                last.and_then(|l| l.holder_identity())
             ),
         });
     }
@@ -465,6 +471,7 @@ mod tests {
     fn write(agent: &str, resource: &str, at: i64, holder: Option<&str>) -> Write {
         Write {
             agent: Some(agent.to_string()),
+            identity: Some(format!("carbon-kube-{agent}")),
             verb: "patch".to_string(),
             resource: resource.to_string(),
             name: if resource == "leases" { LEASE } else { "de" }.to_string(),
@@ -476,6 +483,7 @@ mod tests {
                 |h| serde_json::json!({"spec": {"holderIdentity": format!("carbon-kube-{h}")}}),
             ),
             response: serde_json::Value::Null,
+            holder: holder.map(str::to_string),
         }
     }
 
@@ -490,6 +498,31 @@ mod tests {
         let clean = single_writer(&writes);
         assert_eq!((clean.checks, clean.violations.len()), (2, 0));
         writes.push(write("a", "carbonscores", 7, None));
+        let caught = single_writer(&writes);
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(7));
+    }
+
+    #[test]
+    fn single_writer_tells_two_pods_of_one_node_apart() {
+        // The chart's pods: a1's old pod still writes after its replacement,
+        // on the same node, took the Lease.
+        let pod = |pod: &str, mut w: Write| {
+            w.agent = Some("a1".to_string());
+            w.identity = Some(pod.to_string());
+            if w.resource == "leases" {
+                w.request = serde_json::json!({"spec": {"holderIdentity": pod}});
+            }
+            w
+        };
+        let mut writes = vec![
+            pod("old", write("x", "leases", 0, Some("a1"))),
+            pod("old", write("x", "carbonscores", 1, None)),
+            pod("new", write("x", "leases", 5, Some("a1"))),
+            pod("new", write("x", "carbonscores", 6, None)),
+        ];
+        assert!(single_writer(&writes).violations.is_empty());
+        writes.push(pod("old", write("x", "carbonscores", 7, None)));
         let caught = single_writer(&writes);
         assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
         assert_eq!(caught.violations[0].at, t(7));

@@ -3,8 +3,10 @@
 //! invariants checked on the apiserver's audit log, on what the harness saw
 //! and on the agents' metrics.
 //!
-//! `cargo test --test soak -- --nocapture` runs the CI soak: a fixed seed for
-//! 300 s of episodes. By hand:
+//! `cargo test --test soak -- --nocapture` runs the CI soaks, one after the
+//! other: a fixed seed for 300 s of episodes against agent processes
+//! (`chaos_soak`), then against the chart's pods on real nodes
+//! (`chaos_soak_on_real_nodes`: root, see `tests/real_nodes.rs`). By hand:
 //!
 //! - `CARBON_KUBE_SOAK_SECS=3600 CARBON_KUBE_SOAK_SEED=random` a long soak on
 //!   a fresh seed (printed first);
@@ -23,6 +25,7 @@ mod support;
 mod chaos;
 mod history;
 mod invariants;
+mod pods;
 mod rng;
 mod schedule;
 
@@ -37,6 +40,11 @@ use schedule::{Episode, episodes};
 
 /// The CI soak's seed.
 const CI_SEED: u64 = 20;
+/// The real-node CI soak's: its first nine episodes hold kills of the leader
+/// and of followers (SIGKILL and pod deletion in turn), freezes, network cuts,
+/// apiserver pauses and restarts, two `helm upgrade`s and provider faults, and
+/// none of the kinds left to processes (clock jumps, Node recreation).
+const CI_SEED_REAL_NODES: u64 = 732;
 const CI_SECS: u64 = 300;
 /// More episodes than any run can get through: the run stops by time.
 const MAX_EPISODES: usize = 10_000;
@@ -52,6 +60,8 @@ const STALE_SLACK: Duration = Duration::from_secs(10);
 const RELEASE_SLACK: SignedDuration = SignedDuration::from_secs(5);
 
 struct Plan {
+    /// The agents are the chart's pods on real kubelets, not processes.
+    real_nodes: bool,
     seed: u64,
     /// Run until this much time has passed, or exactly `episodes`.
     secs: u64,
@@ -62,8 +72,9 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn plan() -> Plan {
+fn plan(real_nodes: bool) -> Plan {
     let seed = match env("CARBON_KUBE_SOAK_SEED").as_deref() {
+        None if real_nodes => CI_SEED_REAL_NODES,
         None => CI_SEED,
         Some("random") => Timestamp::now().as_nanosecond() as u64,
         Some(s) => s
@@ -77,6 +88,7 @@ fn plan() -> Plan {
         })
     };
     Plan {
+        real_nodes,
         seed,
         secs: number("CARBON_KUBE_SOAK_SECS").unwrap_or(CI_SECS),
         episodes: number("CARBON_KUBE_SOAK_EPISODES").map(|n| n as usize),
@@ -133,7 +145,7 @@ fn run(plan: &Plan) -> Run {
         NODES.len(),
         chaos::ZONES.len(),
     );
-    let mut soak = Soak::start(&rt);
+    let mut soak = Soak::start(&rt, plan.real_nodes);
     let (stop, writer) = soak.foreign_writer(plan.seed ^ 0x5eed);
     let started = Instant::now();
     let mut done = Vec::new();
@@ -244,12 +256,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn report(plan: &Plan, run: &Run) -> String {
     let mut lines = vec![format!(
-        "soak seed {} : {} episodes in {:.0} s wall ({} nodes, {} zones)",
+        "soak seed {} : {} episodes in {:.0} s wall ({} nodes, {} zones; agents: {})",
         plan.seed,
         run.episodes.len(),
         run.wall.as_secs_f64(),
         NODES.len(),
-        chaos::ZONES.len()
+        chaos::ZONES.len(),
+        if plan.real_nodes {
+            "the chart's pods on real kubelets"
+        } else {
+            "processes"
+        }
     )];
     let injected: Vec<String> = run
         .record
@@ -313,9 +330,10 @@ fn report(plan: &Plan, run: &Run) -> String {
             .collect();
         lines.push(format!(
             "rolling upgrades (SIGTERM, restart on the next configuration, one agent at a time) took {}; \
-             agents not ready within the wait: {}",
+             agents not ready within the wait: {}; helm upgrades failed: {:?}",
             took.join(", "),
-            run.record.unready_after_upgrade
+            run.record.unready_after_upgrade,
+            run.record.upgrade_failures
         ));
     }
     let total: usize = run.checked.outcomes.iter().map(|(_, o)| o.checks).sum();
@@ -330,11 +348,28 @@ fn report(plan: &Plan, run: &Run) -> String {
     lines.join("\n")
 }
 
+/// The agents as processes: every fault kind.
 #[test]
 fn chaos_soak() {
-    let plan = plan();
+    soak(plan(false), "chaos_soak");
+}
+
+/// The agents as the chart's DaemonSet pods on five real kubelets (root,
+/// and what `tests/tools/install.sh` installs; see `tests/real_nodes.rs`).
+#[test]
+fn chaos_soak_on_real_nodes() {
+    soak(plan(true), "chaos_soak_on_real_nodes");
+}
+
+/// One soak at a time: each judges timing on a busy machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn soak(plan: Plan, test: &str) {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     println!(
-        "soak: seed {}, {} (replay: CARBON_KUBE_SOAK_SEED={} cargo test --test soak -- --nocapture)",
+        "soak: seed {}, {} (replay: CARBON_KUBE_SOAK_SEED={} cargo test --test soak {test} -- --exact --nocapture)",
         plan.seed,
         match plan.episodes {
             Some(n) => format!("{n} episodes"),
@@ -368,20 +403,22 @@ fn chaos_soak() {
             .map(|(i, e)| format!("  {i}: {e}")),
     );
     failure.push(format!(
-        "replay it: CARBON_KUBE_SOAK_SEED={} CARBON_KUBE_SOAK_EPISODES={prefix} cargo test --test soak -- --nocapture",
+        "replay it: CARBON_KUBE_SOAK_SEED={} CARBON_KUBE_SOAK_EPISODES={prefix} cargo test --test soak {test} -- --exact --nocapture",
         plan.seed
     ));
     if env("CARBON_KUBE_SOAK_SHRINK").is_some() {
-        failure.push(shrink(plan.seed, prefix));
+        failure.push(shrink(&plan, prefix));
     }
     panic!("{}", failure.join("\n"));
 }
 
 /// Replays prefixes of the schedule, shortest first, up to `prefix`, and
 /// says which is the shortest that fails again (each tried once).
-fn shrink(seed: u64, prefix: usize) -> String {
+fn shrink(failed: &Plan, prefix: usize) -> String {
+    let seed = failed.seed;
     for k in 1..=prefix {
         let plan = Plan {
+            real_nodes: failed.real_nodes,
             seed,
             secs: 0,
             episodes: Some(k),

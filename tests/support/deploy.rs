@@ -387,3 +387,10 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// `helm` against the control plane with `args`, then `values` (`--set` pairs).
+pub fn helm_in(cp: &ControlPlane, args: &[&str], values: &[String]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(values.iter().map(String::as_str));
+    helm_ok(Some(cp), &all)
+}

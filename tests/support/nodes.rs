@@ -454,3 +454,86 @@ impl Drop for RealNodes {
         );
     }
 }
+
+/// A pod's cgroup directory in one hierarchy (`cpuacct`, `memory`, `pids`, or the v2
+/// root as ""), whatever its QoS class; `None` while it has none.
+pub fn find_pod_cgroup(node: &RealNode, hierarchy: &str, uid: &str) -> Option<PathBuf> {
+    let kubepods = Path::new("/sys/fs/cgroup")
+        .join(hierarchy)
+        .join(node.cgroup_root())
+        .join("kubepods");
+    let name = format!("pod{uid}");
+    [
+        kubepods.join(&name),
+        kubepods.join("burstable").join(&name),
+        kubepods.join("besteffort").join(&name),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
+pub fn pod_cgroup(node: &RealNode, hierarchy: &str, uid: &str) -> PathBuf {
+    find_pod_cgroup(node, hierarchy, uid).unwrap_or_else(|| {
+        panic!(
+            "no cgroup for pod {uid} under {}/{}",
+            hierarchy,
+            node.cgroup_root()
+        )
+    })
+}
+
+/// Every process in a pod's cgroup: its sandbox's pause process (which holds the pod's
+/// namespaces) and its containers'; empty while it has none.
+pub fn pod_processes(node: &RealNode, uid: &str) -> Vec<u32> {
+    let Some(pod_dir) = find_pod_cgroup(node, "pids", uid) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(&pod_dir).into_iter().flatten().flatten() {
+        if let Ok(procs) = std::fs::read_to_string(entry.path().join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.parse::<u32>().ok()));
+        }
+    }
+    pids
+}
+
+fn is_pause(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"/pause"))
+}
+
+/// The pod's container process (the one that is not the sandbox's pause), if it runs.
+pub fn container_pid(node: &RealNode, uid: &str) -> Option<u32> {
+    pod_processes(node, uid).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"/pause"))
+    })
+}
+
+/// The pod's sandbox (pause) process, which holds its namespaces for the pod's life.
+pub fn sandbox_pid(node: &RealNode, uid: &str) -> Option<u32> {
+    pod_processes(node, uid)
+        .into_iter()
+        .find(|pid| is_pause(*pid))
+}
+
+/// A process of a pod's container: the first pid in the pod's cgroup below its sandbox.
+pub fn pod_pid(node: &RealNode, pod: &serde_json::Value) -> u32 {
+    let uid = pod["metadata"]["uid"].as_str().expect("pod uid");
+    container_pid(node, uid).unwrap_or_else(|| panic!("no container process in pod {uid}"))
+}
+
+/// An agent pod's metrics, scraped from the host at the pod's IP.
+pub fn pod_metrics(pod: &serde_json::Value) -> Option<String> {
+    let ip = pod["status"]["podIP"].as_str()?;
+    super::cluster::http_get(&format!("{ip}:9464"), "/metrics")
+}
+
+/// The first sample of `name` whose labels contain `label`.
+pub fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with(['{', ' ']) || !line.contains(label) {
+            return None;
+        }
+        line.rsplit_once(' ')?.1.parse().ok()
+    })
+}
