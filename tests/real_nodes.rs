@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
-use support::carbon_api::{CarbonApi, EM, EM_TOKEN};
+use support::carbon_api::{CarbonApi, EM};
 use support::cluster::{ControlPlane, tool, wait_for};
 use support::deploy::{
     CLASS_LABEL, LEASE_POLICY, NAMESPACE, NODE_POLICY, RELEASE, Verdict, carbon_marks, chart_dir,
@@ -556,27 +556,21 @@ fn manifests_deleted(cp: &ControlPlane) {
 /// per-pod attribution and migration on, and the absolute policy, so that the 300 g
 /// threshold alone decides which zone is dirty (the policies have their own tests).
 fn helm_values(api: &CarbonApi) -> Vec<String> {
-    [
-        "providers.order={electricity-maps}".to_string(),
-        format!(
-            "providers.electricityMaps.url={}",
-            api.electricity_maps_url()
-        ),
-        format!("providers.electricityMaps.token={EM_TOKEN}"),
-        "providers.timeout=2s".into(),
-        "pollInterval=2s".into(),
-        "dwell=0s".into(),
-        "leaseDuration=4s".into(),
-        "sampleInterval=1s".into(),
-        "policy=absolute".into(),
-        "taintEffect=NoSchedule".into(),
-        "podAttribution.enabled=true".into(),
-        "migration.enabled=true".into(),
-        "migration.migrateAfter=2s".into(),
-    ]
-    .into_iter()
-    .flat_map(|v| ["--set".to_string(), v])
-    .collect()
+    api.helm_values()
+        .into_iter()
+        .chain([
+            "pollInterval=2s".into(),
+            "dwell=0s".into(),
+            "leaseDuration=4s".into(),
+            "sampleInterval=1s".into(),
+            "policy=absolute".into(),
+            "taintEffect=NoSchedule".into(),
+            "podAttribution.enabled=true".into(),
+            "migration.enabled=true".into(),
+            "migration.migrateAfter=2s".into(),
+        ])
+        .flat_map(|v| ["--set".to_string(), v])
+        .collect()
 }
 
 /// `helm install` with the carbon API on the first node's IP: every node gets a Ready

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::chaos::kubectl;
 use super::invariants::Impairment;
-use super::support::carbon_api::{CarbonApi, EM_TOKEN};
+use super::support::carbon_api::CarbonApi;
 use super::support::cluster::{ControlPlane, signal, tool};
 use super::support::deploy::{NAMESPACE, RELEASE, chart_dir, helm_in};
 use super::support::nodes::{RealNodes, container_pid, pod_metrics, sample, sandbox_pid};
@@ -31,32 +31,26 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// The chart's values for the soak: what the process fleet's flags say.
 fn values(api: &CarbonApi, (log, dwell): (&str, &str)) -> Vec<String> {
-    [
-        "providers.order={electricity-maps}".to_string(),
-        format!(
-            "providers.electricityMaps.url={}",
-            api.electricity_maps_url()
-        ),
-        format!("providers.electricityMaps.token={EM_TOKEN}"),
-        "providers.timeout=2s".into(),
-        "policy=relative".into(),
-        "maxTaintedFraction=0.5".into(),
-        "maxAge=30s".into(),
-        "leaseDuration=4s".into(),
-        "pollInterval=2s".into(),
-        "sampleInterval=1s".into(),
-        format!("dwell={dwell}"),
-        // --set splits on unescaped commas.
-        format!("log.level={}", log.replace(',', "\\,")),
-        "deferral.enabled=true".into(),
-        "deferral.margin=0s".into(),
-        "extraArgs={--breaker-cooldown=2s}".into(),
-        // The test control plane serves the CRD already.
-        "crds.install=false".into(),
-    ]
-    .into_iter()
-    .flat_map(|v| ["--set".to_string(), v])
-    .collect()
+    api.helm_values()
+        .into_iter()
+        .chain([
+            "policy=relative".into(),
+            "maxTaintedFraction=0.5".into(),
+            "maxAge=30s".into(),
+            "leaseDuration=4s".into(),
+            "pollInterval=2s".into(),
+            "sampleInterval=1s".into(),
+            format!("dwell={dwell}"),
+            // --set splits on unescaped commas.
+            format!("log.level={}", log.replace(',', "\\,")),
+            "deferral.enabled=true".into(),
+            "deferral.margin=0s".into(),
+            "extraArgs={--breaker-cooldown=2s}".into(),
+            // The test control plane serves the CRD already.
+            "crds.install=false".into(),
+        ])
+        .flat_map(|v| ["--set".to_string(), v])
+        .collect()
 }
 
 /// A pod's uid and its container's restarts.

@@ -132,6 +132,20 @@ impl CarbonApi {
         format!("http://{}", self.addr)
     }
 
+    /// The chart's values (`--set` pairs) that make this server its only
+    /// provider, as Electricity Maps, with a short timeout.
+    pub fn helm_values(&self) -> Vec<String> {
+        vec![
+            "providers.order={electricity-maps}".to_string(),
+            format!(
+                "providers.electricityMaps.url={}",
+                self.electricity_maps_url()
+            ),
+            format!("providers.electricityMaps.token={EM_TOKEN}"),
+            "providers.timeout=2s".to_string(),
+        ]
+    }
+
     pub fn electricity_maps_url(&self) -> String {
         format!("{}/electricitymaps/v3", self.base_url())
     }
