@@ -131,6 +131,20 @@ impl Cluster {
         }
     }
 
+    /// Agents started from now on reach the apiserver through a proxy the
+    /// test can cut.
+    fn behind_proxy(&mut self) -> ApiProxy {
+        let upstream: std::net::SocketAddr = self
+            .cp
+            .server
+            .trim_start_matches("https://")
+            .parse()
+            .expect("apiserver address");
+        let proxy = ApiProxy::start(upstream);
+        self.server = Some(format!("https://{}", proxy.addr));
+        proxy
+    }
+
     fn index(&self, node: &str) -> usize {
         self.agents
             .iter()
@@ -327,13 +341,7 @@ async fn api_server_unreachable_for_30s_agents_reconnect_without_flapping() {
     c.api.set_intensity("DE", 520.0);
     c.api.set_intensity("FR", 56.0);
     block_in_place(|| {
-        let upstream: std::net::SocketAddr =
-            c.cp.server
-                .trim_start_matches("https://")
-                .parse()
-                .expect("apiserver address");
-        let proxy = ApiProxy::start(upstream);
-        c.server = Some(format!("https://{}", proxy.addr));
+        let proxy = c.behind_proxy();
         c.start_settled(&["u1", "u2", "v1"], &["u1", "u2"]);
         let taint_added: Vec<Value> = ["u1", "u2"]
             .iter()
@@ -398,13 +406,7 @@ async fn an_agent_started_while_the_api_server_is_unreachable_waits_for_it() {
     let mut c = cluster(&[("w1", "DE")], &[]).await;
     c.api.set_intensity("DE", 520.0);
     block_in_place(|| {
-        let upstream: std::net::SocketAddr =
-            c.cp.server
-                .trim_start_matches("https://")
-                .parse()
-                .expect("apiserver address");
-        let proxy = ApiProxy::start(upstream);
-        c.server = Some(format!("https://{}", proxy.addr));
+        let proxy = c.behind_proxy();
         proxy.down();
         c.spawn(&["w1"]);
         // Long enough for several tries with backoff (1, 2, 4 s…).
