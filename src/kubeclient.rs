@@ -265,7 +265,7 @@ fn tls(config: &Config, identity: Option<Identity>) -> Result<rustls::ClientConf
 /// The bearer token a request carries: fixed, or read from a file that is
 /// read again every [`TOKEN_FILE_PERIOD`] (the kubelet rotates projected
 /// service-account tokens in place).
-pub struct Token {
+struct Token {
     file: Option<PathBuf>,
     current: Mutex<(HeaderValue, Instant)>,
 }
