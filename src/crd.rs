@@ -125,6 +125,10 @@ pub struct CarbonScoreStatus {
     pub message: Option<String>,
     /// Nodes in this zone at the last poll.
     pub nodes: u32,
+    /// When the leader listed the nodes it counted: a node created later waits
+    /// for a poll that counts it before it follows a grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<Time>,
     /// The last fetch error, when the data shown is older than the last poll.
     pub last_error: Option<String>,
     /// The threshold tuner's learned state for this zone (JSON), so that a new
@@ -229,6 +233,7 @@ impl CarbonScoreStatus {
             ranking: None,
             message: None,
             nodes,
+            counted_at: None,
             last_error: None,
             tuner_state: None,
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -145,6 +146,8 @@ impl Poller {
     }
 
     pub async fn poll_once(&mut self) -> Result<(), kube::Error> {
+        // Every node created before this instant is in the list below.
+        let counted_at = Time(Timestamp::now());
         let nodes: Api<Node> = Api::all(self.client.clone());
         // Page by page, keeping only labels: the leader holds one page of
         // node metadata (managedFields and all) at a time, not the cluster's.
@@ -318,6 +321,7 @@ impl Poller {
                 status.tuner_state = Some(t.state.clone());
             }
             status.policy = Some(self.settings.policy);
+            status.counted_at = Some(counted_at.clone());
             status.message = ranked
                 .as_ref()
                 .map(|r| format!("{}: {}", r.describe(), r.verdict.explain()));
@@ -328,8 +332,50 @@ impl Poller {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
         }
+        self.revoke_zones_without_nodes(&existing, &counts, &counted_at)
+            .await;
         info!(zones = counts.len(), nodes = labels.len(), "poll done");
         Ok(())
+    }
+
+    /// A zone whose nodes are all gone is not polled, but its grant must not
+    /// outlive them: a node that joins it again would follow the old verdict,
+    /// and the leader would take the zone as still holding its budget.
+    async fn revoke_zones_without_nodes(
+        &mut self,
+        existing: &BTreeMap<String, CarbonScore>,
+        counts: &BTreeMap<GridZone, usize>,
+        counted_at: &Time,
+    ) {
+        for score in existing.values() {
+            let Ok(zone) = GridZone::parse(&score.spec.zone) else {
+                continue;
+            };
+            let Some(status) = score.status.as_ref() else {
+                continue;
+            };
+            let granted = status.taint_allowed
+                || status
+                    .ranking
+                    .as_ref()
+                    .is_some_and(|r| r.verdict == Verdict::Taint);
+            if counts.contains_key(&zone) || !granted {
+                continue;
+            }
+            let mut revoked = status.clone();
+            revoked.taint_allowed = false;
+            revoked.nodes = 0;
+            revoked.counted_at = Some(counted_at.clone());
+            if let Some(ranking) = revoked.ranking.as_mut() {
+                ranking.verdict = Verdict::NotRanked;
+            }
+            revoked.message = Some("no nodes in this zone at the last poll".into());
+            if let Err(e) = self.write(&zone, &revoked).await {
+                let e = Error::from(e);
+                self.metrics.record_error("poller", &e);
+                warn!(%zone, error = %e, "revoking the grant of a zone without nodes failed");
+            }
+        }
     }
 
     /// Steps the tuner (when on) and puts its thresholds into `loads`.

@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 use crate::carbon::{GridZone, Signal, SourceKind};
 use crate::crd::CarbonScore;
-use crate::decision::{DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide};
+use crate::decision::{
+    DecisionParams, DwellState, Reason, TaintDecision, ZoneScore, decide, uncounted,
+};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::{NodeWriter, OwnedState, TAINT_KEY};
@@ -241,8 +243,14 @@ impl Reconciler {
         if store_ready(store) {
             self.metrics.ready.store(true, Ordering::Relaxed);
         }
-        let score = object.as_ref().and_then(|o| o.zone_score());
         let status = object.as_ref().and_then(|o| o.status.as_ref());
+        let score = object.as_ref().and_then(|o| o.zone_score()).map(|score| {
+            uncounted(
+                score,
+                status.and_then(|s| s.counted_at.as_ref()).map(|t| t.0),
+                node.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            )
+        });
         let source = status.map(|s| s.source.clone()).unwrap_or_default();
         let static_only = status.is_some_and(|s| s.kind == SourceKind::Static);
         let now = Timestamp::now();

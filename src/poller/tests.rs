@@ -314,4 +314,51 @@ mod polls {
             }
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zone_left_without_nodes_loses_its_grant_and_statuses_say_when_nodes_were_counted() {
+        let (client, mut server) = api_server::pair();
+        let provider = Scripted::always("electricity-maps", Ok(520.0));
+        let mut poller = poller(client, provider.clone(), true);
+        let de = crate::testing::score("DE", 520.0, true, 1);
+        let fr = crate::testing::score("FR", 640.0, true, 1);
+        let before = Timestamp::now();
+        let scenario = async {
+            // FR's only node is gone.
+            server
+                .expect(Method::GET, NODES, nodes(&[("n1", "DE")]))
+                .await;
+            server
+                .expect(Method::GET, SCORES, scores(&[de.clone(), fr.clone()]))
+                .await;
+            let object = CarbonScore::for_zone(&GridZone::parse("DE").unwrap());
+            server
+                .expect(Method::PATCH, &format!("{SCORES}/de"), Reply::ok(&object))
+                .await;
+            let written = status_written(&mut server, "de").await;
+            assert_eq!(written["taintAllowed"], true);
+            let counted: Timestamp = written["countedAt"].as_str().unwrap().parse().unwrap();
+            // Whole seconds, as Kubernetes writes times.
+            assert_eq!(
+                counted.as_second(),
+                before.as_second(),
+                "{counted} {before}"
+            );
+            server
+                .expect(Method::PATCH, &format!("{SCORES}/fr"), Reply::ok(&fr))
+                .await;
+            let revoked = status_written(&mut server, "fr").await;
+            assert_eq!(revoked["taintAllowed"], false);
+            assert_eq!(revoked["nodes"], 0);
+            assert_eq!(revoked["countedAt"], written["countedAt"]);
+            assert_eq!(
+                revoked["intensityGramsPerKwh"], 640.0,
+                "the last reading is kept"
+            );
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        outcome.expect("poll");
+        assert_eq!(provider.calls(), 1, "only DE, which has nodes, is fetched");
+    }
 }

@@ -190,6 +190,32 @@ pub struct TaintDecision {
     pub dwell: DwellState,
 }
 
+/// The leader's grant covers only the nodes it counted. A node that joined its
+/// zone after the poll listed the nodes (created, or deleted and created again)
+/// is held back as if the budget were spent, until a poll counts it; otherwise
+/// every node that joins a granted zone between two polls is tainted on a
+/// budget that did not count it (found by the chaos soak). Kubernetes writes
+/// both times in whole seconds, so a node created in the second the nodes were
+/// listed waits one poll more rather than risk it. `counted_at` is absent in
+/// scores from leaders that did not record it: nothing is withheld.
+pub fn uncounted(
+    mut score: ZoneScore,
+    counted_at: Option<Timestamp>,
+    node_created: Option<Timestamp>,
+) -> ZoneScore {
+    if let (Some(counted), Some(created)) = (counted_at, node_created)
+        && created >= counted
+    {
+        score.taint_allowed = false;
+        if let Some(ranking) = score.ranking.as_mut()
+            && ranking.verdict == Verdict::Taint
+        {
+            ranking.verdict = Verdict::BudgetExhausted;
+        }
+    }
+    score
+}
+
 /// Decides whether the node should carry the carbon taint.
 ///
 /// `currently_tainted` is read from the Node, so a restarted agent keeps the
@@ -672,5 +698,28 @@ mod tests {
             unranked.describe(),
             "not ranked (no live data; 3 zones ranked)"
         );
+    }
+
+    #[test]
+    fn a_node_the_leader_has_not_counted_waits_for_a_poll_that_counts_it() {
+        let p = params();
+        let counted = t(10);
+        let tainting = ranked(Verdict::Taint, 9);
+        let joined = uncounted(tainting.clone(), Some(counted), Some(t(11)));
+        let decision = decide(&p, Some(&joined), false, DwellState::default(), t(12));
+        assert!(!decision.tainted);
+        assert_eq!(decision.reason, Reason::BudgetExhausted);
+        // Counted, or from a leader that does not say when it counted: unchanged.
+        assert_eq!(
+            uncounted(tainting.clone(), Some(counted), Some(t(9))),
+            tainting
+        );
+        assert_eq!(uncounted(tainting.clone(), None, Some(t(11))), tainting);
+        // The absolute policy: the allowance is withheld the same way.
+        let above = score(520.0, 9);
+        let joined = uncounted(above, Some(counted), Some(t(11)));
+        assert!(!joined.taint_allowed);
+        let decision = decide(&p, Some(&joined), false, DwellState::default(), t(12));
+        assert_eq!(decision.reason, Reason::BudgetExhausted);
     }
 }
