@@ -76,6 +76,27 @@ where
     }
 }
 
+/// The API server's clock, from the `Date` header of a request (whole
+/// seconds, as HTTP and Kubernetes write times). A time compared with the
+/// API server's own timestamps (a Node's creation) must come from its clock,
+/// not this process's, which may be skewed. `None` when the server sent no
+/// usable `Date`.
+pub async fn server_time(client: &Client) -> kube::Result<Option<jiff::Timestamp>> {
+    let request = Request::get("/version")
+        .body(Body::empty())
+        .map_err(kube::Error::HttpError)?;
+    let response = client.send(request).await?;
+    Ok(response
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|date| date.to_str().ok())
+        .and_then(|date| {
+            jiff::fmt::rfc2822::DateTimeParser::new()
+                .parse_timestamp(date)
+                .ok()
+        }))
+}
+
 fn transient(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => status.code == 429 || status.code >= 500,

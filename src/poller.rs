@@ -24,6 +24,7 @@ use crate::crd::{CarbonScore, CarbonScoreStatus};
 use crate::decision::ZoneRanking;
 use crate::election::Fence;
 use crate::error::Error;
+use crate::kubeclient;
 use crate::metrics::Metrics;
 use crate::providers::{Chain, ChainError};
 use crate::supervise::{ROUND_DEADLINE, bounded};
@@ -146,8 +147,14 @@ impl Poller {
     }
 
     pub async fn poll_once(&mut self) -> Result<(), kube::Error> {
-        // Every node created before this instant is in the list below.
-        let counted_at = Time(Timestamp::now());
+        // Every node created before this instant, by the API server's clock
+        // that stamps their creation, is in the list below.
+        let counted_at = kubeclient::server_time(&self.client).await?.map(Time);
+        if counted_at.is_none() {
+            warn!(
+                "the API server sent no Date header: nodes that join a zone follow its grant before a poll counts them"
+            );
+        }
         let nodes: Api<Node> = Api::all(self.client.clone());
         // Page by page, keeping only labels: the leader holds one page of
         // node metadata (managedFields and all) at a time, not the cluster's.
@@ -321,7 +328,7 @@ impl Poller {
                 status.tuner_state = Some(t.state.clone());
             }
             status.policy = Some(self.settings.policy);
-            status.counted_at = Some(counted_at.clone());
+            status.counted_at = counted_at.clone();
             status.message = ranked
                 .as_ref()
                 .map(|r| format!("{}: {}", r.describe(), r.verdict.explain()));
@@ -332,7 +339,7 @@ impl Poller {
                 warn!(%zone, error = %e, "writing the CarbonScore failed");
             }
         }
-        self.revoke_zones_without_nodes(&existing, &counts, &counted_at)
+        self.revoke_zones_without_nodes(&existing, &counts, counted_at.as_ref())
             .await;
         info!(zones = counts.len(), nodes = labels.len(), "poll done");
         Ok(())
@@ -345,7 +352,7 @@ impl Poller {
         &mut self,
         existing: &BTreeMap<String, CarbonScore>,
         counts: &BTreeMap<GridZone, usize>,
-        counted_at: &Time,
+        counted_at: Option<&Time>,
     ) {
         for score in existing.values() {
             let Ok(zone) = GridZone::parse(&score.spec.zone) else {
@@ -365,7 +372,7 @@ impl Poller {
             let mut revoked = status.clone();
             revoked.taint_allowed = false;
             revoked.nodes = 0;
-            revoked.counted_at = Some(counted_at.clone());
+            revoked.counted_at = counted_at.cloned();
             if let Some(ranking) = revoked.ranking.as_mut() {
                 ranking.verdict = Verdict::NotRanked;
             }

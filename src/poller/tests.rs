@@ -50,6 +50,7 @@ fn zones_are_ranked_by_the_intensity_and_the_forecast_within_the_dwell() {
 
 mod polls {
     use http::Method;
+    use jiff::SignedDuration;
     use serde_json::{Value, json};
 
     use super::*;
@@ -109,8 +110,17 @@ mod polls {
         Reply::list("carbon-kube.io/v1alpha1", "CarbonScoreList", scores)
     }
 
-    /// Answers the two lists every poll starts with.
+    /// Answers the request for the server's clock every poll starts with.
+    async fn clock_read(server: &mut ApiServer) {
+        let version = json!({ "major": "1", "minor": "34", "gitVersion": "v1.34.0" });
+        server
+            .expect(Method::GET, "/version", Reply::ok(&version))
+            .await;
+    }
+
+    /// Answers the clock and the two lists every poll starts with.
     async fn listed(server: &mut ApiServer, existing: &[CarbonScore]) {
+        clock_read(server).await;
         server
             .expect(Method::GET, NODES, nodes(&[("n1", "DE"), ("n2", "FR")]))
             .await;
@@ -188,6 +198,7 @@ mod polls {
                 unreachable!("a list is JSON")
             };
             first["metadata"]["continue"] = json!("page-2");
+            clock_read(&mut server).await;
             let seen = server
                 .expect(Method::GET, NODES, Reply::Json(code, first))
                 .await;
@@ -210,6 +221,7 @@ mod polls {
         let provider = Scripted::always("electricity-maps", Ok(520.0));
         let mut poller = poller(client, provider.clone(), true);
         let scenario = async {
+            clock_read(&mut server).await;
             server
                 .expect(Method::GET, NODES, nodes(&[("n1", "DE")]))
                 .await;
@@ -322,8 +334,12 @@ mod polls {
         let mut poller = poller(client, provider.clone(), true);
         let de = crate::testing::score("DE", 520.0, true, 1);
         let fr = crate::testing::score("FR", 640.0, true, 1);
-        let before = Timestamp::now();
+        // The API server's clock is an hour behind the leader's: nodes are
+        // counted by the clock that stamps their creation.
+        server.clock = Some(SignedDuration::from_hours(-1));
+        let before = Timestamp::now() - SignedDuration::from_hours(1);
         let scenario = async {
+            clock_read(&mut server).await;
             // FR's only node is gone.
             server
                 .expect(Method::GET, NODES, nodes(&[("n1", "DE")]))
@@ -338,10 +354,11 @@ mod polls {
             let written = status_written(&mut server, "de").await;
             assert_eq!(written["taintAllowed"], true);
             let counted: Timestamp = written["countedAt"].as_str().unwrap().parse().unwrap();
-            // Whole seconds, as Kubernetes writes times.
-            assert_eq!(
-                counted.as_second(),
-                before.as_second(),
+            // Whole seconds, as Kubernetes writes times, by the server's clock.
+            assert_eq!(counted.subsec_nanosecond(), 0, "{counted}");
+            assert!(
+                counted.as_second() >= before.as_second()
+                    && counted <= Timestamp::now() - SignedDuration::from_hours(1),
                 "{counted} {before}"
             );
             server
@@ -360,5 +377,28 @@ mod polls {
         let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
         outcome.expect("poll");
         assert_eq!(provider.calls(), 1, "only DE, which has nodes, is fetched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_servers_date_no_count_time_is_written_and_nothing_is_withheld() {
+        let (client, mut server) = api_server::pair();
+        server.clock = None;
+        let provider = Scripted::always("electricity-maps", Ok(520.0));
+        let mut poller = poller(client, provider, true);
+        let scenario = async {
+            listed(&mut server, &[]).await;
+            for zone in ["DE", "FR"] {
+                let object = CarbonScore::for_zone(&GridZone::parse(zone).unwrap());
+                let path = format!("{SCORES}/{}", zone.to_lowercase());
+                server
+                    .expect(Method::PATCH, &path, Reply::ok(&object))
+                    .await;
+                let status = status_written(&mut server, &zone.to_lowercase()).await;
+                assert!(status.get("countedAt").is_none(), "{status}");
+            }
+            server.expect_no_more().await;
+        };
+        let (outcome, ()) = tokio::join!(poller.poll_once(), scenario);
+        outcome.expect("poll");
     }
 }

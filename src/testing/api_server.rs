@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
+use jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::client::Body;
 use serde::Serialize;
@@ -22,6 +23,9 @@ pub struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
     /// Requests left unanswered on purpose: their callers wait for good.
     hung: Vec<SendResponse<Response<Body>>>,
+    /// The server's clock against this process's, for its `Date` header;
+    /// `None`: no `Date` header.
+    pub clock: Option<SignedDuration>,
 }
 
 /// A request as the server received it.
@@ -73,6 +77,7 @@ pub fn pair() -> (Client, ApiServer) {
     let server = ApiServer {
         handle,
         hung: Vec::new(),
+        clock: Some(SignedDuration::ZERO),
     };
     (Client::new(service, "default"), server)
 }
@@ -140,9 +145,16 @@ impl ApiServer {
                 return;
             }
         };
-        let response = Response::builder()
+        let mut response = Response::builder()
             .status(code)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(skew) = self.clock {
+            let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&(Timestamp::now() + skew))
+                .expect("a printable time");
+            response = response.header(http::header::DATE, date);
+        }
+        let response = response
             .body(Body::from(body.into_bytes()))
             .expect("a valid response");
         send.send_response(response);
