@@ -11,8 +11,8 @@ use std::time::Duration;
 use support::carbon_api::{CarbonApi, EM, EM_TOKEN as TOKEN, Fault};
 use support::cluster::{Agent, ControlPlane, wait_for};
 use support::scenario::{
-    Cluster, agent_args, class_label, cluster, cluster_with_intensity, condition, has_taint,
-    leader, transitions, tuner_steps, wait_tainted,
+    Cluster, agent_args, class_label, cluster, cluster_with_intensity, condition, create_nodes,
+    has_taint, leader, start_agent, transitions, tuner_steps, wait_tainted, wait_tainted_within,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -336,6 +336,59 @@ async fn the_taint_budget_keeps_the_greenest_share_schedulable() {
         assert_eq!(
             condition(&cp, "d1").expect("condition")["reason"],
             "TaintBudgetExhausted"
+        );
+    });
+    drop(agents);
+}
+
+/// A node that joins a zone the budget granted waits for a poll that counts
+/// it: following the grant at once would taint more nodes than the budget
+/// allows until the next poll (the chaos soak found it with a recreated Node;
+/// an autoscaler's new node is the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_a_granted_zone_waits_for_a_poll_that_counts_it() {
+    let _serial = SERIAL.lock().await;
+    // Polls far apart, so that the joining node's agent decides between two.
+    let extra = ["--max-tainted-fraction=0.5", "--poll-interval=30s"];
+    let intensity = [("DE", 520.0), ("FR", 56.0)];
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster_with_intensity(&[("d1", "DE"), ("f1", "FR")], &intensity, &extra).await;
+    tokio::task::block_in_place(|| {
+        // The budget, 1 of 2 nodes, fits DE's one node.
+        wait_tainted(&cp, "d1", true);
+        let counted_at =
+            || cp.kubectl_json(&["get", "carbonscore", "de"])["status"]["countedAt"].clone();
+        let counted = counted_at();
+        assert!(counted.is_string(), "{counted}");
+
+        create_nodes(&cp, &[("d2", "DE")]);
+        agents.push(start_agent(
+            &cp,
+            "d2",
+            &api.electricity_maps_url(),
+            &extra,
+            &[],
+        ));
+        let decided = wait_for("d2's agent decides", Duration::from_secs(20), || {
+            condition(&cp, "d2")
+        });
+        assert_eq!(
+            counted_at(),
+            counted,
+            "a poll came before d2's agent decided; the test needs polls further apart"
+        );
+        assert_eq!(decided["reason"], "TaintBudgetExhausted", "{decided}");
+        assert!(!has_taint(&cp, "d2"));
+
+        // The next poll counts d2: DE's two nodes are over the budget of 1.5.
+        wait_tainted_within(&cp, "d1", false, Duration::from_secs(60));
+        assert!(!has_taint(&cp, "d2"));
+        assert_eq!(
+            cp.kubectl_json(&["get", "carbonscore", "de"])["status"]["nodes"],
+            2
         );
     });
     drop(agents);
