@@ -89,7 +89,7 @@ fn steady_api_load_is_one_pollers_and_one_lease_holders(cp: &ControlPlane, zones
         ("LIST", "nodes" | "carbonscores") => Some(polls),
         ("APPLY", "carbonscores") => Some(polls * f64::from(zones)),
         ("PUT", "leases") => Some(renewals),
-        // This test's own scrapes of /metrics (no resource).
+        // This test's own scrapes of /metrics and the poller's /version (no resource).
         ("GET", "") => Some(f64::INFINITY),
         _ => None,
     };
