@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use carbon_kube::deferral::{DURATION, GATE, LATEST_START, ZONE};
 use carbon_kube::node::TAINT_KEY;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::history::AUDIT_POLICY;
@@ -123,8 +123,9 @@ pub struct Record {
     pub injected: BTreeMap<&'static str, usize>,
     pub skipped: BTreeMap<&'static str, usize>,
     pub foreign_writes: usize,
-    /// Deferrable pods created.
+    /// Deferrable pods created, and the latest of their latest starts.
     pub deferred_pods: usize,
+    pub last_latest_start: Option<Timestamp>,
     /// How long each rolling upgrade took, and agents it gave up waiting on.
     pub rolls: Vec<Duration>,
     pub unready_after_upgrade: usize,
@@ -154,6 +155,8 @@ pub struct Soak {
     paused: bool,
     /// Nodes deleted by a fault, to create again.
     deleted: Vec<usize>,
+    /// Where each agent process's log goes, every run of it in turn.
+    keep_logs: Option<PathBuf>,
     record: Record,
 }
 
@@ -183,7 +186,12 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
 impl Soak {
     /// The cluster, settled: agents running, the dirtiest zone tainted.
     /// `real_nodes`: the agents are the chart's pods on real kubelets.
-    pub fn start(rt: &tokio::runtime::Runtime, real_nodes: bool) -> Soak {
+    /// `keep_logs`: a folder for the agent processes' logs (see [`Soak::keep_log`]).
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        real_nodes: bool,
+        keep_logs: Option<PathBuf>,
+    ) -> Soak {
         if !real_nodes {
             libfaketime();
         }
@@ -256,6 +264,7 @@ impl Soak {
             forecast_at: Instant::now(),
             paused: false,
             deleted: Vec::new(),
+            keep_logs,
             record: Record::default(),
         };
         soak.set_levels();
@@ -327,6 +336,7 @@ impl Soak {
         let mut flags = AGENT_FLAGS.to_vec();
         flags.push(&dwell);
         let args = fast_agent_args(&url, &flags);
+        self.keep_log(i);
         let env = [
             ("CARBON_KUBE_LOG", log),
             ("ELECTRICITY_MAPS_TOKEN", EM_TOKEN),
@@ -339,6 +349,25 @@ impl Soak {
         let agent = Agent::spawn(&self.cp, &slot.node, &args, &env);
         self.slots[i].agent = Some(agent);
         self.slots[i].started = Instant::now();
+    }
+
+    /// Appends what node `i`'s last agent process wrote to its log in the
+    /// kept folder: a restart starts the log afresh.
+    fn keep_log(&self, i: usize) {
+        let Some(dir) = &self.keep_logs else {
+            return;
+        };
+        let name = format!("agent-{}.log", self.slots[i].node);
+        let Ok(text) = std::fs::read(self.cp.dir.join(&name)) else {
+            return;
+        };
+        std::fs::create_dir_all(dir).expect("the folder for agent logs");
+        let mut kept = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(&name))
+            .expect("a kept agent log");
+        std::io::Write::write_all(&mut kept, &text).expect("writing a kept agent log");
     }
 
     fn impaired(&mut self, node: Option<usize>, from: Timestamp, skew_secs: i64) {
@@ -433,8 +462,9 @@ impl Soak {
         }
     }
 
-    /// Runs one episode: its faults, then the wait for convergence.
-    pub fn run_episode(&mut self, episode: &Episode) {
+    /// Runs episode `number` of the schedule: its faults, then the wait for
+    /// convergence.
+    pub fn run_episode(&mut self, number: usize, episode: &Episode) {
         self.record.started.push(Timestamp::now());
         if let Some(levels) = &episode.intensities {
             self.levels = levels.clone();
@@ -462,7 +492,6 @@ impl Soak {
             )
             .collect();
         events.sort_by_key(|&(at, event)| (at, event));
-        let number = self.record.started.len() - 1;
         let began = Instant::now();
         let mut active: BTreeMap<usize, Active> = BTreeMap::new();
         for (at, event) in events {
@@ -487,8 +516,10 @@ impl Soak {
                 }
                 Event::Pod(i) => {
                     let name = format!("deferred-{number}-{i}");
-                    if self.create_pod(&name, &episode.pods[i]) {
+                    if let Some(latest) = self.create_pod(&name, &episode.pods[i]) {
                         self.record.deferred_pods += 1;
+                        self.record.last_latest_start =
+                            self.record.last_latest_start.max(Some(latest));
                     } else {
                         *self.record.skipped.entry("deferred-pod").or_default() += 1;
                     }
@@ -511,16 +542,14 @@ impl Soak {
     }
 
     /// Creates a deferrable pod (a tenth of a vCPU for 20 s), unless the
-    /// apiserver is paused; true when it was created.
-    fn create_pod(&mut self, name: &str, pod: &DeferredPod) -> bool {
+    /// apiserver is paused; its latest start when it was created.
+    fn create_pod(&mut self, name: &str, pod: &DeferredPod) -> Option<Timestamp> {
         if self.paused {
-            return false;
+            return None;
         }
         let zone = ZONES[pod.zone.unwrap_or_else(|| self.dirtiest())];
         let now = Timestamp::now().as_second();
-        let Ok(latest) = Timestamp::from_second(now + pod.latest_in_s as i64) else {
-            return false;
-        };
+        let latest = Timestamp::from_second(now + pod.latest_in_s as i64).ok()?;
         let manifest = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -547,6 +576,19 @@ impl Soak {
         kubectl(&self.cp.kubeconfig, &["create", "-f", path_str(&file)])
             .status
             .success()
+            .then_some(latest)
+    }
+
+    /// Supervises the fleet until every pod created is due (its latest
+    /// start plus `slack` has passed), so that the checks judge them all.
+    pub fn wait_for_pods_due(&mut self, slack: SignedDuration) {
+        let Some(latest) = self.record.last_latest_start else {
+            return;
+        };
+        let left = Timestamp::now().duration_until(latest + slack);
+        if let Ok(left) = Duration::try_from(left) {
+            self.wait_until(Instant::now() + left);
+        }
     }
 
     /// Deletes the pods the leader has released (no kubelet runs them), so
@@ -932,6 +974,9 @@ impl Soak {
             if let Some(agent) = &mut slot.agent {
                 agent.kill();
             }
+        }
+        for i in 0..self.slots.len() {
+            self.keep_log(i);
         }
         std::thread::sleep(Duration::from_secs(1));
         self.record.audit =

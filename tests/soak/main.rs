@@ -11,7 +11,15 @@
 //! - `CARBON_KUBE_SOAK_SECS=3600 CARBON_KUBE_SOAK_SEED=random` a long soak on
 //!   a fresh seed (printed first);
 //! - `CARBON_KUBE_SOAK_SEED=S CARBON_KUBE_SOAK_EPISODES=K` replays the first
-//!   K episodes of seed S (what a failure prints), whatever the time;
+//!   K episodes of seed S (what a failure prints), whatever the time, then
+//!   waits until its last pods are due, so that every one is judged;
+//! - `CARBON_KUBE_SOAK_FROM=N` starts at episode N of the seed's schedule
+//!   (numbered as in the full run, the zone order in force there set
+//!   first): with `CARBON_KUBE_SOAK_EPISODES=K`, episodes N..N+K alone, to
+//!   replay one episode of a long soak without the hour before it;
+//! - `CARBON_KUBE_SOAK_LOGS=DIR` keeps each agent process's log in
+//!   DIR/agent-NODE.log, every run of it in turn (a restart starts the
+//!   working copy afresh); the chart's pods log to `kubectl logs`;
 //! - `CARBON_KUBE_SOAK_SHRINK=1` on failure re-runs ever longer prefixes of
 //!   the failing schedule and reports the shortest that fails again.
 //!
@@ -66,6 +74,10 @@ struct Plan {
     /// Run until this much time has passed, or exactly `episodes`.
     secs: u64,
     episodes: Option<usize>,
+    /// The first episode of the schedule to run.
+    from: usize,
+    /// Where to keep the agent processes' logs.
+    keep_logs: Option<std::path::PathBuf>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -92,12 +104,32 @@ fn plan(real_nodes: bool) -> Plan {
         seed,
         secs: number("CARBON_KUBE_SOAK_SECS").unwrap_or(CI_SECS),
         episodes: number("CARBON_KUBE_SOAK_EPISODES").map(|n| n as usize),
+        from: number("CARBON_KUBE_SOAK_FROM").unwrap_or(0) as usize,
+        keep_logs: env("CARBON_KUBE_SOAK_LOGS").map(Into::into),
     }
+}
+
+/// The episodes `plan` runs, numbered as in the seed's whole schedule. A
+/// window that starts later begins on the zone order in force there.
+fn window(plan: &Plan) -> Vec<(usize, Episode)> {
+    let count = plan.episodes.unwrap_or(MAX_EPISODES);
+    let mut all = episodes(
+        plan.seed,
+        plan.from + count,
+        NODES.len(),
+        chaos::ZONES.len(),
+    );
+    let mut ran = all.split_off(plan.from.min(all.len()));
+    if let Some(first) = ran.first_mut().filter(|e| e.intensities.is_none()) {
+        first.intensities = all.iter().rev().find_map(|e| e.intensities.clone());
+    }
+    (plan.from..).zip(ran).collect()
 }
 
 /// One run's results.
 struct Run {
-    episodes: Vec<Episode>,
+    /// The episodes run, by their number in the seed's schedule.
+    episodes: Vec<(usize, Episode)>,
     record: Record,
     checked: Checked,
     wall: Duration,
@@ -139,23 +171,22 @@ fn run(plan: &Plan) -> Run {
         .build()
         .expect("tokio runtime");
     let _enter = rt.enter();
-    let all = episodes(
-        plan.seed,
-        plan.episodes.unwrap_or(MAX_EPISODES),
-        NODES.len(),
-        chaos::ZONES.len(),
-    );
-    let mut soak = Soak::start(&rt, plan.real_nodes);
+    let all = window(plan);
+    let mut soak = Soak::start(&rt, plan.real_nodes, plan.keep_logs.clone());
     let (stop, writer) = soak.foreign_writer(plan.seed ^ 0x5eed);
     let started = Instant::now();
     let mut done = Vec::new();
-    for (i, episode) in all.into_iter().enumerate() {
+    for (i, episode) in all {
         if plan.episodes.is_none() && started.elapsed() >= Duration::from_secs(plan.secs) {
             break;
         }
         println!("episode {i}: {episode}");
-        soak.run_episode(&episode);
-        done.push(episode);
+        soak.run_episode(i, &episode);
+        done.push((i, episode));
+    }
+    // A replay is short: its last pods would otherwise end it still pending.
+    if plan.episodes.is_some() {
+        soak.wait_for_pods_due(RELEASE_SLACK + SignedDuration::from_secs(1));
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let foreign = writer.join().expect("foreign writer");
@@ -369,12 +400,13 @@ fn soak(plan: Plan, test: &str) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     println!(
-        "soak: seed {}, {} (replay: CARBON_KUBE_SOAK_SEED={} cargo test --test soak {test} -- --exact --nocapture)",
+        "soak: seed {}, {} from episode {} (replay: CARBON_KUBE_SOAK_SEED={} cargo test --test soak {test} -- --exact --nocapture)",
         plan.seed,
         match plan.episodes {
             Some(n) => format!("{n} episodes"),
             None => format!("{} s", plan.secs),
         },
+        plan.from,
         plan.seed
     );
     let result = run(&plan);
@@ -392,19 +424,18 @@ fn soak(plan: Plan, test: &str) {
             .map(|v| format!("  [{}] {} {}", v.invariant, v.at, v.what)),
     );
     failure.extend(result.record.exit_logs.iter().cloned());
+    let (last, _) = result.episodes[prefix - 1];
     failure.push(format!(
-        "the first violation happened in episode {}; the schedule up to it:",
-        prefix - 1
+        "the first violation happened in episode {last}; the schedule up to it:"
     ));
     failure.extend(
         result.episodes[..prefix]
             .iter()
-            .enumerate()
             .map(|(i, e)| format!("  {i}: {e}")),
     );
     failure.push(format!(
-        "replay it: CARBON_KUBE_SOAK_SEED={} CARBON_KUBE_SOAK_EPISODES={prefix} cargo test --test soak {test} -- --exact --nocapture",
-        plan.seed
+        "replay it: {} cargo test --test soak {test} -- --exact --nocapture",
+        replay_env(plan.seed, plan.from, prefix)
     ));
     if env("CARBON_KUBE_SOAK_SHRINK").is_some() {
         failure.push(shrink(&plan, prefix));
@@ -412,8 +443,17 @@ fn soak(plan: Plan, test: &str) {
     panic!("{}", failure.join("\n"));
 }
 
-/// Replays prefixes of the schedule, shortest first, up to `prefix`, and
-/// says which is the shortest that fails again (each tried once).
+/// The variables that run `count` episodes of `seed`'s schedule from `from`.
+fn replay_env(seed: u64, from: usize, count: usize) -> String {
+    let start = match from {
+        0 => String::new(),
+        n => format!(" CARBON_KUBE_SOAK_FROM={n}"),
+    };
+    format!("CARBON_KUBE_SOAK_SEED={seed}{start} CARBON_KUBE_SOAK_EPISODES={count}")
+}
+
+/// Replays prefixes of the run's window, shortest first, up to `prefix`
+/// episodes, and says which is the shortest that fails again (each tried once).
 fn shrink(failed: &Plan, prefix: usize) -> String {
     let seed = failed.seed;
     for k in 1..=prefix {
@@ -422,13 +462,15 @@ fn shrink(failed: &Plan, prefix: usize) -> String {
             seed,
             secs: 0,
             episodes: Some(k),
+            from: failed.from,
+            keep_logs: None,
         };
         let again = run(&plan);
         println!("{}", report(&plan, &again));
         if !again.violations().is_empty() {
             return format!(
-                "shrunk: the first {k} episodes of seed {seed} fail again \
-                 (CARBON_KUBE_SOAK_SEED={seed} CARBON_KUBE_SOAK_EPISODES={k})"
+                "shrunk: {k} episodes fail again ({})",
+                replay_env(seed, failed.from, k)
             );
         }
     }
