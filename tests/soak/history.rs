@@ -21,14 +21,15 @@ const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 pub const LEASE: &str = "carbon-kube-leader";
 
-/// What the soak's apiserver records: Lease and CarbonScore writes with their
-/// body (holder, carbon data), Node and Pod writes with the object they left
-/// behind (a Pod's gates and latest start; not its status or binding).
+/// What the soak's apiserver records: CarbonScore writes with their body
+/// (carbon data), Lease writes with the Lease they left behind (holder and
+/// resourceVersion), Node and Pod writes likewise (a Pod's gates and latest
+/// start; not its status or binding).
 pub const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
-- level: Request
+- level: RequestResponse
   verbs: ["create", "update", "patch", "delete"]
   namespaces: ["carbon-kube"]
   resources:
@@ -84,6 +85,39 @@ impl Write {
     pub fn holder_identity(&self) -> Option<&str> {
         self.request["spec"]["holderIdentity"].as_str()
     }
+
+    /// The resourceVersion the write left (etcd's revision: commit order).
+    pub fn version(&self) -> Option<u64> {
+        self.response["metadata"]["resourceVersion"]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+/// The Lease's successful writes in the order they were committed, each with
+/// the time it was in place by: its completion, or a later-committed write's
+/// if that completed first. The audit stamps a write when its response is
+/// done, after the commit: a holder's release can be stamped after the
+/// takeover that was based on it (seen in replays of rolling upgrades).
+/// Without versions (an older audit policy), in order of completion.
+pub fn lease_writes(writes: &[Write]) -> Vec<(Timestamp, &Write)> {
+    let mut leases: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
+        .collect();
+    if leases.iter().all(|w| w.version().is_some()) {
+        leases.sort_by_key(|w| w.version());
+    } else {
+        leases.sort_by_key(|w| w.done);
+    }
+    let mut out: Vec<(Timestamp, &Write)> = Vec::with_capacity(leases.len());
+    for w in leases.into_iter().rev() {
+        let by = out.last().map_or(w.done, |(next, _)| w.done.min(*next));
+        out.push((by, w));
+    }
+    out.reverse();
+    out
 }
 
 /// The writer's node and Lease identity: an agent process by its service
@@ -268,13 +302,10 @@ pub fn score_changes(writes: &[Write]) -> BTreeMap<String, Vec<ScoreChange>> {
 /// Who held the Lease from when: each successful write of it naming a
 /// holder (a node), in the order they completed.
 pub fn lease_holders(writes: &[Write]) -> Vec<(Timestamp, String)> {
-    let mut out: Vec<(Timestamp, String)> = writes
-        .iter()
-        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
-        .filter_map(|w| Some((w.done, w.holder()?.to_string())))
-        .collect();
-    out.sort_by_key(|(at, _)| *at);
-    out
+    lease_writes(writes)
+        .into_iter()
+        .filter_map(|(at, w)| Some((at, w.holder()?.to_string())))
+        .collect()
 }
 
 /// A pod created behind the deferral gate, as the audit log shows it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::history::{GatedPod, LEASE, NodeChange, ScoreChange, Write};
+use super::history::{GatedPod, NodeChange, ScoreChange, Write, lease_writes};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
@@ -70,14 +70,11 @@ fn backward_skew(impairments: &[Impairment], node: &str, at: Timestamp) -> i64 {
 
 /// At most one writer of CarbonScores at a time, fenced by the Lease: every
 /// CarbonScore write came from the agent whose own Lease write, naming
-/// itself holder, was the last to complete before the write arrived (by
-/// Lease identity: a pod's replacement on the same node is another agent).
+/// itself holder, was the last committed of those in place before the write
+/// arrived (see [`lease_writes`]; by Lease identity: a pod's replacement on
+/// the same node is another agent).
 pub fn single_writer(writes: &[Write]) -> Outcome {
-    let mut leases: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
-        .collect();
-    leases.sort_by_key(|w| w.done);
+    let leases = lease_writes(writes);
     let mut scores: Vec<&Write> = writes
         .iter()
         .filter(|w| w.resource == "carbonscores" && w.ok() && w.agent.is_some())
@@ -87,8 +84,9 @@ pub fn single_writer(writes: &[Write]) -> Outcome {
     for write in scores {
         let last = leases
             .iter()
-            .take_while(|l| l.done <= write.received)
-            .last();
+            .take_while(|(by, _)| *by <= write.received)
+            .last()
+            .map(|(_, l)| *l);
         let holder = last.and_then(|l| {
             l.identity
                 .as_deref()
@@ -461,7 +459,7 @@ pub fn final_beliefs(
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::NodeState;
+    use super::super::history::{LEASE, NodeState};
     use super::*;
 
     fn t(secs: i64) -> Timestamp {
@@ -499,6 +497,45 @@ mod tests {
         assert_eq!((clean.checks, clean.violations.len()), (2, 0));
         writes.push(write("a", "carbonscores", 7, None));
         let caught = single_writer(&writes);
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert_eq!(caught.violations[0].at, t(7));
+    }
+
+    /// A Lease write that left resourceVersion `version`.
+    fn versioned(version: u64, mut w: Write) -> Write {
+        w.response = serde_json::json!({"metadata": {"resourceVersion": version.to_string()}});
+        w
+    }
+
+    #[test]
+    fn single_writer_orders_the_lease_by_commit_not_by_audit_stamp() {
+        // b releases the Lease on SIGTERM; a's takeover, based on the
+        // release's version, is stamped done before the release is.
+        let release = |done| {
+            let mut w = versioned(2, write("b", "leases", done, None));
+            w.request = serde_json::json!({"spec": {"holderIdentity": null}});
+            w
+        };
+        let writes = |release_done| {
+            vec![
+                versioned(1, write("b", "leases", 0, Some("b"))),
+                write("b", "carbonscores", 1, None),
+                versioned(3, write("a", "leases", 5, Some("a"))),
+                release(release_done),
+                write("a", "carbonscores", 7, None),
+            ]
+        };
+        let clean = single_writer(&writes(6));
+        assert_eq!(
+            (clean.checks, clean.violations.len()),
+            (2, 0),
+            "{:?}",
+            clean.violations
+        );
+        // Committed after the takeover, the release would leave no holder.
+        let mut late = writes(6);
+        late[3] = versioned(4, release(6));
+        let caught = single_writer(&late);
         assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
         assert_eq!(caught.violations[0].at, t(7));
     }
