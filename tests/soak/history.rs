@@ -95,29 +95,36 @@ impl Write {
     }
 }
 
-/// The Lease's successful writes in the order they were committed, each with
-/// the time it was in place by: its completion, or a later-committed write's
-/// if that completed first. The audit stamps a write when its response is
-/// done, after the commit: a holder's release can be stamped after the
-/// takeover that was based on it (seen in replays of rolling upgrades).
-/// Without versions (an older audit policy), in order of completion.
-pub fn lease_writes(writes: &[Write]) -> Vec<(Timestamp, &Write)> {
-    let mut leases: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
-        .collect();
-    if leases.iter().all(|w| w.version().is_some()) {
-        leases.sort_by_key(|w| w.version());
+/// `writes` in the order etcd committed them (the resourceVersion each
+/// left), each with the time it was in place by: its completion, or a
+/// later-committed write's if that completed first. The audit stamps a write
+/// when its response is done, after the commit, so a write can be stamped
+/// after one based on it: a holder's release after the takeover (seen in
+/// replays of rolling upgrades), a pod's creation after the leader's release
+/// of it. Without versions (an older audit policy), in order of completion.
+fn in_commit_order(mut writes: Vec<&Write>) -> Vec<(Timestamp, &Write)> {
+    if writes.iter().all(|w| w.version().is_some()) {
+        writes.sort_by_key(|w| w.version());
     } else {
-        leases.sort_by_key(|w| w.done);
+        writes.sort_by_key(|w| w.done);
     }
-    let mut out: Vec<(Timestamp, &Write)> = Vec::with_capacity(leases.len());
-    for w in leases.into_iter().rev() {
+    let mut out: Vec<(Timestamp, &Write)> = Vec::with_capacity(writes.len());
+    for w in writes.into_iter().rev() {
         let by = out.last().map_or(w.done, |(next, _)| w.done.min(*next));
         out.push((by, w));
     }
     out.reverse();
     out
+}
+
+/// The Lease's successful writes in commit order (see [`in_commit_order`]).
+pub fn lease_writes(writes: &[Write]) -> Vec<(Timestamp, &Write)> {
+    in_commit_order(
+        writes
+            .iter()
+            .filter(|w| w.resource == "leases" && w.name == LEASE && w.ok())
+            .collect(),
+    )
 }
 
 /// The writer's node and Lease identity: an agent process by its service
@@ -330,13 +337,14 @@ fn has_gate(pod: &Value) -> bool {
 /// Every pod created with the deferral gate, with when it lost the gate or
 /// was deleted, in order of creation.
 pub fn gated_pods(writes: &[Write]) -> Vec<GatedPod> {
-    let mut pods: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.resource == "pods" && w.ok())
-        .collect();
-    pods.sort_by_key(|w| w.done);
+    let pods = in_commit_order(
+        writes
+            .iter()
+            .filter(|w| w.resource == "pods" && w.ok())
+            .collect(),
+    );
     let mut out: Vec<GatedPod> = Vec::new();
-    for w in pods {
+    for (at, w) in pods {
         let name = format!(
             "{}/{}",
             w.response["metadata"]["namespace"].as_str().unwrap_or(""),
@@ -346,7 +354,7 @@ pub fn gated_pods(writes: &[Write]) -> Vec<GatedPod> {
             if has_gate(&w.response) {
                 out.push(GatedPod {
                     name,
-                    created: w.done,
+                    created: at,
                     latest_start: w.response["metadata"]["annotations"][LATEST_START]
                         .as_str()
                         .and_then(|t| t.parse().ok()),
@@ -364,9 +372,9 @@ pub fn gated_pods(writes: &[Write]) -> Vec<GatedPod> {
             continue;
         };
         if w.verb == "delete" {
-            pod.deleted = Some(w.done);
+            pod.deleted = Some(at);
         } else if pod.released.is_none() && !has_gate(&w.response) {
-            pod.released = Some((w.done, w.agent.clone()));
+            pod.released = Some((at, w.agent.clone()));
         }
     }
     out
@@ -466,7 +474,8 @@ mod tests {
         );
     }
 
-    fn pod_write(verb: &str, user: &str, second: u32, gates: &[&str]) -> String {
+    /// A write to pod `p` stamped at `second`, that left resourceVersion `version`.
+    fn pod_write(verb: &str, user: &str, second: u32, version: u64, gates: &[&str]) -> String {
         let gates: Vec<Value> = gates
             .iter()
             .map(|g| serde_json::json!({ "name": g }))
@@ -480,6 +489,7 @@ mod tests {
             "stageTimestamp": format!("2024-01-01T00:00:{second:02}Z"),
             "responseObject": {
                 "metadata": {"namespace": "default", "name": "p",
+                             "resourceVersion": version.to_string(),
                              "annotations": {LATEST_START: "2024-01-01T00:00:40Z"}},
                 "spec": {"schedulingGates": gates}
             }
@@ -491,13 +501,13 @@ mod tests {
     fn a_gated_pod_is_followed_from_creation_to_release_and_deletion() {
         let agent = format!("{AGENT_USER_PREFIX}b1");
         let lines = [
-            pod_write("create", "admin", 1, &[GATE, "other"]),
+            pod_write("create", "admin", 1, 10, &[GATE, "other"]),
             // Another gate goes first: the pod is still held.
-            pod_write("patch", "admin", 2, &[GATE]),
-            pod_write("patch", &agent, 9, &[]),
-            pod_write("delete", "admin", 12, &[]),
+            pod_write("patch", "admin", 2, 11, &[GATE]),
+            pod_write("patch", &agent, 9, 12, &[]),
+            pod_write("delete", "admin", 12, 13, &[]),
             // A pod created without our gate is none of deferral's business.
-            pod_write("create", "admin", 13, &["other"]),
+            pod_write("create", "admin", 13, 14, &["other"]),
         ];
         let pods = gated_pods(&parse_audit(&lines.join("\n")));
         let at = |s: &str| s.parse::<Timestamp>().unwrap();
@@ -511,5 +521,27 @@ mod tests {
                 deleted: Some(at("2024-01-01T00:00:12Z")),
             }]
         );
+    }
+
+    #[test]
+    fn a_release_stamped_before_the_creation_still_counts() {
+        // The leader released the pod 3 ms after its creation's response was
+        // stamped (episode 76's first pod, replayed); on a busier machine the
+        // release is stamped first. Commit order puts it after the creation.
+        let agent = format!("{AGENT_USER_PREFIX}a1");
+        let lines = [
+            pod_write("patch", &agent, 4, 21, &[]),
+            pod_write("create", "admin", 5, 20, &[GATE]),
+            pod_write("delete", "admin", 30, 22, &[]),
+        ];
+        let pods = gated_pods(&parse_audit(&lines.join("\n")));
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].created, at("2024-01-01T00:00:04Z"));
+        assert_eq!(
+            pods[0].released,
+            Some((at("2024-01-01T00:00:04Z"), Some("a1".into())))
+        );
+        assert_eq!(pods[0].deleted, Some(at("2024-01-01T00:00:30Z")));
     }
 }
