@@ -168,6 +168,9 @@ impl Drop for Soak {
                 agent.thaw();
             }
         }
+        if let Some(dir) = &self.keep_logs {
+            let _ = std::fs::copy(self.audit_dir.join("audit.log"), dir.join("audit.log"));
+        }
         let _ = std::fs::remove_dir_all(&self.audit_dir);
     }
 }

@@ -247,30 +247,25 @@ pub struct NodeChange {
     pub state: Option<NodeState>,
 }
 
-/// Each Node's successful writes in the order etcd applied them (by
-/// resourceVersion, which orders the writes of one object).
+/// Each Node's successful writes in commit order (see [`in_commit_order`]):
+/// an agent's patch based on a foreign write may be stamped before it.
 pub fn node_changes(writes: &[Write]) -> BTreeMap<String, Vec<NodeChange>> {
-    let mut by_node: BTreeMap<String, Vec<(u64, NodeChange)>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<&Write>> = BTreeMap::new();
     for w in writes.iter().filter(|w| w.resource == "nodes" && w.ok()) {
-        let version = w.response["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
-        let state = (w.verb != "delete").then(|| NodeState::of(&w.response));
-        by_node.entry(w.name.clone()).or_default().push((
-            version,
-            NodeChange {
-                at: w.done,
-                agent: w.agent.clone(),
-                state,
-            },
-        ));
+        by_node.entry(w.name.clone()).or_default().push(w);
     }
     by_node
         .into_iter()
-        .map(|(node, mut changes)| {
-            changes.sort_by_key(|(version, change)| (change.at, *version));
-            (node, changes.into_iter().map(|(_, c)| c).collect())
+        .map(|(node, writes)| {
+            let changes = in_commit_order(writes)
+                .into_iter()
+                .map(|(at, w)| NodeChange {
+                    at,
+                    agent: w.agent.clone(),
+                    state: (w.verb != "delete").then(|| NodeState::of(&w.response)),
+                })
+                .collect();
+            (node, changes)
         })
         .collect()
 }
@@ -415,6 +410,47 @@ mod tests {
                 "label x=\"1\"",
                 "taint \"other\"=\"v\":\"NoSchedule\""
             ]
+        );
+    }
+
+    #[test]
+    fn a_nodes_writes_follow_commit_order_not_audit_stamps() {
+        let write = |version: &str, done: &str, tainted: bool| {
+            let taints = if tainted {
+                serde_json::json!([{"key": TAINT_KEY, "effect": "PreferNoSchedule"}])
+            } else {
+                serde_json::json!([])
+            };
+            serde_json::json!({
+                "stage": "ResponseComplete", "verb": "patch",
+                "user": {"username": format!("{AGENT_USER_PREFIX}a1")},
+                "objectRef": {"resource": "nodes", "name": "a1"},
+                "responseStatus": {"code": 200},
+                "requestReceivedTimestamp": done, "stageTimestamp": done,
+                "responseObject": {"metadata": {"resourceVersion": version},
+                                   "spec": {"taints": taints}}
+            })
+            .to_string()
+        };
+        // The untaint committed last, but its response was stamped first.
+        let text = [
+            write("9", "2024-01-01T00:00:01Z", false),
+            write("8", "2024-01-01T00:00:02Z", true),
+        ]
+        .join("\n");
+        let changes = &node_changes(&parse_audit(&text))["a1"];
+        let tainted: Vec<bool> = changes
+            .iter()
+            .map(|c| c.state.as_ref().unwrap().carbon_tainted)
+            .collect();
+        assert_eq!(
+            tainted,
+            [true, false],
+            "the last committed state is the last"
+        );
+        assert_eq!(
+            changes[0].at, changes[1].at,
+            "in place by the later commit's stamp"
         );
     }
 

@@ -19,7 +19,9 @@
 //!   replay one episode of a long soak without the hour before it;
 //! - `CARBON_KUBE_SOAK_LOGS=DIR` keeps each agent process's log in
 //!   DIR/agent-NODE.log, every run of it in turn (a restart starts the
-//!   working copy afresh); the chart's pods log to `kubectl logs`;
+//!   working copy afresh), and the apiserver's audit log, which the
+//!   invariants are checked on, in DIR/audit.log; the chart's pods log to
+//!   `kubectl logs`;
 //! - `CARBON_KUBE_SOAK_SHRINK=1` on failure re-runs ever longer prefixes of
 //!   the failing schedule and reports the shortest that fails again.
 //!
