@@ -125,8 +125,10 @@ pub struct CarbonScoreStatus {
     pub message: Option<String>,
     /// Nodes in this zone at the last poll.
     pub nodes: u32,
-    /// When the leader listed the nodes it counted: a node created later waits
-    /// for a poll that counts it before it follows a grant.
+    /// The grant covers the nodes created before this time (the API server's
+    /// clock): when the leader listed the nodes, or, in a poll that revokes
+    /// another zone's grant, what the previous poll covered. A node created
+    /// later waits for a poll that covers it before it follows a grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_at: Option<Time>,
     /// The last fetch error, when the data shown is older than the last poll.

@@ -285,17 +285,45 @@ impl Poller {
             ranking
         });
 
+        let ranked: Vec<Option<ZoneRanking>> = (0..fetched.len())
+            .map(|index| {
+                let ranking = ranking.as_ref()?;
+                Some(ZoneRanking::of(
+                    ranking,
+                    index,
+                    rank_inputs[index].grams_per_kwh,
+                ))
+            })
+            .collect();
+        let grants: Vec<bool> = fetched
+            .iter()
+            .zip(&ranked)
+            .map(|((zone, result), ranked)| match ranked {
+                Some(r) => r.verdict.taints(),
+                None => allowed.contains(zone) && result.as_ref().map_or(true, is_live),
+            })
+            .collect();
+        // A node that joined a zone which keeps its grant is a new grant too:
+        // while this poll revokes another zone's, whose agents have yet to
+        // untaint, the grants cover only the nodes the last poll covered.
+        let revoking = fetched.iter().zip(&grants).any(|((zone, _), granted)| {
+            !granted
+                && existing
+                    .get(&zone.object_name())
+                    .and_then(|s| s.status.as_ref())
+                    .is_some_and(|p| p.taint_allowed)
+        });
+
         let now = Timestamp::now();
         for (index, ((zone, result), load)) in fetched.iter().zip(&loads).enumerate() {
             let previous = existing
                 .get(&zone.object_name())
                 .and_then(|s| s.status.clone());
-            let ranked = ranking
-                .as_ref()
-                .map(|r| ZoneRanking::of(r, index, rank_inputs[index].grams_per_kwh));
-            let taint_allowed = match &ranked {
-                Some(r) => r.verdict.taints(),
-                None => allowed.contains(zone) && result.as_ref().map_or(true, is_live),
+            let ranked = ranked[index].clone();
+            let taint_allowed = grants[index];
+            let covered_until = match (&previous, revoking) {
+                (Some(p), true) => p.counted_at.clone().or_else(|| counted_at.clone()),
+                _ => counted_at.clone(),
             };
             let nodes = u32::try_from(load.nodes).unwrap_or(u32::MAX);
             let mut status = match result {
@@ -328,7 +356,7 @@ impl Poller {
                 status.tuner_state = Some(t.state.clone());
             }
             status.policy = Some(self.settings.policy);
-            status.counted_at = counted_at.clone();
+            status.counted_at = covered_until;
             status.message = ranked
                 .as_ref()
                 .map(|r| format!("{}: {}", r.describe(), r.verdict.explain()));

@@ -394,6 +394,57 @@ async fn a_node_joining_a_granted_zone_waits_for_a_poll_that_counts_it() {
     drop(agents);
 }
 
+/// Break before make for a joining node: when the poll that counts a node
+/// joining a granted zone also revokes another zone to make room, the joined
+/// node waits one poll more, until the other zone's agents have untainted
+/// (the chaos soak caught the two in the same instant, one Node over budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_that_displaces_another_zone_waits_for_it_to_untaint() {
+    let _serial = SERIAL.lock().await;
+    let extra = ["--max-tainted-fraction=0.5", "--poll-interval=30s"];
+    let nodes = [("d1", "DE"), ("f1", "FR"), ("n1", "NL"), ("n2", "NL")];
+    let intensity = [("DE", 600.0), ("FR", 520.0), ("NL", 56.0)];
+    let Cluster {
+        cp,
+        api,
+        mut agents,
+    } = cluster_with_intensity(&nodes, &intensity, &extra).await;
+    tokio::task::block_in_place(|| {
+        // The budget, 2 of 4 nodes: DE's and FR's.
+        wait_tainted(&cp, "d1", true);
+        wait_tainted(&cp, "f1", true);
+        let status = |zone: &str| cp.kubectl_json(&["get", "carbonscore", zone])["status"].clone();
+        let covered = status("de")["countedAt"].clone();
+
+        // With d2, 2 of 5: DE's two nodes, and FR must make room.
+        create_nodes(&cp, &[("d2", "DE")]);
+        agents.push(start_agent(
+            &cp,
+            "d2",
+            &api.electricity_maps_url(),
+            &extra,
+            &[],
+        ));
+        let counted = wait_for("a poll that counts d2", Duration::from_secs(60), || {
+            let de = status("de");
+            (de["nodes"] == 2).then_some(de)
+        });
+        assert_eq!(counted["taintAllowed"], true);
+        assert_eq!(status("fr")["taintAllowed"], false);
+        assert_eq!(
+            counted["countedAt"], covered,
+            "the revoking poll covers only what the last poll did"
+        );
+        wait_tainted(&cp, "f1", false);
+        assert!(!has_taint(&cp, "d2"), "d2 tainted while FR was making room");
+
+        // The next poll covers d2.
+        wait_tainted_within(&cp, "d2", true, Duration::from_secs(60));
+        assert!(has_taint(&cp, "d1") && !has_taint(&cp, "f1"));
+    });
+    drop(agents);
+}
+
 /// Which of `nodes` carry the carbon taint.
 fn tainted_nodes<'a>(cp: &ControlPlane, nodes: &[(&'a str, &str)]) -> Vec<&'a str> {
     nodes

@@ -293,6 +293,10 @@ mod polls {
             crate::testing::score("DE", 420.0, true, 1),
             crate::testing::score("FR", 56.0, true, 1),
         ];
+        let counted_before = Time("2024-01-01T00:00:00Z".parse().unwrap());
+        for score in &mut existing {
+            score.status.as_mut().unwrap().counted_at = Some(counted_before.clone());
+        }
         for (poll, want) in [
             (1, [("de", false), ("fr", false)]),
             (2, [("de", false), ("fr", true)]),
@@ -314,6 +318,14 @@ mod polls {
                     }
                     let status = status_written(&mut server, zone).await;
                     assert_eq!(status["taintAllowed"], allowed, "poll {poll}, {zone}");
+                    // While DE's grant is revoked, a node joining FR (or DE)
+                    // is not covered: the grants cover what the last poll did.
+                    assert_eq!(
+                        status["countedAt"] == json!(counted_before),
+                        poll == 1,
+                        "poll {poll}, {zone}: {}",
+                        status["countedAt"]
+                    );
                     written.push(status);
                 }
                 server.expect_no_more().await;
