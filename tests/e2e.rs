@@ -364,14 +364,7 @@ async fn a_node_joining_a_granted_zone_waits_for_a_poll_that_counts_it() {
         let counted = counted_at();
         assert!(counted.is_string(), "{counted}");
 
-        create_nodes(&cp, &[("d2", "DE")]);
-        agents.push(start_agent(
-            &cp,
-            "d2",
-            &api.electricity_maps_url(),
-            &extra,
-            &[],
-        ));
+        agents.push(join(&cp, &api, ("d2", "DE"), &extra));
         let decided = wait_for("d2's agent decides", Duration::from_secs(20), || {
             condition(&cp, "d2")
         });
@@ -417,14 +410,7 @@ async fn a_joined_node_that_displaces_another_zone_waits_for_it_to_untaint() {
         let covered = status("de")["countedAt"].clone();
 
         // With d2, 2 of 5: DE's two nodes, and FR must make room.
-        create_nodes(&cp, &[("d2", "DE")]);
-        agents.push(start_agent(
-            &cp,
-            "d2",
-            &api.electricity_maps_url(),
-            &extra,
-            &[],
-        ));
+        agents.push(join(&cp, &api, ("d2", "DE"), &extra));
         let counted = wait_for("a poll that counts d2", Duration::from_secs(60), || {
             let de = status("de");
             (de["nodes"] == 2).then_some(de)
@@ -443,6 +429,12 @@ async fn a_joined_node_that_displaces_another_zone_waits_for_it_to_untaint() {
         assert!(has_taint(&cp, "d1") && !has_taint(&cp, "f1"));
     });
     drop(agents);
+}
+
+/// A Node that joins the running cluster, `(name, zone)`, and its agent.
+fn join(cp: &ControlPlane, api: &CarbonApi, node: (&str, &str), extra: &[&str]) -> Agent {
+    create_nodes(cp, &[node]);
+    start_agent(cp, node.0, &api.electricity_maps_url(), extra, &[])
 }
 
 /// Which of `nodes` carry the carbon taint.
